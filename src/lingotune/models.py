@@ -230,3 +230,38 @@ def count_parameters(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+def load_adapted(source: str, adapter: str | None = None, embeddings: str | None = None,
+                 dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) for a base model plus lingotune's artefacts.
+
+    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1); it
+    replaces the input embeddings only (the output head keeps its values, as in `untie`).
+    `adapter`: a PEFT adapter directory (stage 2, LoRA, combined); PEFT loads it unchanged.
+    """
+    from safetensors.torch import load_file
+
+    model, tok = load_model(source, dtype=dtype, device=device)
+    if embeddings:
+        path = Path(embeddings)
+        if not path.exists():
+            raise ModelLoadError(f"embeddings {embeddings!r}: no such file")
+        tensors = load_file(str(path))
+        key = "model.embed_tokens.weight"
+        if key not in tensors:
+            raise ModelLoadError(f"embeddings {embeddings!r}: no tensor {key!r} (found {sorted(tensors)})")
+        emb = model.get_input_embeddings()
+        if tensors[key].shape != emb.weight.shape:
+            raise ModelLoadError(f"embeddings {embeddings!r}: shape {tuple(tensors[key].shape)} != model's {tuple(emb.weight.shape)}")
+        untie(model)
+        with torch.no_grad():
+            emb.weight.copy_(tensors[key].to(emb.weight.dtype))
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise ModelLoadError(f"adapter {adapter!r}: no adapter_config.json there")
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model, tok
