@@ -236,10 +236,12 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
                  dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) for a base model plus lingotune's artefacts.
 
-    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1); it
-    replaces the input embeddings only (the output head keeps its values, as in `untie`).
+    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1). Saved from
+    an untied model (the default) it replaces the input embeddings only and the output head keeps
+    its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
     `adapter`: a PEFT adapter directory (stage 2, LoRA, combined); PEFT loads it unchanged.
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     model, tok = load_model(source, dtype=dtype, device=device)
@@ -248,13 +250,16 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
         if not path.exists():
             raise ModelLoadError(f"embeddings {embeddings!r}: no such file")
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            tie = (f.metadata() or {}).get("tie", "untie")
         key = "model.embed_tokens.weight"
         if key not in tensors:
             raise ModelLoadError(f"embeddings {embeddings!r}: no tensor {key!r} (found {sorted(tensors)})")
         emb = model.get_input_embeddings()
         if tensors[key].shape != emb.weight.shape:
             raise ModelLoadError(f"embeddings {embeddings!r}: shape {tuple(tensors[key].shape)} != model's {tuple(emb.weight.shape)}")
-        untie(model)
+        if tie == "untie":
+            untie(model)
         with torch.no_grad():
             emb.weight.copy_(tensors[key].to(emb.weight.dtype))
     if adapter:

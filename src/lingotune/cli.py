@@ -1,0 +1,175 @@
+"""The `lingotune` command line: run, train, eval, info, data, recipe."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Teach an English-centric LLM a new language by changing a few of its weights.", no_args_is_help=False,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+SMOKE = [
+    "method.stage1.steps=4", "method.stage2.steps=4", "method.single=null",
+    "eval.limit=8", "output.sample_prompts=2", "train.checkpoint_every=2",
+]
+
+
+def user_errors(fn):
+    """Turn the errors a user can fix into one red line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lingotune.data.records import DataError
+        from lingotune.languages import UnknownLanguageError
+        from lingotune.models import ModelLoadError
+        from lingotune.recipe import RecipeError
+        from lingotune.run import RunDirError
+        from lingotune.train import TrainingError
+
+        try:
+            return fn(*args, **kwargs)
+        except (RecipeError, DataError, ModelLoadError, RunDirError, TrainingError, UnknownLanguageError,
+                FileNotFoundError) as e:
+            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # a full disk, a read-only directory
+            err.print(f"[red]error:[/] {e.filename or ''}: {e.strerror or e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _load(recipe: Optional[Path], sets: list[str], smoke: bool, out: Optional[str], overwrite: bool):
+    from lingotune.recipe import load_recipe
+
+    overrides = list(SMOKE) if smoke else []
+    if smoke and out is None:
+        out = "runs/smoke-{method}-{language}-s{seed}"
+    if out:
+        overrides.append(f"output.dir={out}")
+    if overwrite:
+        overrides.append("output.overwrite=true")
+    return load_recipe(recipe, overrides + list(sets or []))
+
+
+RecipeArg = typer.Argument(None, help="Recipe YAML (default: the shipped default recipe).", show_default=False)
+SetOpt = typer.Option([], "--set", "-s", help="Override a recipe field: key.path=value (YAML value). Repeatable.")
+
+
+@app.command()
+@user_errors
+def run(
+    recipe: Optional[Path] = RecipeArg,
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny run (a few steps, a few eval examples) to check the setup."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in its directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (overrides output.dir)."),
+    set_: list[str] = SetOpt,
+):
+    """The whole pipeline: prepare data, evaluate, train every stage, evaluate again, report."""
+    from lingotune.run import run as run_pipeline
+
+    r = _load(recipe, set_, smoke, out, overwrite)
+    results = run_pipeline(r, resume=resume, console=console)
+    console.print(f"[green]done[/] in {results['wall_seconds']:.0f} s: {r.run_dir() / 'report.md'}")
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Optional[Path] = RecipeArg,
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="dpart | lora | full | combined (default: the recipe's)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Train only this stage (stage1, stage2; 'train' for one-stage methods)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (overrides output.dir)."),
+    set_: list[str] = SetOpt,
+):
+    """Train one method (or one of its stages), without evaluation."""
+    from lingotune.run import run as run_pipeline
+
+    sets = list(set_) + ([f"method.name={method}"] if method else [])
+    r = _load(recipe, sets, False, out, overwrite)
+    results = run_pipeline(r, resume=resume, do_eval=False, only_stage=stage, console=console)
+    for name, s in results["stages"].items():
+        console.print(f"{name}: {s['trainable_params']:,} trainable parameters, {s['seconds']} s, final loss {s['final_loss']:.4f}")
+
+
+@app.command()
+@user_errors
+def info(
+    model: str = typer.Option("bundled", "--model", help="Model source to inspect."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Shared data root (default: ../shared/data or $LINGOTUNE_DATA)."),
+):
+    """Which model, tokenizer, devices and data lingotune sees."""
+    import torch
+
+    from lingotune.models import bf16_supported, count_parameters, is_tied, load_model
+    from lingotune.paths import data_root as find_root
+
+    table = Table(title="lingotune info", show_header=False)
+    table.add_row("torch", f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    table.add_row("devices", "cuda: " + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none") + ", cpu")
+    table.add_row("bf16 autocast", str(bf16_supported("cuda" if torch.cuda.is_available() else "cpu")))
+    m, tok = load_model(model)
+    trainable, total = count_parameters(m)
+    emb = m.get_input_embeddings().weight
+    table.add_row("model", f"{model}: {type(m).__name__}, {total / 1e6:.1f}M parameters, tied embeddings: {is_tied(m)}")
+    table.add_row("embeddings", f"{tuple(emb.shape)} = {emb.numel() / 1e6:.1f}M ({100 * emb.numel() / total:.0f}% of the model)")
+    fallback = bool(tok.init_kwargs.get("lingotune_fallback_template"))
+    table.add_row("tokenizer", f"{type(tok).__name__}, {len(tok)} tokens, chat template: {'fallback' if fallback else 'own'}")
+    root = find_root(data_root)
+    table.add_row("data root", f"{root}" + ("" if root else " (not found)"))
+    if root:
+        table.add_row("data sets", ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())))
+    console.print(table)
+
+
+@app.command("recipe")
+def recipe_cmd(
+    recipe: Optional[Path] = RecipeArg,
+    set_: list[str] = SetOpt,
+    schema: bool = typer.Option(False, "--schema", help="Print every recipe field with its documentation."),
+):
+    """Validate a recipe and print it resolved (defaults filled in), or print the documented schema."""
+    from lingotune.recipe import Recipe, dump_recipe
+
+    if schema:
+        _print_schema(Recipe)
+        return
+    r = user_errors(lambda: _load(recipe, set_, False, None, False))()
+    console.print(dump_recipe(r), highlight=False)
+
+
+def _print_schema(model, prefix: str = "") -> None:
+    from pydantic import BaseModel
+
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        default = "" if f.is_required() else f" = {f.default!r}" if f.default_factory is None else ""
+        console.print(f"[bold]{prefix}{name}[/]{default}: {f.description or ''}", highlight=False)
+        if sub is not None:
+            _print_schema(sub, prefix + name + ".")
+
+
+def _mount() -> None:
+    from lingotune.data.cli import app as data_app
+    from lingotune.eval.cli import eval_command
+
+    app.add_typer(data_app, name="data", help="Build, translate, generate and inspect training data.")
+    app.command("eval")(user_errors(eval_command))
+
+
+_mount()
+
+if __name__ == "__main__":
+    app()

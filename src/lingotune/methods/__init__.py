@@ -1,0 +1,21 @@
+"""Training methods. Each module says which weights train, on which data, with what learning rate.
+
+A method is a list of `Stage`s; the one training loop (lingotune.train) runs them in order.
+"""
+
+from __future__ import annotations
+
+from lingotune.methods import combined, dpart, full, lora
+from lingotune.methods.base import Stage
+
+METHODS = {"dpart": dpart, "lora": lora, "full": full, "combined": combined}
+
+
+def stages(name: str, recipe) -> list[Stage]:
+    """The stages of method `name` under `recipe`."""
+    if name not in METHODS:
+        raise ValueError(f"method {name!r}: unknown; known: {', '.join(METHODS)}")
+    return METHODS[name].stages(recipe)
+
+
+__all__ = ["METHODS", "Stage", "stages"]

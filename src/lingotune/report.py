@@ -1,0 +1,86 @@
+"""results.json -> report.md: the tables a reader of the paper expects, and sample answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _millions(n) -> str:
+    return "–" if n is None else f"{n / 1e6:.3f}M"
+
+
+def eval_table(evals: dict) -> list[str]:
+    """One row per (task, metric), one column per evaluated model."""
+    labels = list(evals)
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for label, tasks in evals.items():
+        for task, res in (tasks or {}).items():
+            if not isinstance(res, dict):
+                continue
+            if res.get("skipped"):
+                rows.setdefault((task, "skipped"), {})[label] = str(res["skipped"])[:60]
+                continue
+            ci = res.get("ci") or {}
+            for metric, value in res.items():
+                if metric in ("ci", "n", "seconds", "skipped") or not isinstance(value, (int, float)):
+                    continue
+                cell = _fmt(value)
+                if metric in ci and ci[metric]:
+                    lo, hi = ci[metric]
+                    cell += f" [{_fmt(lo)}, {_fmt(hi)}]"
+                rows.setdefault((task, metric), {})[label] = cell
+            rows.setdefault((task, "n / seconds"), {})[label] = f"{res.get('n', '–')} / {_fmt(res.get('seconds'), 1)}"
+    lines = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for (task, metric), cells in rows.items():
+        lines.append(f"| {task} | {metric} | " + " | ".join(cells.get(l, "–") for l in labels) + " |")
+    return lines
+
+
+def render(results: dict) -> str:
+    out = [f"# lingotune run: {results.get('recipe', '')}", ""]
+    out.append(
+        f"Model `{results.get('model')}`, target language `{results.get('language')}`, method `{results.get('method')}`, "
+        f"seed {results.get('seed')}, loss on `{results.get('loss_on')}`, tied embeddings handled as `{results.get('tie')}`."
+    )
+    out += ["", "## Training", "", "| stage | trains | data | examples | steps | trainable params | total params | seconds | tokens | first loss | final loss |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in results.get("stages", {}).items():
+        out.append(
+            f"| {name} | {s.get('trains', '')} | {'+'.join(s.get('data', []))} | {s.get('examples')} | {s.get('steps')} | "
+            f"{_millions(s.get('trainable_params'))} | {_millions(s.get('total_params'))} | {_fmt(s.get('seconds'), 1)} | "
+            f"{s.get('tokens')} | {_fmt(s.get('first_loss'), 3)} | {_fmt(s.get('final_loss'), 3)} |"
+        )
+    if results.get("evals"):
+        out += ["", "## Evaluation", "", "Accuracy and rate in %, with bootstrap 95% confidence intervals in brackets where computed.", ""]
+        out += eval_table(results["evals"])
+    samples = results.get("samples") or []
+    if samples:
+        labels = [k for k in samples[0] if k != "prompt"]
+        out += ["", "## Sample answers", ""]
+        for s in samples:
+            out.append(f"**Prompt:** {s['prompt']}")
+            out.append("")
+            for label in labels:
+                answer = (s.get(label) or "").replace("\n", " ")
+                out.append(f"- *{label}*: {answer}")
+            out.append("")
+    out += ["", "## Run", "", f"Wall time {_fmt(results.get('wall_seconds'), 1)} s, of which training "
+            f"{_fmt(results.get('train_seconds'), 1)} s; model load {_fmt(results.get('model_load_seconds'), 1)} s.",
+            f"Environment: `{json.dumps(results.get('environment', {}))}`", ""]
+    return "\n".join(out)
+
+
+def write_report(run_dir: Path) -> Path:
+    results = json.loads((run_dir / "results.json").read_text())
+    path = run_dir / "report.md"
+    path.write_text(render(results))
+    return path

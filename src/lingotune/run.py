@@ -1,0 +1,170 @@
+"""The whole pipeline of one recipe: prepare data, evaluate the untouched model, train each
+stage of the method, evaluate the adapted model, write results.json and report.md.
+
+Reads top to bottom. Every step that is done is recorded in results.json, so `--resume`
+skips it; a stage that was cut short continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lingotune import methods
+from lingotune.data.batches import tokenize_all
+from lingotune.models import load_model
+from lingotune.recipe import Recipe, dump_recipe
+from lingotune.train import environment, load_checkpoint, train_stage
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+    """The run directory; refuses to touch an existing one unless asked (checked before anything is written)."""
+    run_dir = recipe.run_dir()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if recipe.output.overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise RunDirError(f"{run_dir}: run directory exists; pass --resume to continue it or --overwrite to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _save_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def generate_answers(model, tok, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers to single-turn prompts, through the chat template."""
+    model.eval()
+    out = []
+    for p in prompts:
+        enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out.append(tok.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return out
+
+
+def sample_prompts(built, n: int) -> list[str]:
+    """Target-language prompts from the stage-2 set, taken from its end (a fixed, seeded choice)."""
+    seen, out = set(), []
+    for ex in reversed(built.stage2):
+        p = ex.messages[-2]["content"]
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+        if len(out) == n:
+            break
+    return out
+
+
+def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stage: str | None = None,
+        console: Console | None = None) -> dict:
+    from lingotune.data.config import build_datasets
+    from lingotune.eval import evaluate
+
+    console = console or Console()
+    t_start = time.perf_counter()
+    run_dir = prepare_run_dir(recipe, resume)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if resume and results_path.exists() else {}
+    results.update({
+        "recipe": recipe.name, "language": recipe.language, "model": recipe.model.source, "seed": recipe.seed,
+        "method": recipe.method.name, "loss_on": recipe.train.loss_on, "tie": recipe.model.tie,
+        "environment": environment(),
+    })
+    results.setdefault("evals", {})
+    results.setdefault("stages", {})
+    torch.manual_seed(recipe.seed)
+
+    # 1. data
+    console.print(f"[bold]data[/] building for {recipe.language} …")
+    built = build_datasets(recipe.data, recipe.language, recipe.seed)
+    built.write(run_dir / "data")
+    results["data"] = built.report if isinstance(built.report, dict) else getattr(built.report, "__dict__", str(built.report))
+
+    # 2. model
+    console.print(f"[bold]model[/] loading {recipe.model.source} …")
+    t = time.perf_counter()
+    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    results["model_load_seconds"] = round(time.perf_counter() - t, 2)
+
+    # 3. the untouched model
+    prompts = sample_prompts(built, recipe.output.sample_prompts)
+    if do_eval and "untouched" not in results["evals"]:
+        console.print("[bold]eval[/] untouched model …")
+        results["evals"]["untouched"] = evaluate(model, tok, recipe.eval, run_dir / "eval", label="untouched", lang=recipe.language)
+        results["samples"] = [{"prompt": p, "untouched": a} for p, a in zip(prompts, generate_answers(model, tok, prompts))]
+        _save_json(results_path, results)
+
+    # 4. the method's stages, through the one loop
+    log_path = run_dir / "metrics.jsonl"
+    with progress_bar(console) as progress:
+        for stage in methods.stages(recipe.method.name, recipe):
+            if only_stage and stage.name != only_stage and stage.name not in results["stages"]:
+                continue
+            stage_dir = run_dir / recipe.method.name / stage.name
+            torch.manual_seed(recipe.seed)
+            model, groups = stage.setup(model)
+            done = results["stages"].get(stage.name)
+            if done and done.get("complete"):
+                state, _ = load_checkpoint(stage_dir / "checkpoint")
+                named = dict(model.named_parameters())
+                with torch.no_grad():
+                    for n, p in state["params"].items():
+                        named[n].copy_(p)
+                console.print(f"[dim]{stage.name}: done earlier, restored[/]")
+                continue
+            examples = [ex for key in stage.data for ex in getattr(built, key)]
+            items, dropped = tokenize_all(examples, tok, recipe.train.max_len, recipe.train.loss_on)
+            res = train_stage(
+                model, groups, items, steps=stage.steps, cfg=recipe.train, seed=recipe.seed,
+                pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=log_path,
+                log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
+            )
+            model = getattr(model, "module", model)
+            artefacts = stage.save(model, stage_dir)
+            results["stages"][stage.name] = {
+                **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
+                "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
+                "artefacts": artefacts, "complete": True,
+            }
+            _save_json(results_path, results)
+
+    # 5. the adapted model
+    if do_eval and only_stage is None:
+        label = recipe.method.name
+        console.print(f"[bold]eval[/] {label} model …")
+        results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
+        answers = generate_answers(model, tok, prompts)
+        for s, a in zip(results.get("samples", []), answers):
+            s[label] = a
+    results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
+    results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
+    _save_json(results_path, results)
+
+    from lingotune.report import write_report
+
+    write_report(run_dir)
+    return results

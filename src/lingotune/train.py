@@ -1,0 +1,246 @@
+"""The one training loop, shared by every method and stage.
+
+batches (seeded plan) -> loss -> backward -> clip -> step -> log -> checkpoint -> (resume)
+
+A method only decides what trains (its `setup` returns parameter groups). Scaling out goes
+through accelerate: the same loop runs under `accelerate launch` (DDP, DeepSpeed, FSDP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lingotune.data.batches import BatchPlan, collate
+from lingotune.models import bf16_supported, count_parameters
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, unwritable checkpoint); earlier checkpoints are intact."""
+
+
+class TrainingInterrupted(TrainingError):
+    """The run was interrupted; a checkpoint was written and `--resume` continues from it."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    steps: int
+    seconds: float
+    tokens: int
+    trainable_params: int
+    total_params: int
+    groups: dict[str, int]
+    first_loss: float | None
+    final_loss: float | None
+    resumed_from: int = 0
+    fast_path: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_ACCELERATOR = None
+
+
+def accelerator_for(precision: str):
+    """One accelerate.Accelerator per process (accelerate keeps global state)."""
+    global _ACCELERATOR
+    from accelerate import Accelerator
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+    mp = "bf16" if use_bf16 else "no"
+    if _ACCELERATOR is None or _ACCELERATOR.mixed_precision != mp:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        _ACCELERATOR = Accelerator(mixed_precision=mp, cpu=device == "cpu")
+    return _ACCELERATOR
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.1 at the last step."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, extra: dict) -> None:
+    """Write atomically: a full new checkpoint replaces the old one only once it is complete."""
+    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(
+            {"params": _trainable_state(model), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+            tmp / "state.pt",
+        )
+        (tmp / "progress.json").write_text(json.dumps({"step": step, **extra}))
+        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+        if ckpt_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            ckpt_dir.rename(old)
+        tmp.rename(ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainingError(f"cannot write checkpoint {ckpt_dir}: {e.strerror or e}; the previous checkpoint is intact") from None
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[dict, int] | None:
+    if not (ckpt_dir / "progress.json").exists():
+        return None
+    step = json.loads((ckpt_dir / "progress.json").read_text())["step"]
+    return torch.load(ckpt_dir / "state.pt", weights_only=False), step
+
+
+def _trim_log(log: Path, stage_key: dict, upto: int) -> None:
+    """Drop metric lines of this stage past the checkpoint we resume from."""
+    if not log.exists():
+        return
+    keep = []
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        same = all(rec.get(k) == v for k, v in stage_key.items())
+        if not (same and rec.get("step", 0) > upto):
+            keep.append(line)
+    log.write_text("".join(x + "\n" for x in keep))
+
+
+def default_loss(model, batch) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def train_stage(
+    model,
+    groups: list[dict],
+    items: list[dict],
+    *,
+    steps: int,
+    cfg,
+    seed: int,
+    pad_id: int,
+    stage_dir: Path,
+    log_path: Path,
+    log_key: dict,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    progress=None,
+) -> StageResult:
+    """Train `groups` of `model` for `steps` optimizer steps on tokenized `items`.
+
+    cfg: a TrainConfig (batch_size, grad_accum, warmup_steps, weight_decay, max_grad_norm,
+    precision, checkpoint_every, log_every). Writes metrics lines to `log_path` (tagged with
+    `log_key`) and checkpoints to `stage_dir/checkpoint`; with `resume`, continues from it.
+    """
+    if not items:
+        raise TrainingError(f"{log_key.get('stage', 'stage')}: no training examples (check the data section)")
+    accelerator = accelerator_for(cfg.precision)
+    opt_groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups]
+    optimizer = torch.optim.AdamW(opt_groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    trainable, total = count_parameters(unwrapped)
+    group_counts = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
+
+    plan = BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed)
+    ckpt_dir = stage_dir / "checkpoint"
+    start = 0
+    if resume:
+        loaded = load_checkpoint(ckpt_dir)
+        if loaded:
+            state, done = loaded
+            named = dict(unwrapped.named_parameters())
+            with torch.no_grad():
+                for n, t in state["params"].items():
+                    named[n].copy_(t)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            start = done
+            _trim_log(log_path, log_key, done)
+    model.train()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tokens_total = 0
+    first_loss = final_loss = None
+    task = progress.add_task(f"{log_key.get('method', '')} {log_key.get('stage', '')}".strip(), total=steps, completed=start) if progress else None
+    step = start
+    try:
+        with log_path.open("a") as log:
+            for step, idx in plan.batches(start, steps):
+                ts = time.perf_counter()
+                step_loss, step_tokens = 0.0, 0
+                micro = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
+                for mb in micro:
+                    batch = {k: v.to(accelerator.device) for k, v in collate([items[i] for i in mb], pad_id).items()}
+                    with accelerator.autocast():
+                        loss = default_loss(model, batch) / len(micro)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"{log_key.get('stage', 'stage')} step {step + 1}: loss is {loss.item()}; "
+                            f"stopped; the last checkpoint ({ckpt_dir}) is intact"
+                        )
+                    accelerator.backward(loss)
+                    step_loss += loss.item()
+                    step_tokens += int(batch["attention_mask"].sum())
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - ts
+                tokens_total += step_tokens
+                first_loss = step_loss if first_loss is None else first_loss
+                final_loss = step_loss
+                done = step + 1
+                if done % cfg.log_every == 0 or done == steps:
+                    rec = {**log_key, "step": done, "loss": round(step_loss, 6),
+                           "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
+                           "tokens": step_tokens, "tokens_per_s": round(step_tokens / dt, 2), "seconds": round(dt, 4)}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if done % cfg.checkpoint_every == 0 or done == steps:
+                    _save_checkpoint(ckpt_dir, unwrapped, optimizer, scheduler, done, log_key)
+                if progress:
+                    progress.update(task, completed=done, description=f"{log_key.get('method', '')} {log_key.get('stage', '')} loss {step_loss:.3f}")
+                if on_step:
+                    on_step(done, step_loss)
+    except KeyboardInterrupt:
+        last = load_checkpoint(ckpt_dir)
+        at = last[1] if last else 0
+        raise TrainingInterrupted(
+            f"{log_key.get('stage', 'stage')}: interrupted; checkpoint at step {at} in {ckpt_dir}; run again with --resume"
+        ) from None
+    return StageResult(
+        stage=log_key.get("stage", ""), steps=steps, seconds=round(time.perf_counter() - t0, 2), tokens=tokens_total,
+        trainable_params=trainable, total_params=total, groups=group_counts,
+        first_loss=first_loss, final_loss=final_loss, resumed_from=start,
+    )
+
+
+def clear_checkpoint(stage_dir: Path) -> None:
+    shutil.rmtree(stage_dir / "checkpoint", ignore_errors=True)
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "bf16": bf16_supported("cuda" if torch.cuda.is_available() else "cpu")}

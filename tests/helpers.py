@@ -1,0 +1,32 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+import random
+
+
+def make_items(n: int = 12, vocab_lo: int = 3, vocab_hi: int = 60, seed: int = 0) -> list[dict]:
+    """Token sequences whose second half is the 'answer' (labelled) and first half the prompt."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        k = rng.randint(6, 14)
+        ids = [rng.randrange(vocab_lo, vocab_hi) for _ in range(k)]
+        half = k // 2
+        items.append({"input_ids": ids, "labels": [-100] * half + ids[half:]})
+    return items
+
+
+def make_recipe(**sets):
+    """A Recipe with small settings; `sets` are dotted overrides, e.g. {'method.name': 'lora'}."""
+    from lingotune.recipe import parse_recipe, set_path
+
+    data = {
+        "train": {"batch_size": 2, "lr": 1e-2, "embedding_lr": 1e-2, "warmup_steps": 0, "checkpoint_every": 2,
+                  "precision": "fp32", "max_grad_norm": None},
+        "method": {"lora": {"r": 4, "alpha": 8}, "stage1": {"steps": 4, "data": ["stage1"]},
+                   "stage2": {"steps": 4, "data": ["stage2"]}},
+    }
+    for k, v in sets.items():
+        set_path(data, k, v)
+    return parse_recipe(data)
