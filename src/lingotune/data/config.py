@@ -1,0 +1,246 @@
+"""The recipe's `data:` section, and `build_datasets`, which turns it into the stage-1 and stage-2 sets.
+
+    data:
+      root: null                 # data root; null = lingotune.paths.data_root()
+      sources:
+        - format: starter        # the project's own CLDR/num2words data (default)
+        - format: xquad          # path defaults to the set's folder under the root
+          limit: 500
+        - format: paired         # an English file and its translation
+          en: my/alpaca_en.json
+          target: my/alpaca_ru.jsonl
+          align: id
+      pairs: {instruction: en, both_share: 1.0}
+      max_stage1: null
+      checks: {script_check: true, leakage_check: true}
+
+Paths are relative to the data root unless absolute. Every source yields aligned (English, target) pairs for
+stage 1 and/or target-language records for stage 2 (`use`); single-file formats (alpaca, openorca, sharegpt,
+prompt_completion, hf_disk, hub) have no English side and feed stage 2 only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lingotune.data import formats, sources
+from lingotune.data.pairs import build_stage1, build_stage2
+from lingotune.data.records import DataError, Example, Record
+from lingotune.data.validate import (LeakageIndex, ValidationReport, drop_leaked_pairs, drop_leaked_records,
+                                     validate_pairs, validate_records)
+from lingotune.paths import data_root
+
+Format = Literal["starter", "alpaca", "openorca", "sharegpt", "prompt_completion", "parallel_text", "hf_disk", "hub",
+                 "paired", "xquad", "gsm8k", "msvamp", "mt_bench", "ifeval", "mintaka", "flores", "tatoeba"]
+SINGLE = {"alpaca", "openorca", "sharegpt", "prompt_completion", "hf_disk", "hub"}
+TWO_FILES = {"paired", "parallel_text"}
+# Default location of each shared set under the data root ({lang} = target language).
+DEFAULT_PATH = {
+    "xquad": "xquad", "gsm8k": "gsm8k_questions_ru_en", "msvamp": "msvamp", "mt_bench": "mt_bench_{lang}",
+    "ifeval": "ifeval_en_{lang}", "mintaka": "mintaka_en_{lang}/mintaka_dev.json", "flores": "flores200",
+    "tatoeba": "tatoeba_v1",
+}
+# Sources whose target prompt quotes English text on purpose (translation instructions): no script check on it.
+TRANSLATION_FORMATS = {"parallel_text", "flores", "tatoeba", "ifeval"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(Strict):
+    format: Format = Field(description="Layout of the source: starter (the project's own data), a single-file "
+                           "format (alpaca, openorca, sharegpt, prompt_completion, hf_disk, hub), two files "
+                           "(paired, parallel_text) or a shared set (xquad, gsm8k, msvamp, mt_bench, ifeval, mintaka, "
+                           "flores, tatoeba).")
+    path: str | None = Field(None, description="File or folder (hub: the dataset id). Relative paths resolve against the "
+                             "data root. Shared sets default to their folder under the root.")
+    en: str | None = Field(None, description="paired / parallel_text: the English file.")
+    target: str | None = Field(None, description="paired / parallel_text: the target-language file.")
+    lang: str | None = Field(None, description="Single-file formats: the language the file is written in "
+                             "(default: the recipe's language).")
+    align: Literal["index", "id"] = Field("index", description="paired: align records by position or by `id_field`.")
+    id_field: str = Field("id", min_length=1, description="Field holding a record's id (paired with align: id).")
+    mode: Literal["qa", "translate"] = Field("qa", description="qa: question -> target-language answer; translate: "
+                                             "English text -> its translation (ifeval, flores, tatoeba always translate).")
+    split: str = Field("train", min_length=1, description="hf_disk / hub: the split to read.")
+    all_turns: bool = Field(False, description="sharegpt: keep every user->assistant exchange, not only the first.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many records/pairs of the source (first N; "
+                              "starter: the number of training pairs, default 400).")
+    use: Literal["pairs", "stage2", "both"] | None = Field(None, description="pairs: stage-1 DParT pairs; stage2: "
+                                                           "target-language instructions for stage 2; both. Default: "
+                                                           "both, or stage2 for single-file formats.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.format in SINGLE and not self.path:
+            raise ValueError(f"format {self.format} needs 'path'")
+        if self.format in SINGLE and self.use in ("pairs", "both"):
+            raise ValueError(f"format {self.format} has no English side, so use must be 'stage2' "
+                             f"(for pairs use format 'paired' with a translation, see `lingotune data translate`)")
+        if self.format in TWO_FILES and not (self.en and self.target):
+            raise ValueError(f"format {self.format} needs 'en' and 'target' files")
+        return self
+
+    @property
+    def uses(self) -> str:
+        return self.use or ("stage2" if self.format in SINGLE else "both")
+
+
+class PairConfig(Strict):
+    instruction: str = Field("en", min_length=1, description="Instruction appended to the English question in stage 1: "
+                             "'en' (Language.answer_in_en, 'Answer in Russian.'), 'native' (answer_in_native, "
+                             "'Ответь на русском языке.') or a custom string used as written.")
+    both_share: float = Field(1.0, ge=0.0, le=1.0, description="Share of pairs that yield both examples (target and "
+                              "English+instruction); the rest yield one.")
+    single_kind: Literal["random", "target", "en2target"] = Field("random", description="Which example a single-variant "
+                                                                   "pair yields.")
+
+
+class CheckConfig(Strict):
+    script_check: bool = Field(True, description="Drop records whose text is not in their language's script.")
+    script_threshold: float = Field(0.5, gt=0.0, le=1.0, description="Minimum share of letters in the language's script.")
+    min_letters: int = Field(10, ge=0, description="Texts with fewer letters are not script-checked.")
+    drop_duplicates: bool = Field(True, description="Drop repeated (target prompt, answer) records (always counted).")
+    leakage_check: bool = Field(True, description="Drop training records sharing a word n-gram with an evaluation text.")
+    leakage_ngram: int = Field(8, ge=3, le=50, description="n of the word n-grams of the leakage check.")
+    strict: bool = Field(False, description="Raise on the first problem instead of dropping and counting.")
+
+
+class DataConfig(Strict):
+    root: str | None = Field(None, description="Data root for relative paths; null: lingotune.paths.data_root() "
+                             "($LINGOTUNE_DATA or ../shared/data).")
+    sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec(format="starter")], min_length=1,
+                                      description="Where training data comes from (default: the starter data).")
+    pairs: PairConfig = Field(default_factory=PairConfig, description="How DParT stage-1 pairs are built.")
+    max_stage1: int | None = Field(None, ge=1, description="Keep at most this many stage-1 examples (after shuffling).")
+    max_stage2: int | None = Field(None, ge=1, description="Keep at most this many stage-2 examples (after shuffling).")
+    checks: CheckConfig = Field(default_factory=CheckConfig, description="Validation on load.")
+
+
+@dataclass
+class BuiltData:
+    stage1: list[Example]
+    stage2: list[Example]
+    report: dict = field(default_factory=dict)
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"stage1": formats.write_examples(self.stage1, out / "stage1.jsonl"),
+                 "stage2": formats.write_examples(self.stage2, out / "stage2.jsonl"),
+                 "report": out / "data_report.json"}
+        paths["report"].write_text(json.dumps(self.report, ensure_ascii=False, indent=2), encoding="utf-8")
+        return paths
+
+
+def _resolve(root: Path | None, rel: str) -> Path:
+    p = Path(rel).expanduser()
+    if p.is_absolute() or root is None:
+        return p
+    return root / p
+
+
+def load_source(spec: SourceSpec, lang: str, root: Path | None, seed: int = 0) -> tuple[list[sources.Pair], list[Record]]:
+    """(pairs, stage-2 records) of one source, before validation."""
+    fmt, lim = spec.format, spec.limit
+    if fmt == "starter":
+        from lingotune.data import starter
+
+        data = starter.generate(lang, seed=seed, n_train=lim)
+        return data.train_pairs, data.stage2
+    if fmt in SINGLE:
+        rlang = spec.lang or lang
+        if fmt == "hub":
+            recs = formats.read_hub(spec.path, "auto", rlang, spec.split, lim, spec.id_field)
+        elif fmt == "hf_disk":
+            recs = formats.read_hf_disk(_resolve(root, spec.path), "auto", rlang, spec.split, lim, spec.id_field)
+        else:
+            recs = formats.read_file(_resolve(root, spec.path), fmt, rlang, lim, spec.id_field, spec.all_turns)
+        return [], recs
+    if fmt == "paired":
+        pairs = sources.read_paired(_resolve(root, spec.en), _resolve(root, spec.target), lang, spec.align,
+                                    spec.id_field, "auto", spec.mode, lim)
+    elif fmt == "parallel_text":
+        pairs = sources.read_parallel_text(_resolve(root, spec.en), _resolve(root, spec.target), lang, lim)
+    else:
+        rel = spec.path or DEFAULT_PATH[fmt].format(lang=lang)
+        if root is None and not Path(rel).is_absolute():
+            raise DataError(f"format {fmt}: no data root found for {rel!r}; set data.root or $LINGOTUNE_DATA")
+        where = _resolve(root, rel)
+        if fmt in ("gsm8k", "mt_bench", "mintaka"):
+            pairs = getattr(sources, f"read_{fmt}")(where, lang, mode=spec.mode, limit=lim)
+        else:
+            pairs = getattr(sources, f"read_{fmt}")(where, lang, limit=lim)
+        if spec.mode == "translate" and fmt in ("xquad", "msvamp"):
+            pairs = sources.as_translation(pairs, lang)
+    return pairs, [t for _, t in pairs]
+
+
+def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] | None = None) -> BuiltData:
+    """Read every source, validate, drop leaks, build stage-1 pairs and stage-2 instructions. Deterministic."""
+    root = data_root(cfg.root)
+    ck = cfg.checks
+    leak = LeakageIndex(eval_texts, n=ck.leakage_ngram) if (ck.leakage_check and eval_texts) else None
+    seen_pairs: set = set()
+    seen_stage2: set = set()
+    all_pairs: list[sources.Pair] = []
+    all_stage2: list[Record] = []
+    total = ValidationReport()
+    per_source = []
+    for i, spec in enumerate(cfg.sources):
+        try:
+            pairs, recs = load_source(spec, lang, root, seed)
+        except DataError as e:
+            raise DataError(f"data.sources[{i}] ({spec.format}): {e}") from None
+        translation = spec.format in TRANSLATION_FORMATS or spec.mode == "translate"
+        opts = dict(script_check=ck.script_check, threshold=ck.script_threshold, min_letters=ck.min_letters,
+                    strict=ck.strict, drop_duplicates=ck.drop_duplicates)
+        entry = {"index": i, "format": spec.format, "path": spec.path or spec.target or "", "use": spec.uses,
+                 "pairs_read": len(pairs), "stage2_read": len(recs)}
+        rep = ValidationReport()
+        if spec.uses in ("pairs", "both") and pairs:
+            pairs, r = validate_pairs(pairs, lang, check_target_prompt=not translation, seen=seen_pairs, **opts)
+            rep.add(r)
+            if leak:
+                pairs, n = drop_leaked_pairs(pairs, leak)
+                rep.leakage_dropped += n
+                rep.kept -= n
+            all_pairs += pairs
+            entry["pairs"] = len(pairs)
+        if spec.uses in ("stage2", "both") and recs:
+            if spec.format != "starter" and spec.format not in SINGLE and spec.uses == "both":
+                recs = [t for _, t in pairs]  # the target sides of the pairs, already validated with them
+            else:
+                recs, r = validate_records(recs, spec.lang or lang, check_prompt=not translation, seen=seen_stage2, **opts)
+                if leak:
+                    recs, n = drop_leaked_records(recs, leak)
+                    r.leakage_dropped += n
+                    r.kept -= n
+                rep.add(r)
+            all_stage2 += recs
+            entry["stage2"] = len(recs)
+        entry["validation"] = rep.to_dict()
+        per_source.append(entry)
+        total.add(rep)
+    p = cfg.pairs
+    stage1 = build_stage1(all_pairs, lang, seed, p.instruction, p.both_share, p.single_kind)
+    stage2 = build_stage2(all_stage2, lang, seed)
+    if cfg.max_stage1 is not None:
+        stage1 = stage1[:cfg.max_stage1]
+    if cfg.max_stage2 is not None:
+        stage2 = stage2[:cfg.max_stage2]
+    report = {
+        "lang": lang, "seed": seed, "root": str(root) if root else None,
+        "stage1": len(stage1), "stage2": len(stage2),
+        "stage1_kinds": dict(Counter(e.meta["kind"] for e in stage1)),
+        "validation": total.to_dict(), "leakage_dropped": total.leakage_dropped,
+        "duplicates": total.duplicates, "sources": per_source,
+    }
+    return BuiltData(stage1, stage2, report)

@@ -1,0 +1,206 @@
+"""Translate English records into the target language, for users who only have English data.
+
+Backends (each has `name`, `model` and `translate(texts, src, tgt) -> list[str]` for one batch):
+- `HTTPTranslator`: an OpenAI-compatible server, POST {base_url}/chat/completions (urllib, no new dependency).
+- `Seq2SeqTranslator`: a local Hugging Face seq2seq model (Marian, NLLB, M2M) via AutoModelForSeq2SeqLM.
+- `CausalTranslator`: a local causal LM prompted with `translation_messages` through its chat template.
+
+`translate_texts` runs batches under a rich progress bar and is resumable: every finished translation is appended
+(and flushed) to `<cache_dir>/translations.jsonl`, keyed by sha256 of (backend, model, src, tgt, text). A rerun,
+or a run after an interruption, translates only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from lingotune.data.records import Record
+from lingotune.languages import get_language
+
+
+class TranslationError(RuntimeError):
+    """A translation backend failed; the message is one line saying which and why."""
+
+
+def translation_messages(text: str, src: str, tgt: str) -> list[dict[str, str]]:
+    """The chat prompt used by the HTTP and causal-LM backends."""
+    s, t = get_language(src).name, get_language(tgt).name
+    return [
+        {"role": "system", "content": f"You are a professional translator from {s} into {t}."},
+        {"role": "user", "content": f"Translate the following text from {s} into {t}. Keep the formatting "
+                                    f"(line breaks, lists, code) and reply with the translation only.\n\n{text}"},
+    ]
+
+
+# --------------------------------------------------------------------------------------------- backends
+
+class HTTPTranslator:
+    name = "http"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0,
+                 max_tokens: int = 2048, temperature: float = 0.0):
+        self.base_url = base_url.rstrip("/")
+        self.model, self.api_key, self.timeout = model, api_key, timeout
+        self.max_tokens, self.temperature = max_tokens, temperature
+
+    def _one(self, text: str, src: str, tgt: str) -> str:
+        body = json.dumps({"model": self.model, "messages": translation_messages(text, src, tgt),
+                           "max_tokens": self.max_tokens, "temperature": self.temperature}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        url = f"{self.base_url}/chat/completions"
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            raise TranslationError(f"{url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise TranslationError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
+        except json.JSONDecodeError:
+            raise TranslationError(f"{url}: the answer is not JSON") from None
+        try:
+            return data["choices"][0]["message"]["content"].strip()
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise TranslationError(f"{url}: the answer has no choices[0].message.content") from None
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        return [self._one(t, src, tgt) for t in texts]
+
+
+class Seq2SeqTranslator:
+    name = "seq2seq"
+
+    def __init__(self, model: str, device: str = "cpu", max_new_tokens: int = 512, num_beams: int = 1):
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.model = model
+        try:
+            self.tok = AutoTokenizer.from_pretrained(model)
+            self.net = AutoModelForSeq2SeqLM.from_pretrained(model).to(device).eval()
+        except (OSError, ValueError) as e:
+            raise TranslationError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
+        self.device, self.max_new_tokens, self.num_beams = device, max_new_tokens, num_beams
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        import torch
+
+        kw = {}
+        tgt_code = get_language(tgt).flores
+        if tgt_code in getattr(self.tok, "get_vocab", dict)():  # NLLB-style language tokens
+            self.tok.src_lang = get_language(src).flores
+            kw["forced_bos_token_id"] = self.tok.convert_tokens_to_ids(tgt_code)
+        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
+        with torch.no_grad():
+            out = self.net.generate(**enc, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, **kw)
+        return [t.strip() for t in self.tok.batch_decode(out, skip_special_tokens=True)]
+
+
+class CausalTranslator:
+    name = "causal"
+
+    def __init__(self, model: str, device: str = "cpu", max_new_tokens: int = 512, net=None, tokenizer=None):
+        self.model, self.device, self.max_new_tokens = model, device, max_new_tokens
+        if net is None:
+            from lingotune.models import ModelLoadError, load_model
+
+            try:
+                net, tokenizer = load_model(model, device=device)
+            except ModelLoadError as e:
+                raise TranslationError(str(e)) from None
+        self.net, self.tok = net.eval(), tokenizer
+
+    def prompt(self, text: str, src: str, tgt: str) -> str:
+        return self.tok.apply_chat_template(translation_messages(text, src, tgt), tokenize=False,
+                                            add_generation_prompt=True)
+
+    def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        import torch
+
+        self.tok.padding_side = "left"
+        try:
+            enc = self.tok([self.prompt(t, src, tgt) for t in texts], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(self.device)
+            with torch.no_grad():
+                out = self.net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                        pad_token_id=self.tok.pad_token_id)
+        finally:
+            self.tok.padding_side = "right"
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+def cache_key(backend: str, model: str, src: str, tgt: str, text: str) -> str:
+    return hashlib.sha256(json.dumps([backend, model, src, tgt, text], ensure_ascii=False).encode()).hexdigest()
+
+
+class TranslationCache:
+    """Finished translations in an append-only JSONL file: {"key", "text"} per line. A torn last line (a kill
+    mid-write) is ignored."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.path = Path(cache_dir) / "translations.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.items: dict[str, str] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.items[row["key"]] = row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def get(self, key: str) -> str | None:
+        return self.items.get(key)
+
+    def put_many(self, pairs: list[tuple[str, str]]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            for key, text in pairs:
+                self.items[key] = text
+                fh.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+            fh.flush()
+
+
+def translate_texts(texts: list[str], translator, src: str, tgt: str, cache_dir: str | Path,
+                    batch_size: int = 8, progress: bool = True) -> list[str]:
+    """Translations of `texts` (blank texts stay blank), reusing and extending the on-disk cache."""
+    get_language(src), get_language(tgt)
+    cache = TranslationCache(cache_dir)
+    key = {t: cache_key(translator.name, translator.model, src, tgt, t) for t in set(texts) if t.strip()}
+    todo = sorted(t for t, k in key.items() if cache.get(k) is None)
+    if todo:
+        from rich.progress import Progress
+
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"translating {src}->{tgt} ({translator.name}:{translator.model})", total=len(todo))
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i:i + batch_size]
+                out = translator.translate(batch, src, tgt)
+                if len(out) != len(batch):
+                    raise TranslationError(f"{translator.name}: got {len(out)} translations for {len(batch)} texts")
+                cache.put_many([(key[t], o) for t, o in zip(batch, out)])
+                bar.advance(task, len(batch))
+    return [cache.get(key[t]) if t.strip() else t for t in texts]
+
+
+def translate_records(records: list[Record], translator, tgt: str, cache_dir: str | Path, src: str = "en",
+                      batch_size: int = 8, progress: bool = True) -> list[Record]:
+    """Records with prompt, response and system translated; ids kept (so they pair with the originals),
+    source "<original source>#<tgt>"."""
+    texts = []
+    for r in records:
+        texts += [r.prompt, r.response, r.system or ""]
+    out = translate_texts(texts, translator, src, tgt, cache_dir, batch_size, progress)
+    result = []
+    for i, r in enumerate(records):
+        p, a, s = out[3 * i:3 * i + 3]
+        result.append(replace(r, prompt=p, response=a, system=s or None, lang=tgt, source=f"{r.source}#{tgt}"))
+    return result
