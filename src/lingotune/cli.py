@@ -105,6 +105,30 @@ def train(
 
 @app.command()
 @user_errors
+def compare(
+    recipe: Optional[Path] = RecipeArg,
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Grid directory (one sub-directory per dataset and cell)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods/variants (default: the recipe's compare.methods)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: the recipe's compare.seeds)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted grid; finished cells are not redone."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing grid directory."),
+    set_: list[str] = SetOpt,
+):
+    """Methods x seeds (x datasets) on one model: tables, plots, significance (report.md)."""
+    from lingotune.compare import compare as run_grid
+
+    sets = list(set_)
+    if methods:
+        sets.append(f"compare.methods=[{methods}]")
+    if seeds:
+        sets.append(f"compare.seeds=[{seeds}]")
+    r = _load(recipe, sets, False, None, overwrite)
+    summary = run_grid(r, out, resume=resume, console=console)
+    console.print(f"[green]done[/] in {summary['wall_seconds']:.0f} s: {out / 'report.md'}")
+
+
+@app.command()
+@user_errors
 def info(
     model: str = typer.Option("bundled", "--model", help="Model source to inspect."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Shared data root (default: ../shared/data or $LINGOTUNE_DATA)."),

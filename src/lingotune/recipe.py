@@ -7,7 +7,7 @@ errors, so a typo is caught with its name instead of being silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -132,6 +132,36 @@ class OutputConfig(Strict):
     sample_prompts: int = Field(4, ge=0, description="Target-language prompts answered by the untouched and adapted model in report.md.")
 
 
+class CompareConfig(Strict):
+    methods: list[str] = Field(
+        ["lora", "dpart", "dpart_all", "combined", "full"], min_length=1,
+        description="Grid rows: method names (dpart, lora, full, combined) or names of `variants`.",
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        {"dpart_all": {"method.name": "dpart", "train.loss_on": "all"}},
+        description="Named variants: a method plus recipe overrides (dotted keys), e.g. DParT with the loss on the whole sequence.",
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds; every method runs once per seed.")
+    datasets: dict[str, DataConfig] | None = Field(
+        None, description="Optional: several data sections by name; the grid then also runs over datasets.",
+    )
+    candidate: str = Field("dpart", description="The method tested for significance against `baseline`.")
+    baseline: str = Field("lora", description="The method `candidate` is compared to (paired over seeds and examples).")
+    keep_checkpoints: bool = Field(False, description="Keep each finished cell's checkpoints (large); artefacts are always kept.")
+
+    @model_validator(mode="after")
+    def _names(self):
+        from lingotune.methods import METHODS
+
+        for name in self.methods + [self.candidate, self.baseline]:
+            if name not in METHODS and name not in self.variants:
+                raise ValueError(f"compare: {name!r} is neither a method ({', '.join(METHODS)}) nor a variant")
+        for name, over in self.variants.items():
+            if over.get("method.name") not in METHODS:
+                raise ValueError(f"compare.variants.{name}: needs 'method.name' set to one of {', '.join(METHODS)}")
+        return self
+
+
 class Recipe(Strict):
     name: str = Field("run", description="A short name for this recipe.")
     language: str = Field("ru", description="Target language (ISO 639-1 code).")
@@ -142,6 +172,7 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Hyper-parameters shared by every method and stage.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation before and after training.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="The run directory and what goes in it.")
+    compare: CompareConfig = Field(default_factory=CompareConfig, description="`lingotune compare`: the grid of methods x seeds.")
 
     @field_validator("language")
     @classmethod
@@ -149,6 +180,17 @@ class Recipe(Strict):
         if v not in LANGUAGES:
             raise ValueError(f"unknown language {v!r}; known: {', '.join(sorted(LANGUAGES))}")
         return v
+
+    @model_validator(mode="after")
+    def _known_tasks(self):
+        from lingotune.eval.tasks import load_task
+
+        for i, name in enumerate(self.eval.tasks):
+            try:
+                load_task(name)
+            except Exception as e:  # noqa: BLE001 - any reason a task cannot load is a recipe error here
+                raise ValueError(f"eval.tasks[{i}]: {str(e).splitlines()[0]}") from None
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output.dir.format(method=self.method.name, language=self.language, seed=self.seed))

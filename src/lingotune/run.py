@@ -78,47 +78,50 @@ def sample_prompts(built, n: int) -> list[str]:
     return out
 
 
-def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stage: str | None = None,
-        console: Console | None = None) -> dict:
+def build_data(recipe: Recipe, run_dir: Path, console: Console):
+    """Build the stage-1 and stage-2 sets once, write them (and their report) to run_dir/data."""
     from lingotune.data.config import build_datasets
+
+    console.print(f"[bold]data[/] building for {recipe.language} …")
+    built = build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=eval_texts(recipe))
+    built.write(run_dir / "data")
+    return built
+
+
+def eval_texts(recipe: Recipe) -> list[str] | None:
+    """Every text of the evaluation tasks (all of each task's rows), for the data layer's leakage
+    check; None when the check is off. Tasks whose data is absent contribute nothing."""
+    if not recipe.data.checks.leakage_check:
+        return None
+    from lingotune.eval.tasks import load_examples, load_task
+    from lingotune.paths import data_root
+
+    root = data_root(recipe.eval.data_root or recipe.data.root)
+    texts: list[str] = []
+    for name in recipe.eval.tasks:
+        try:
+            rows = load_examples(load_task(name), root, recipe.language)
+        except (OSError, ValueError):
+            continue
+        texts += [v for r in rows for v in r.values() if isinstance(v, str)]
+    return texts
+
+
+def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
+                   console: Console) -> None:
+    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`."""
     from lingotune.eval import evaluate
 
-    console = console or Console()
-    t_start = time.perf_counter()
-    run_dir = prepare_run_dir(recipe, resume)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if resume and results_path.exists() else {}
-    results.update({
-        "recipe": recipe.name, "language": recipe.language, "model": recipe.model.source, "seed": recipe.seed,
-        "method": recipe.method.name, "loss_on": recipe.train.loss_on, "tie": recipe.model.tie,
-        "environment": environment(),
-    })
-    results.setdefault("evals", {})
-    results.setdefault("stages", {})
-    torch.manual_seed(recipe.seed)
+    console.print(f"[bold]eval[/] {label} model …")
+    results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
+    samples = results.setdefault("samples", [{"prompt": p} for p in prompts])
+    for s, a in zip(samples, generate_answers(model, tok, prompts)):
+        s[label] = a
 
-    # 1. data
-    console.print(f"[bold]data[/] building for {recipe.language} …")
-    built = build_datasets(recipe.data, recipe.language, recipe.seed)
-    built.write(run_dir / "data")
-    results["data"] = built.report if isinstance(built.report, dict) else getattr(built.report, "__dict__", str(built.report))
 
-    # 2. model
-    console.print(f"[bold]model[/] loading {recipe.model.source} …")
-    t = time.perf_counter()
-    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
-    results["model_load_seconds"] = round(time.perf_counter() - t, 2)
-
-    # 3. the untouched model
-    prompts = sample_prompts(built, recipe.output.sample_prompts)
-    if do_eval and "untouched" not in results["evals"]:
-        console.print("[bold]eval[/] untouched model …")
-        results["evals"]["untouched"] = evaluate(model, tok, recipe.eval, run_dir / "eval", label="untouched", lang=recipe.language)
-        results["samples"] = [{"prompt": p, "untouched": a} for p, a in zip(prompts, generate_answers(model, tok, prompts))]
-        _save_json(results_path, results)
-
-    # 4. the method's stages, through the one loop
+def train_method(model, tok, recipe: Recipe, built, run_dir: Path, results: dict, *, resume: bool,
+                 only_stage: str | None, console: Console):
+    """Run the method's stages through the one loop; a stage finished earlier is restored, not redone."""
     log_path = run_dir / "metrics.jsonl"
     with progress_bar(console) as progress:
         for stage in methods.stages(recipe.method.name, recipe):
@@ -150,19 +153,53 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
                 "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
                 "artefacts": artefacts, "complete": True,
             }
-            _save_json(results_path, results)
+            _save_json(run_dir / "results.json", results)
+    return model
 
-    # 5. the adapted model
+
+def new_results(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
+    path = run_dir / "results.json"
+    results = json.loads(path.read_text()) if resume and path.exists() else {}
+    results.update({
+        "recipe": recipe.name, "language": recipe.language, "model": recipe.model.source, "seed": recipe.seed,
+        "method": recipe.method.name, "loss_on": recipe.train.loss_on, "tie": recipe.model.tie,
+        "environment": environment(),
+    })
+    results.setdefault("evals", {})
+    results.setdefault("stages", {})
+    return results
+
+
+def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stage: str | None = None,
+        console: Console | None = None) -> dict:
+    """prepare data → evaluate the untouched model → train every stage → evaluate → report."""
+    console = console or Console()
+    t_start = time.perf_counter()
+    run_dir = prepare_run_dir(recipe, resume)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    results = new_results(recipe, run_dir, resume)
+    torch.manual_seed(recipe.seed)
+
+    built = build_data(recipe, run_dir, console)
+    results["data"] = built.report
+
+    console.print(f"[bold]model[/] loading {recipe.model.source} …")
+    t = time.perf_counter()
+    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    results["model_load_seconds"] = round(time.perf_counter() - t, 2)
+
+    prompts = sample_prompts(built, recipe.output.sample_prompts)
+    if do_eval and "untouched" not in results["evals"]:
+        evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
+        _save_json(run_dir / "results.json", results)
+
+    model = train_method(model, tok, recipe, built, run_dir, results, resume=resume, only_stage=only_stage, console=console)
+
     if do_eval and only_stage is None:
-        label = recipe.method.name
-        console.print(f"[bold]eval[/] {label} model …")
-        results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
-        answers = generate_answers(model, tok, prompts)
-        for s, a in zip(results.get("samples", []), answers):
-            s[label] = a
+        evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
-    _save_json(results_path, results)
+    _save_json(run_dir / "results.json", results)
 
     from lingotune.report import write_report
 
