@@ -12,8 +12,8 @@ from lingotune import methods
 from lingotune.train import TrainingError, TrainingInterrupted, lr_factor, train_stage
 
 
-def _run(model, recipe, tmp_path, resume=False, on_step=None, steps=6):
-    stage = methods.stages("lora", recipe)[0]
+def _run(model, recipe, tmp_path, resume=False, on_step=None, steps=6, method="lora"):
+    stage = methods.stages(method, recipe)[0]
     torch.manual_seed(0)
     model, groups = stage.setup(model)
     res = train_stage(
@@ -24,11 +24,12 @@ def _run(model, recipe, tmp_path, resume=False, on_step=None, steps=6):
     return model, res
 
 
-def _lora_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+def _trained_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k or "embed_tokens" in k}
 
 
-def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("method, fast", [("lora", True), ("dpart", True), ("dpart", False)])
+def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, method, fast):
     from conftest import tiny_llama_config
     from transformers import LlamaForCausalLM
 
@@ -36,18 +37,20 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path):
         torch.manual_seed(0)
         return LlamaForCausalLM(tiny_llama_config())
 
-    recipe = make_recipe()
-    ref_model, ref = _run(fresh(), recipe, tmp_path / "ref")
+    recipe = make_recipe(**{"train.fast": fast})
+    ref_model, ref = _run(fresh(), recipe, tmp_path / "ref", method=method)
 
     def interrupt(step, loss):
         if step == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted, match="checkpoint at step 4"):
-        _run(fresh(), recipe, tmp_path / "cut", on_step=interrupt)
-    model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True)
+        _run(fresh(), recipe, tmp_path / "cut", on_step=interrupt, method=method)
+    model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True, method=method)
     assert res.resumed_from == 4 and res.steps == ref.steps == 6
-    a, b = _lora_state(ref_model), _lora_state(model)
+    assert ("row-sparse embeddings, lazy row Adam" in res.fast_path) == (method == "dpart" and fast)
+    a, b = _trained_state(ref_model), _trained_state(model)
+    assert a and set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]

@@ -77,18 +77,14 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, extra: dict) -> None:
+def _save_checkpoint(ckpt_dir: Path, tracked: dict[str, torch.Tensor], optimizer, scheduler, step: int, extra: dict) -> None:
     """Write atomically: a full new checkpoint replaces the old one only once it is complete."""
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save(
-            {"params": _trainable_state(model), "optimizer": optimizer.state_dict(),
+            {"params": {n: p.detach().cpu().clone() for n, p in tracked.items()}, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
             tmp / "state.pt",
         )
@@ -128,6 +124,34 @@ def default_loss(model, batch) -> torch.Tensor:
     return model(**batch).loss
 
 
+def fast_loss(model, batch) -> torch.Tensor:
+    """The same mean cross-entropy, with the output head applied only where labels exist."""
+    from lingotune.fast import label_only_loss
+
+    return label_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+
+
+def make_optimizer(model, groups: list[dict], cfg, single_process: bool):
+    """(optimizer, params to clip, fast-path notes).
+
+    The fast path for a stage that trains only the (untied) input embeddings: a SparseEmbedding
+    that gathers the batch's rows, and LazyRowAdam with state for touched rows only (see
+    lingotune.fast for its exact semantics). Everything else: AdamW over the groups.
+    """
+    from lingotune.fast import LazyRowAdam, install_sparse_embedding
+    from lingotune.models import is_tied
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if cfg.fast and single_process and [g["name"] for g in groups] == ["embeddings"] and not is_tied(base):
+        sparse = install_sparse_embedding(model)
+        opt = LazyRowAdam([sparse], lr=groups[0]["lr"], betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        opt.param_groups[0]["name"] = "embeddings"
+        return opt, opt.gradients, ["row-sparse embeddings, lazy row Adam"]
+    opt_groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups]
+    opt = torch.optim.AdamW(opt_groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    return opt, lambda: [p for g in groups for p in g["params"]], []
+
+
 def train_stage(
     model,
     groups: list[dict],
@@ -153,13 +177,17 @@ def train_stage(
     if not items:
         raise TrainingError(f"{log_key.get('stage', 'stage')}: no training examples (check the data section)")
     accelerator = accelerator_for(cfg.precision)
-    opt_groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups]
-    optimizer = torch.optim.AdamW(opt_groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    trainable, total = count_parameters(model)
+    group_counts = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
+    tracked = {n: p for n, p in model.named_parameters() if p.requires_grad}  # by name, before any module swap
+    optimizer, clip_params, fast_notes = make_optimizer(model, groups, cfg, accelerator.num_processes == 1)
+    loss_fn = fast_loss if cfg.fast else default_loss
+    if cfg.fast:
+        fast_notes.append("label-only logits")
+    if accelerator.mixed_precision == "bf16":
+        fast_notes.append("bf16 autocast")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    trainable, total = count_parameters(unwrapped)
-    group_counts = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
 
     plan = BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed)
     ckpt_dir = stage_dir / "checkpoint"
@@ -168,10 +196,9 @@ def train_stage(
         loaded = load_checkpoint(ckpt_dir)
         if loaded:
             state, done = loaded
-            named = dict(unwrapped.named_parameters())
             with torch.no_grad():
                 for n, t in state["params"].items():
-                    named[n].copy_(t)
+                    tracked[n].copy_(t)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
@@ -193,7 +220,7 @@ def train_stage(
                 for mb in micro:
                     batch = {k: v.to(accelerator.device) for k, v in collate([items[i] for i in mb], pad_id).items()}
                     with accelerator.autocast():
-                        loss = default_loss(model, batch) / len(micro)
+                        loss = loss_fn(model, batch) / len(micro)
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"{log_key.get('stage', 'stage')} step {step + 1}: loss is {loss.item()}; "
@@ -203,7 +230,7 @@ def train_stage(
                     step_loss += loss.item()
                     step_tokens += int(batch["attention_mask"].sum())
                 if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(clip_params(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -219,7 +246,7 @@ def train_stage(
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 if done % cfg.checkpoint_every == 0 or done == steps:
-                    _save_checkpoint(ckpt_dir, unwrapped, optimizer, scheduler, done, log_key)
+                    _save_checkpoint(ckpt_dir, tracked, optimizer, scheduler, done, log_key)
                 if progress:
                     progress.update(task, completed=done, description=f"{log_key.get('method', '')} {log_key.get('stage', '')} loss {step_loss:.3f}")
                 if on_step:
@@ -230,10 +257,14 @@ def train_stage(
         raise TrainingInterrupted(
             f"{log_key.get('stage', 'stage')}: interrupted; checkpoint at step {at} in {ckpt_dir}; run again with --resume"
         ) from None
+    finally:
+        from lingotune.fast import remove_sparse_embedding
+
+        remove_sparse_embedding(accelerator.unwrap_model(model))
     return StageResult(
         stage=log_key.get("stage", ""), steps=steps, seconds=round(time.perf_counter() - t0, 2), tokens=tokens_total,
         trainable_params=trainable, total_params=total, groups=group_counts,
-        first_loss=first_loss, final_loss=final_loss, resumed_from=start,
+        first_loss=first_loss, final_loss=final_loss, resumed_from=start, fast_path=fast_notes,
     )
 
 

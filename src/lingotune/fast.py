@@ -1,0 +1,311 @@
+"""Building blocks of lingotune's fast training path.
+
+- `SparseEmbedding` + `LazyRowAdam`: train input-embedding rows with gradients and optimizer
+  state only for the rows that occur in the batches (never a vocab x hidden gradient).
+- `label_only_loss`: apply the output head only where a label exists (answer tokens).
+- `pack_examples` / `collate_packed`: several examples per row, attention kept inside each.
+
+Lazy Adam semantics of `LazyRowAdam` (per-row step counts; see its docstring and
+docs/benchmarks.md). Rows never touched keep their values bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+# --------------------------------------------------------------------------- sparse embedding
+
+
+def _base(model):
+    """The transformers model under a PeftModel (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class SparseEmbedding(torch.nn.Module):
+    """An embedding whose full weight stays frozen; each forward trains only the rows it uses.
+
+    With grad enabled, forward gathers the batch's unique ids into a small fp32 leaf tensor
+    `self.rows` (requires_grad=True; `self.unique_ids` holds the ids), and returns
+    `rows[inverse]`. Backward thus yields an (n_unique x hidden) gradient. Every grad-enabled
+    forward since the last `clear()` is kept in `self.pending` (ids, rows), so gradient
+    accumulation over micro-batches works; `LazyRowAdam` sums them per id. With grad
+    disabled (evaluation, generation) it is a plain embedding lookup.
+    A scale the wrapped module applies (Gemma's `embed_scale`) is applied too.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding):
+        super().__init__()
+        if not isinstance(embedding, torch.nn.Embedding):
+            raise TypeError(f"SparseEmbedding wraps an nn.Embedding, got {type(embedding).__name__}")
+        embedding.weight.requires_grad_(False)
+        self.weight = embedding.weight
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx = embedding.padding_idx
+        self.embed_scale = getattr(embedding, "embed_scale", None)
+        self._original = [embedding]  # a list, so it is not registered as a submodule
+        self.rows: torch.Tensor | None = None
+        self.unique_ids: torch.Tensor | None = None
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.embed_scale is None else x * self.embed_scale.to(x.dtype)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._scale(F.embedding(input_ids, self.weight, self.padding_idx))
+        ids, inverse = torch.unique(input_ids, return_inverse=True)
+        rows = self.weight.detach()[ids].clone().requires_grad_(True)
+        self.rows, self.unique_ids = rows, ids
+        self.pending.append((ids, rows))
+        return self._scale(rows[inverse])
+
+    def clear(self) -> None:
+        self.pending = []
+        self.rows = self.unique_ids = None
+
+    def gathered_grad(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(sorted unique ids, summed gradient rows) over all pending forwards, or None."""
+        parts = [(ids, rows.grad) for ids, rows in self.pending if rows.grad is not None]
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        ids, inverse = torch.unique(torch.cat([p[0] for p in parts]), return_inverse=True)
+        grad = torch.zeros(len(ids), self.embedding_dim, dtype=parts[0][1].dtype, device=ids.device)
+        grad.index_add_(0, inverse, torch.cat([p[1] for p in parts]))
+        return ids, grad
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, sparse rows"
+
+
+def install_sparse_embedding(model) -> SparseEmbedding:
+    """Replace the model's input embedding with a SparseEmbedding sharing its weight.
+
+    Works on plain transformers models and PeftModels. Refuses a tied model (the output head
+    would need a dense gradient of the same matrix): call `lingotune.models.untie` first.
+    """
+    base = _base(model)
+    emb = base.get_input_embeddings()
+    if isinstance(emb, SparseEmbedding):
+        return emb
+    head = base.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() == emb.weight.data_ptr():
+        raise ValueError("install_sparse_embedding: the output head shares the input embedding weight (tied model); "
+                         "call lingotune.models.untie(model) first")
+    sparse = SparseEmbedding(emb)
+    base.set_input_embeddings(sparse)
+    return sparse
+
+
+def remove_sparse_embedding(model) -> torch.nn.Embedding:
+    """Put the original embedding module back; it shares the (updated) weight, still frozen."""
+    base = _base(model)
+    emb = base.get_input_embeddings()
+    if not isinstance(emb, SparseEmbedding):
+        return emb
+    original = emb._original[0]
+    original.weight = emb.weight
+    base.set_input_embeddings(original)
+    return original
+
+
+# --------------------------------------------------------------------------- lazy row Adam
+
+
+class LazyRowAdam(torch.optim.Optimizer):
+    """Lazy AdamW over the rows of one or more SparseEmbedding modules.
+
+    Semantics (per step, for each embedding): the touched rows are the ids that occurred in any
+    grad-enabled forward since the last `zero_grad()`; their gradient is the sum over those
+    forwards. For each touched row r only, with that row's own step count t_r:
+
+        t_r += 1
+        w_r *= 1 - lr * weight_decay                   (decoupled, touched rows only)
+        m_r = b1 * m_r + (1 - b1) * g_r
+        v_r = b2 * v_r + (1 - b2) * g_r**2
+        w_r -= lr * (m_r / (1 - b1**t_r)) / (sqrt(v_r / (1 - b2**t_r)) + eps)
+
+    Untouched rows keep weight, m, v and t unchanged (bit-identical weights). The bias correction
+    uses the row's own count t_r, so a row first seen late gets a normal-sized first step
+    (torch.optim.SparseAdam uses one count for the whole tensor instead). When every row is
+    touched at every step this is exactly torch.optim.AdamW.
+
+    State per embedding weight, only for rows ever touched, in first-touch order:
+    `ids` (n,) int64, `step` (n,) int64, `exp_avg` and `exp_avg_sq` (n, hidden) fp32.
+    `param_groups` hold the frozen weights (so LR schedulers work); `lr` and `weight_decay`
+    are read from the group at each step.
+    """
+
+    def __init__(self, modules, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        modules = [modules] if isinstance(modules, SparseEmbedding) else list(modules)
+        if not modules or not all(isinstance(m, SparseEmbedding) for m in modules):
+            raise TypeError("LazyRowAdam: pass SparseEmbedding modules (see install_sparse_embedding)")
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"LazyRowAdam: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
+        self.modules = modules
+        super().__init__([m.weight for m in modules], dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._module_of = {id(m.weight): m for m in modules}
+
+    def gradients(self) -> list[torch.Tensor]:
+        """The pending row gradients (for clip_grad_norm_; clipping them in place affects step)."""
+        return [rows.grad for m in self.modules for _, rows in m.pending if rows.grad is not None]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for m in self.modules:
+            m.clear()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for weight in group["params"]:
+                got = self._module_of[id(weight)].gathered_grad()
+                if got is None:
+                    continue
+                ids, grad = got
+                slots = self._slots(weight, ids)
+                st = self.state[weight]
+                st["step"][slots] += 1
+                t = st["step"][slots].to(torch.float64)
+                bc1 = (1 - b1 ** t).to(grad.dtype).unsqueeze(1)
+                bc2_sqrt = (1 - b2 ** t).sqrt().to(grad.dtype).unsqueeze(1)
+                m = st["exp_avg"][slots].mul_(b1).add_(grad, alpha=1 - b1)
+                v = st["exp_avg_sq"][slots].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                st["exp_avg"][slots], st["exp_avg_sq"][slots] = m, v
+                w = weight[ids].float()
+                if wd:
+                    w.mul_(1 - lr * wd)
+                w.sub_(lr * (m / bc1) / (v.sqrt() / bc2_sqrt + eps))
+                weight[ids] = w.to(weight.dtype)
+        return loss
+
+    def _slots(self, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """State rows for `ids` (sorted, unique), adding zero state for ids seen the first time."""
+        st = self.state[weight]
+        if not st:
+            st["ids"] = torch.empty(0, dtype=torch.long, device=ids.device)
+            st["step"] = torch.empty(0, dtype=torch.long, device=ids.device)
+            st["exp_avg"] = torch.empty(0, weight.shape[1], dtype=torch.float32, device=ids.device)
+            st["exp_avg_sq"] = torch.empty(0, weight.shape[1], dtype=torch.float32, device=ids.device)
+        known, order = st["ids"].sort()
+        pos = torch.searchsorted(known, ids).clamp(max=max(len(known) - 1, 0))
+        found = known[pos] == ids if len(known) else torch.zeros_like(ids, dtype=torch.bool)
+        new = ids[~found]
+        if len(new):
+            n = len(st["ids"])
+            st["ids"] = torch.cat([st["ids"], new])
+            st["step"] = torch.cat([st["step"], torch.zeros_like(new)])
+            zeros = torch.zeros(len(new), weight.shape[1], dtype=torch.float32, device=ids.device)
+            st["exp_avg"] = torch.cat([st["exp_avg"], zeros])
+            st["exp_avg_sq"] = torch.cat([st["exp_avg_sq"], zeros])
+        slots = torch.empty_like(ids)
+        slots[found] = order[pos[found]]
+        if len(new):
+            slots[~found] = torch.arange(n, n + len(new), device=ids.device)
+        return slots
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        for st in self.state.values():  # own copies: later in-place updates must not touch the source
+            for key, value in st.items():
+                st[key] = value.clone()
+                if key == "ids" or key == "step":
+                    st[key] = st[key].long()
+                else:
+                    st[key] = st[key].float()
+
+    def state_numel(self) -> int:
+        """Elements held in optimizer state (grows with touched rows, not with the vocabulary)."""
+        return sum(v.numel() for st in self.state.values() for v in st.values())
+
+
+# --------------------------------------------------------------------------- label-only loss
+
+
+def label_only_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                    position_ids: torch.Tensor | None = None, reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    """(cross-entropy, number of labelled tokens), computing logits only where a label exists.
+
+    Equals `model(input_ids, attention_mask=..., labels=labels).loss` for reduction="mean"
+    (reduction="sum" gives the sum, for accumulation over micro-batches). For packed rows from
+    `collate_packed`, pass attention_mask=None and the position_ids.
+    """
+    base = _base(model)
+    body = base.get_decoder()
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    h = hidden[:, :-1][keep]
+    logits = base.get_output_embeddings()(h)
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    n = int(keep.sum())
+    loss = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+    if reduction == "mean":
+        loss = loss / max(n, 1)
+    elif reduction != "sum":
+        raise ValueError(f"label_only_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    return loss, n
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_examples(examples: list[dict], max_len: int) -> list[dict]:
+    """Pack tokenized examples ({input_ids, labels}) several to a row of at most max_len tokens.
+
+    First-fit in the given order (deterministic); an example longer than max_len is cut to
+    max_len. Each row: input_ids, labels, position_ids (restarting at 0 for each example) and
+    seq_lens. The first label of every example is set to -100, so no token is trained to
+    predict across a boundary (unpacked, that label is never used either). Transformers (>=4.56,
+    SDPA/eager/flex) turns position_ids that restart into a block-diagonal causal mask when the
+    model is called with attention_mask=None, so attention never crosses examples.
+    """
+    if max_len < 2:
+        raise ValueError(f"pack_examples: max_len must be >= 2, got {max_len}")
+    rows: list[dict] = []
+    for i, ex in enumerate(examples):
+        ids, labels = list(ex["input_ids"])[:max_len], list(ex["labels"])[:max_len]
+        if len(ids) != len(labels):
+            raise ValueError(f"pack_examples: example {i}: input_ids and labels differ in length")
+        if not ids:
+            continue
+        labels[0] = IGNORE
+        row = next((r for r in rows if len(r["input_ids"]) + len(ids) <= max_len), None)
+        if row is None:
+            row = {"input_ids": [], "labels": [], "position_ids": [], "seq_lens": []}
+            rows.append(row)
+        row["input_ids"] += ids
+        row["labels"] += labels
+        row["position_ids"] += list(range(len(ids)))
+        row["seq_lens"].append(len(ids))
+    return rows
+
+
+def collate_packed(rows: list[dict], pad_id: int) -> dict:
+    """Tensors for packed rows, padded to the longest row; attention_mask is None on purpose.
+
+    The padding forms its own segment (positions restart at 0, labels -100), so it never
+    attends into, or is attended by, real tokens.
+    """
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": [], "labels": [], "position_ids": []}
+    for r in rows:
+        pad = width - len(r["input_ids"])
+        out["input_ids"].append(r["input_ids"] + [pad_id] * pad)
+        out["labels"].append(r["labels"] + [IGNORE] * pad)
+        out["position_ids"].append(r["position_ids"] + list(range(pad)))
+    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+    batch["attention_mask"] = None
+    return batch

@@ -1,0 +1,270 @@
+"""Fast training path: sparse embedding rows, lazy row Adam, label-only loss, packing."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lingotune.fast import (
+    LazyRowAdam,
+    SparseEmbedding,
+    collate_packed,
+    install_sparse_embedding,
+    label_only_loss,
+    pack_examples,
+    remove_sparse_embedding,
+)
+from lingotune.models import untie
+
+VOCAB, HIDDEN = 128, 32
+
+
+def batches(n: int, seed: int = 1, high: int = 64, shape=(2, 12)):
+    """Ids only from [3, high): rows >= high are never touched."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, high, shape, generator=g) for _ in range(n)]
+
+
+def lm_batch(ids: torch.Tensor):
+    labels = ids.clone()
+    labels[:, :4] = -100  # a "prompt" without labels
+    return ids, torch.ones_like(ids), labels
+
+
+def reference_lazy_adam(weight, batch_ids, grads, lr, betas, eps, wd):
+    """The documented semantics, row by row in float64."""
+    w = weight.double().clone()
+    m, v, t = {}, {}, {}
+    b1, b2 = betas
+    for ids, g in zip(batch_ids, grads):
+        for i, r in enumerate(ids.tolist()):
+            gr = g[i].double()
+            t[r] = t.get(r, 0) + 1
+            m[r] = b1 * m.get(r, torch.zeros_like(gr)) + (1 - b1) * gr
+            v[r] = b2 * v.get(r, torch.zeros_like(gr)) + (1 - b2) * gr * gr
+            w[r] *= 1 - lr * wd
+            mhat, vhat = m[r] / (1 - b1 ** t[r]), v[r] / (1 - b2 ** t[r])
+            w[r] -= lr * mhat / (vhat.sqrt() + eps)
+    return w
+
+
+def train_sparse(model, steps, lr=1e-2, wd=0.1):
+    untie(model)
+    sparse = install_sparse_embedding(model)
+    opt = LazyRowAdam(sparse, lr=lr, weight_decay=wd)
+    seen_ids, seen_grads = [], []
+    for ids in batches(steps):
+        loss, _ = label_only_loss(model, *lm_batch(ids))
+        loss.backward()
+        seen_ids.append(sparse.unique_ids.clone())
+        seen_grads.append(sparse.rows.grad.clone())
+        opt.step()
+        opt.zero_grad()
+    return sparse, opt, seen_ids, seen_grads
+
+
+def test_untouched_rows_bit_identical_and_touched_match_reference(tiny_llama):
+    before = tiny_llama.get_input_embeddings().weight.detach().clone()
+    sparse, opt, ids, grads = train_sparse(tiny_llama, steps=5)
+    after = sparse.weight.detach()
+    touched = torch.unique(torch.cat(ids))
+    untouched = torch.ones(VOCAB, dtype=torch.bool)
+    untouched[touched] = False
+    assert untouched.sum() >= VOCAB - 64
+    assert torch.equal(after[untouched], before[untouched])
+    assert not torch.equal(after[touched], before[touched])
+    ref = reference_lazy_adam(before, ids, grads, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, wd=0.1)
+    torch.testing.assert_close(after[touched].double(), ref[touched], rtol=1e-5, atol=1e-6)
+    # a row touched in only some steps has its own step count
+    counts = torch.bincount(torch.cat(ids), minlength=VOCAB)
+    st = opt.state[sparse.weight]
+    assert sorted(st["ids"].tolist()) == touched.tolist()
+    assert {int(i): int(s) for i, s in zip(st["ids"], st["step"])} == {int(r): int(counts[r]) for r in touched}
+    assert len(set(counts[touched].tolist())) > 1  # the test does exercise different counts
+
+
+def test_all_rows_touched_equals_torch_adamw():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(6, 4)
+    dense = torch.nn.Parameter(emb.weight.detach().clone())
+    sparse = SparseEmbedding(emb)
+    opt, ref = LazyRowAdam(sparse, lr=0.05, weight_decay=0.01), torch.optim.AdamW([dense], lr=0.05, weight_decay=0.01)
+    ids = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    for k in range(4):
+        (sparse(ids).pow(2).sum() * (k + 1)).backward()
+        (torch.nn.functional.embedding(ids, dense).pow(2).sum() * (k + 1)).backward()
+        opt.step(), ref.step()
+        opt.zero_grad(), ref.zero_grad()
+    torch.testing.assert_close(sparse.weight, dense.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_gathered_gradient_equals_dense_gradient(tiny_llama):
+    untie(tiny_llama)
+    dense_model = copy.deepcopy(tiny_llama)
+    ids = batches(1)[0]
+    dense_model.get_input_embeddings().weight.requires_grad_(True)
+    dense_model(*lm_batch(ids)[:2], labels=lm_batch(ids)[2]).loss.backward()
+    dense_grad = dense_model.get_input_embeddings().weight.grad
+    sparse = install_sparse_embedding(tiny_llama)
+    tiny_llama(*lm_batch(ids)[:2], labels=lm_batch(ids)[2]).loss.backward()
+    assert sparse.rows.grad.shape == (len(sparse.unique_ids), HIDDEN)
+    torch.testing.assert_close(sparse.rows.grad, dense_grad[sparse.unique_ids], rtol=1e-5, atol=1e-7)
+    mask = torch.ones(VOCAB, dtype=torch.bool)
+    mask[sparse.unique_ids] = False
+    assert torch.count_nonzero(dense_grad[mask]) == 0
+    assert sparse.weight.grad is None
+
+
+def test_accumulated_microbatches_sum_gradients():
+    emb = torch.nn.Embedding(10, 3)
+    sparse = SparseEmbedding(emb)
+    sparse(torch.tensor([1, 2, 2])).sum().backward()
+    sparse(torch.tensor([2, 5])).sum().backward()
+    ids, grad = sparse.gathered_grad()
+    assert ids.tolist() == [1, 2, 5]
+    assert grad[:, 0].tolist() == [1.0, 3.0, 1.0]
+
+
+def test_state_dict_round_trip_resumes_identically(tiny_llama):
+    untie(tiny_llama)
+    other = copy.deepcopy(tiny_llama)
+    sparse, opt, _, _ = train_sparse(tiny_llama, steps=3)
+    saved_weight = sparse.weight.detach().clone()
+    saved = copy.deepcopy(opt.state_dict())
+    snapshot = copy.deepcopy(saved)
+    # resume in a fresh model/optimizer, with a scheduler on top
+    with torch.no_grad():
+        other.get_input_embeddings().weight.copy_(saved_weight)
+    sparse2 = install_sparse_embedding(other)
+    opt2 = LazyRowAdam(sparse2, lr=1e-2, weight_decay=0.1)
+    opt2.load_state_dict(saved)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0 / (1 + s)) for o in (opt, opt2)]
+    for ids in batches(3, seed=7, high=100):
+        for model, o, s in ((tiny_llama, opt, scheds[0]), (other, opt2, scheds[1])):
+            label_only_loss(model, *lm_batch(ids))[0].backward()
+            o.step(), s.step(), o.zero_grad()
+    assert torch.equal(sparse.weight, sparse2.weight)
+    for key in ("ids", "step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt.state[sparse.weight][key], opt2.state[sparse2.weight][key])
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+    assert torch.equal(saved["state"][0]["exp_avg"], snapshot["state"][0]["exp_avg"])  # loading copied the state
+
+
+def test_state_memory_proportional_to_touched_rows(tiny_llama):
+    sparse, opt, ids, _ = train_sparse(tiny_llama, steps=2)
+    n = len(torch.unique(torch.cat(ids)))
+    assert n < VOCAB / 2
+    assert opt.state_numel() == n * (2 * HIDDEN + 2)
+
+
+def test_label_only_loss_equals_full_loss_and_frozen_head_gets_no_grad(tiny_llama):
+    untie(tiny_llama)
+    ids, mask, labels = lm_batch(batches(1)[0])
+    mask[1, -3:] = 0
+    labels[1, -3:] = -100
+    full = tiny_llama(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss, n = label_only_loss(tiny_llama, ids, mask, labels)
+    assert n == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
+    head = tiny_llama.get_output_embeddings()
+    head.weight.requires_grad_(False)
+    tiny_llama.model.norm.weight.requires_grad_(True)
+    label_only_loss(tiny_llama, ids, mask, labels)[0].backward()
+    assert head.weight.grad is None
+    assert tiny_llama.model.norm.weight.grad is not None
+
+
+def test_works_with_peft_and_bf16_autocast(tiny_llama):
+    peft = pytest.importorskip("peft")
+    untie(tiny_llama)
+    model = peft.get_peft_model(tiny_llama, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    sparse = install_sparse_embedding(model)
+    assert model.get_base_model().get_input_embeddings() is sparse
+    opt = LazyRowAdam(sparse, lr=1e-2)
+    before = sparse.weight.detach().clone()
+    ids, mask, labels = lm_batch(batches(1)[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss, _ = label_only_loss(model, ids, mask, labels)
+    assert math.isclose(loss.item(), full.item(), rel_tol=2e-2)
+    loss.backward()
+    assert sparse.rows.dtype == torch.float32 and sparse.rows.grad.dtype == torch.float32
+    opt.step()
+    assert sparse.weight.dtype == torch.float32
+    assert not torch.equal(sparse.weight[sparse.unique_ids], before[sparse.unique_ids])
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for p in lora)
+    plain = remove_sparse_embedding(model)
+    assert isinstance(plain, torch.nn.Embedding) and type(plain) is not SparseEmbedding
+    assert model.get_base_model().get_input_embeddings() is plain
+    assert torch.equal(plain.weight, sparse.weight)
+
+
+def test_tied_model_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match="untie"):
+        install_sparse_embedding(tiny_llama)
+
+
+def test_no_grad_forward_is_plain_lookup(tiny_llama):
+    untie(tiny_llama)
+    ids = batches(1)[0]
+    with torch.no_grad():
+        want = tiny_llama(ids).logits
+        install_sparse_embedding(tiny_llama)
+        got = tiny_llama(ids).logits
+    assert torch.equal(want, got)
+    assert tiny_llama.get_input_embeddings().pending == []
+
+
+def test_packed_row_logits_equal_separate_runs(tiny_llama):
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 5, 9, 4)]
+    examples = [{"input_ids": s, "labels": s} for s in seqs]
+    rows = pack_examples(examples, max_len=16)
+    assert [r["seq_lens"] for r in rows] == [[7, 5, 4], [9]]
+    assert rows[0]["position_ids"] == list(range(7)) + list(range(5)) + list(range(4))
+    assert rows[0]["labels"][7] == -100 and rows[0]["labels"][8] == seqs[1][1]
+    batch = collate_packed(rows, pad_id=0)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"] is None
+    with torch.no_grad():
+        packed = tiny_llama(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        where = {0: (0, 0), 1: (0, 7), 3: (0, 12), 2: (1, 0)}
+        for i, s in enumerate(seqs):
+            alone = tiny_llama(input_ids=torch.tensor([s])).logits[0]
+            row, start = where[i]
+            torch.testing.assert_close(packed[row, start:start + len(s)], alone, rtol=1e-5, atol=1e-5)
+        # without the position restart the second sequence would see the first: logits differ
+        wrong = tiny_llama(input_ids=batch["input_ids"][:1]).logits[0, 7:12]
+        assert not torch.allclose(wrong, tiny_llama(input_ids=torch.tensor([seqs[1]])).logits[0], atol=1e-3)
+    # the packed loss equals the mean over the separate sequences' label tokens
+    loss, n = label_only_loss(tiny_llama, batch["input_ids"], None, batch["labels"], batch["position_ids"])
+    assert n == sum(len(s) - 1 for s in seqs)
+    total = sum(tiny_llama(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss * (len(s) - 1) for s in seqs)
+    torch.testing.assert_close(loss, total / n, rtol=1e-5, atol=1e-6)
+
+
+def test_pack_examples_rejects_bad_input():
+    with pytest.raises(ValueError, match="example 0"):
+        pack_examples([{"input_ids": [1, 2], "labels": [1]}], max_len=8)
+    rows = pack_examples([{"input_ids": list(range(20)), "labels": list(range(20))}], max_len=8)
+    assert len(rows[0]["input_ids"]) == 8
+
+
+def test_scaled_embedding_of_gemma3_keeps_its_scale():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=False)
+    model = Gemma3ForCausalLM(config)
+    ids = torch.randint(0, 64, (2, 6))
+    labels = ids.clone()
+    want = model(input_ids=ids, labels=labels).loss.detach()
+    sparse = install_sparse_embedding(model)
+    assert sparse.embed_scale is not None
+    loss, _ = label_only_loss(model, ids, None, labels)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert type(remove_sparse_embedding(model)).__name__ == "Gemma3TextScaledWordEmbedding"
