@@ -1,0 +1,97 @@
+"""`lingotune eval`: evaluate a model (plus adapter / trained embeddings) and print a table.
+
+The lead registers `eval_command` on the main typer app. User errors are one red line, exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def fail(msg: str) -> None:
+    Console(stderr=True).print(f"[red]error: {msg}[/red]", highlight=False)
+    raise typer.Exit(2)
+
+
+def _fmt(v) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def results_table(results: dict, title: str = "") -> Table:
+    """One row per task and metric: value, 95% CI, n, seconds (skipped tasks with their reason)."""
+    table = Table(title=title or None)
+    for col in ("task", "metric", "value", "95% CI", "n", "seconds"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for task, res in results.items():
+        if res.get("skipped"):
+            table.add_row(task, "[yellow]skipped[/yellow]", res["skipped"], "", "0", _fmt(res.get("seconds")))
+            continue
+        skip = {"ci", "n", "seconds", "skipped", "lang", "split", "tokens", "chars"}
+        first = True
+        for metric, value in res.items():
+            if metric in skip or isinstance(value, str):
+                continue
+            ci = res["ci"].get(metric)
+            ci_txt = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ("" if value is not None else res.get("comet_skipped", ""))
+            table.add_row(task if first else "", metric, _fmt(value), ci_txt, str(res["n"]) if first else "",
+                          _fmt(res["seconds"]) if first else "")
+            first = False
+    return table
+
+
+def eval_command(
+    model: str = typer.Option("bundled", help="Base model: 'bundled', a local directory or a hub id."),
+    adapter: str | None = typer.Option(None, help="PEFT adapter directory (LoRA, DParT stage 2)."),
+    embeddings: str | None = typer.Option(None, help="Trained input embeddings (.safetensors, DParT stage 1)."),
+    tasks: str = typer.Option("", help="Comma-separated task names or task YAML paths (default: the language's suite)."),
+    limit: int | None = typer.Option(None, help="At most this many examples per task."),
+    sample: bool = typer.Option(False, help="With --limit, draw the examples at random (seeded)."),
+    batch_size: int = typer.Option(8, help="Examples per batch."),
+    mode: str = typer.Option("generate", help="Yes/no scoring: generate, loglik or both."),
+    shots: str | None = typer.Option(None, help="Comma-separated k-shot settings (e.g. 0,5) overriding the tasks'."),
+    data_root: str | None = typer.Option(None, help="Root of the shared data (default: $LINGOTUNE_DATA or ../shared/data)."),
+    comet_model: str | None = typer.Option(None, help="Local COMET checkpoint for translation tasks."),
+    out: Path = typer.Option(Path("runs/eval"), help="Output folder: <out>/<label>/<task>.jsonl and scores.json."),
+    label: str = typer.Option("model", help="Name of this model's results folder under --out."),
+    seed: int = typer.Option(0, help="Seed for sampling, k-shot demonstrations and bootstrap."),
+    lang: str = typer.Option("ru", help="Language of the run (default suite, starter questions)."),
+    n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs (0 = none)."),
+) -> None:
+    """Evaluate a model on yes/no benchmarks, translation and perplexity; print scores with 95% CIs."""
+    from pydantic import ValidationError
+
+    from lingotune.eval import EvalConfig, evaluate
+    from lingotune.eval.tasks import load_task
+    from lingotune.languages import UnknownLanguageError, get_language
+    from lingotune.models import ModelLoadError, load_adapted
+
+    try:
+        get_language(lang)
+        cfg = EvalConfig(
+            tasks=[t for t in tasks.split(",") if t.strip()], limit=limit, sample=sample, seed=seed,
+            batch_size=batch_size, mode=mode, data_root=data_root, comet_model=comet_model, n_bootstrap=n_bootstrap,
+            shots=[int(k) for k in shots.split(",")] if shots else None,
+        )
+        for t in cfg.tasks:
+            load_task(t)
+    except ValidationError as e:
+        err = e.errors()[0]
+        fail(f"option {'.'.join(map(str, err['loc']))}: {err['msg']}")
+    except (ValueError, UnknownLanguageError) as e:
+        fail(str(e))
+    try:
+        m, tok = load_adapted(model, adapter=adapter, embeddings=embeddings)
+    except ModelLoadError as e:
+        fail(str(e))
+    try:
+        results = evaluate(m, tok, cfg, out_dir=out, label=label, lang=lang)
+    except ValueError as e:  # bad data or template: one line naming the file/field
+        fail(str(e))
+    console.print(results_table(results, title=f"{label}: {model}" + (f" + {adapter}" if adapter else "")))
+    console.print(f"saved to {out / label}")

@@ -1,0 +1,81 @@
+"""k-shot evaluation: demonstrations drawn from a task's train split, and multiple choice by log-likelihood.
+
+Demonstrations: for each evaluated example, k rows drawn from `train_file` with
+`random.Random(f"{seed}:{k}:{example id}")`, so a given example always sees the same demos
+whatever the limit or sample. Yes/no tasks put them before the question as earlier chat turns
+(user prompt, assistant "Да"/"Нет"/...); multiple-choice tasks as plain text blocks.
+
+Multiple choice (KoBEST COPA, HellaSwag; as lm-evaluation-harness does): plain text, no chat
+template; the context is the task's prompt, each option's continuation is scored by the sum of
+its token log-probabilities (`pred`) and by that sum divided by its length in characters
+(`pred_norm`, reported as accuracy_norm/f1_norm); the highest wins.
+"""
+
+from __future__ import annotations
+
+import random
+
+from lingotune.eval import lm
+from lingotune.eval.metrics import accuracy, classification_cis, macro_f1
+from lingotune.eval.tasks import TaskSpec, render, template_fields
+
+
+def draw_demos(train: list[dict], k: int, seed: int, example_id) -> list[dict]:
+    if k <= 0 or not train:
+        return []
+    rng = random.Random(f"{seed}:{k}:{example_id}")
+    pool = [r for r in train if str(r.get("id")) != str(example_id)] or train
+    return rng.sample(pool, min(k, len(pool)))
+
+
+def suffix(k: int) -> str:
+    """Metric-name suffix of a k-shot setting: '' for 0-shot, else '_{k}shot' (e.g. f1_5shot)."""
+    return "" if k == 0 else f"_{k}shot"
+
+
+def mc_context(spec: TaskSpec, row: dict, lang: str) -> str:
+    return render(spec.prompts[0], template_fields(row, lang))
+
+
+def mc_choices(spec: TaskSpec, row: dict, lang: str) -> list[str]:
+    fields = template_fields(row, lang)
+    return [render(c, fields) for c in spec.choices]
+
+
+def run_multiple_choice(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, train: list[dict] = (),
+                        k: int = 0) -> tuple[list[dict], dict, dict]:
+    """Score each option by log-likelihood; returns (per-example records, metrics, cis)."""
+    sfx = suffix(k)
+    pairs, owners, records = [], [], []
+    for n, row in enumerate(rows):
+        demos = draw_demos(list(train), k, cfg.seed, row["id"])
+        prefix = "".join(mc_context(spec, d, lang) + mc_choices(spec, d, lang)[d["label"]] + "\n\n" for d in demos)
+        context = prefix + mc_context(spec, row, lang)
+        ctx_ids = lm.encode(tok, context)
+        if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
+            ctx_ids = [tok.bos_token_id] + ctx_ids
+        choices = mc_choices(spec, row, lang)
+        for j, c in enumerate(choices):
+            pairs.append((ctx_ids, lm.encode(tok, c)))
+            owners.append((n, j))
+        records.append({"id": row["id"], "shots": k, "prompt": context, "choices": choices, "label": row["label"]})
+    scores = lm.continuation_logprobs(model, tok, pairs, cfg.batch_size, desc=f"{spec.name} {k}-shot")
+    per = [[None] * len(r["choices"]) for r in records]
+    for (n, j), s in zip(owners, scores):
+        per[n][j] = s
+    for rec, s in zip(records, per):
+        norm = [x / max(len(c), 1) for x, c in zip(s, rec["choices"])]
+        rec["logprobs"] = [round(x, 4) for x in s]
+        rec["pred"] = max(range(len(s)), key=s.__getitem__)
+        rec["pred_norm"] = max(range(len(norm)), key=norm.__getitem__)
+        rec["correct"] = rec["pred"] == rec["label"]
+    golds = [r["label"] for r in records]
+    classes = list(range(len(spec.choices)))
+    metrics, cis = {}, {}
+    for tag, key in (("", "pred"), ("_norm", "pred_norm")):
+        preds = [r[key] for r in records]
+        metrics[f"accuracy{tag}{sfx}"] = accuracy(preds, golds)
+        metrics[f"f1{tag}{sfx}"] = macro_f1(preds, golds, classes)
+        cis.update(classification_cis(preds, golds, cfg.n_bootstrap, cfg.seed, suffix=f"{tag}{sfx}",
+                                      with_rate=False, classes=classes))
+    return records, metrics, cis

@@ -1,0 +1,199 @@
+"""What every task does with the model: chat prompts, batched greedy generation, log-likelihoods.
+
+Works on any causal LM with a Hugging Face tokenizer: a base model, a PeftModel or a merged one.
+Generation pads on the LEFT (the tokenizer's side is restored afterwards); forward passes on
+left-padded batches pass explicit position ids so padding does not shift positions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def inference(model):
+    """Eval mode and no autograd for the duration; the model's training flag is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def padding_side(tok, side: str):
+    old = tok.padding_side
+    tok.padding_side = side
+    try:
+        yield
+    finally:
+        tok.padding_side = old
+
+
+def progress(total: int, desc: str):
+    """A rich progress bar (transient; silent when stdout is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+
+
+def batches(items: Sequence, size: int, desc: str) -> Iterator[tuple[int, Sequence]]:
+    """(start index, batch) over items, with a progress bar."""
+    with progress(len(items), desc) as bar:
+        task = bar.add_task(desc, total=len(items))
+        for i in range(0, len(items), size):
+            yield i, items[i:i + size]
+            bar.advance(task, len(items[i:i + size]))
+
+
+def chat_text(tok, messages: list[dict]) -> str:
+    """The prompt text for `messages`, ending where the assistant starts answering."""
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode(tok, text: str) -> list[int]:
+    """Token ids of already-templated text (the template carries its own special tokens)."""
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, n - len(s):] = torch.tensor(s)
+            mask[i, n - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(tok) -> int:
+    pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return 0 if pid is None else int(pid)
+
+
+def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | int, batch_size: int = 8,
+             stop_at_newline: bool = False, desc: str = "generate") -> list[str]:
+    """Greedy continuations (decoded, special tokens dropped) of tokenized prompts, in order.
+
+    Prompts are sorted by length into batches (less padding); `max_new_tokens` may be per prompt
+    (a batch uses the largest of its members).
+    """
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    device = model_device(model)
+    extra = {"stop_strings": ["\n"], "tokenizer": tok} if stop_at_newline else {}
+    with inference(model), padding_side(tok, "left"):
+        for _, chunk in batches(order, batch_size, desc):
+            ids, mask = _pad_left([prompts[i] for i in chunk], pad_id(tok), device)
+            gen = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets[i] for i in chunk),
+                pad_token_id=pad_id(tok), use_cache=True, temperature=None, top_p=None, top_k=None, **extra,
+            )
+            for row, i in enumerate(chunk):
+                out[i] = tok.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def continuation_logprobs(model, tok, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                          desc: str = "log-likelihood") -> list[float]:
+    """Sum of log P(continuation tokens | context) for each (context ids, continuation ids) pair."""
+    device = model_device(model)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    out = [0.0] * len(pairs)
+    with inference(model):
+        for _, chunk in batches(order, batch_size, desc):
+            seqs = [pairs[i][0] + pairs[i][1] for i in chunk]
+            ids, mask = _pad_left(seqs, pad_id(tok), device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(pairs[i][1]) for i in chunk) + 1
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+            logp = torch.log_softmax(logits[:, -keep:].float(), dim=-1)
+            for row, i in enumerate(chunk):
+                cont = pairs[i][1]
+                c = len(cont)
+                # position -1-c predicts cont[0], ..., position -2 predicts cont[-1]
+                pred = logp[row, keep - 1 - c: keep - 1]
+                out[i] = float(pred.gather(-1, torch.tensor(cont, device=device)[:, None]).sum())
+    return out
+
+
+def _cache_kwarg(model) -> str:
+    """The forward() keyword for a KV cache: `cache` in recent transformers, `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _output_cache(res):
+    cache = getattr(res, "cache", None)
+    return cache if cache is not None else res.past_key_values
+
+
+def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: list[list[int]], batch_size: int = 8,
+                                 desc: str = "log-likelihood") -> list[list[float]]:
+    """[i][j] = sum of log P(conts[j] | contexts[i]), every context scored against the same continuations.
+
+    Each context batch runs once; its KV cache then scores each continuation and is cropped back.
+    """
+    device = model_device(model)
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    out = [[0.0] * len(conts) for _ in contexts]
+    with inference(model):
+        for _, chunk in batches(order, batch_size, desc):
+            ids, mask = _pad_left([contexts[i] for i in chunk], pad_id(tok), device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+            cache, b = _output_cache(res), len(chunk)
+            for j, cont in enumerate(conts):
+                score = first[:, cont[0]].clone()
+                if len(cont) > 1:
+                    rest = torch.tensor(cont[:-1], device=device).expand(b, -1)
+                    mask2 = torch.cat([mask, torch.ones((b, len(cont) - 1), dtype=mask.dtype, device=device)], dim=1)
+                    pos2 = pos[:, -1:] + torch.arange(1, len(cont), device=device)
+                    logits = model(input_ids=rest, attention_mask=mask2, position_ids=pos2, use_cache=True,
+                                   **{_cache_kwarg(model): cache}).logits
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    target = torch.tensor(cont[1:], device=device).expand(b, -1)
+                    score += logp.gather(-1, target[..., None]).squeeze(-1).sum(-1)
+                    cache.crop(-(len(cont) - 1))  # back to the context alone
+                for r, i in enumerate(chunk):
+                    out[i][j] = float(score[r])
+    return out
+
+
+def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: str = "perplexity") -> list[tuple[float, int]]:
+    """(sum of NLL in nats, number of scored tokens) per token sequence; the first token is context only."""
+    device = model_device(model)
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with inference(model):
+        for _, chunk in batches(order, batch_size, desc):
+            n = max(len(texts[i]) for i in chunk)
+            ids = torch.full((len(chunk), n), pad_id(tok), dtype=torch.long)
+            mask = torch.zeros((len(chunk), n), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                ids[r, :len(texts[i])] = torch.tensor(texts[i])
+                mask[r, :len(texts[i])] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            nll = nll * mask[:, 1:]
+            for r, i in enumerate(chunk):
+                out[i] = (float(nll[r].sum()), max(len(texts[i]) - 1, 0))
+    return out

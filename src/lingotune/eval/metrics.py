@@ -1,0 +1,113 @@
+"""Scores and their bootstrap confidence intervals.
+
+Accuracy counts an unparsed answer as wrong; rate is the share of answers that start with
+yes or no (the DParT paper's two numbers). Macro F1 is averaged over the gold classes, an
+unparsed answer counting as a miss for its gold class. chrF++ is sacrebleu's CHRF(word_order=2)
+and BLEU sacrebleu's BLEU, both corpus-level.
+
+Confidence intervals: percentile bootstrap over examples (seeded). For chrF++ and BLEU each
+resample recomputes the *corpus* score from per-sentence n-gram statistics (what sacrebleu's
+own paired bootstrap does); for bits per character the ratio of resampled sums.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+def accuracy(preds: Sequence[Any], golds: Sequence[Any]) -> float:
+    if not golds:
+        return float("nan")
+    return 100.0 * sum(p is not None and p == g for p, g in zip(preds, golds)) / len(golds)
+
+
+def rate(preds: Sequence[Any]) -> float:
+    """Share (%) of answers that could be read as yes or no."""
+    if not preds:
+        return float("nan")
+    return 100.0 * sum(p is not None for p in preds) / len(preds)
+
+
+def macro_f1(preds: Sequence[Any], golds: Sequence[Any], classes: Sequence[Any] | None = None) -> float:
+    """Macro F1 (%) over `classes` (default: the gold classes); None predictions are misses."""
+    classes = sorted(set(golds), key=str) if classes is None else list(classes)
+    if not classes:
+        return float("nan")
+    f1s = []
+    for c in classes:
+        tp = sum(p == c and g == c for p, g in zip(preds, golds))
+        fp = sum(p == c and g != c for p, g in zip(preds, golds))
+        fn = sum(p != c and g == c for p, g in zip(preds, golds))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return 100.0 * sum(f1s) / len(f1s)
+
+
+def chrf_metric():
+    from sacrebleu.metrics import CHRF
+
+    return CHRF(word_order=2)
+
+
+def bleu_metric():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()
+
+
+def corpus_chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """chrF++ (sacrebleu CHRF(word_order=2)) of a corpus with one reference per sentence."""
+    return chrf_metric().corpus_score(list(hyps), [list(refs)]).score
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    return bleu_metric().corpus_score(list(hyps), [list(refs)]).score
+
+
+def sentence_stats(metric, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    """Per-sentence sufficient statistics of a sacrebleu metric (rows sum to corpus statistics)."""
+    return np.array(metric._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.float64)
+
+
+def score_from_stats(metric, stats: np.ndarray) -> float:
+    summed = [int(round(x)) for x in stats.sum(axis=0)]
+    return float(metric._compute_score_from_stats(summed).score)
+
+
+def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> list[float] | None:
+    """Percentile bootstrap interval [lo, hi] of `stat(indices)` over resamples of n examples."""
+    if n_boot <= 0 or n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
+    vals = vals[~np.isnan(vals)]
+    if vals.size == 0:
+        return None
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+    """Bootstrap CI of the mean of per-example values (accuracy from 0/100 scores, rate, ...)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), n_boot, seed)
+
+
+def classification_cis(preds: list, golds: list, n_boot: int, seed: int, suffix: str = "",
+                       with_rate: bool = True, classes: Sequence[Any] | None = None) -> dict[str, list[float] | None]:
+    """CIs for accuracy, rate and macro F1 of one set of predictions."""
+    correct = np.array([100.0 * (p is not None and p == g) for p, g in zip(preds, golds)])
+    ci = {f"accuracy{suffix}": mean_ci(correct, n_boot, seed)}
+    if with_rate:
+        ci[f"rate{suffix}"] = mean_ci([100.0 * (p is not None) for p in preds], n_boot, seed)
+    cls = sorted(set(golds), key=str) if classes is None else classes
+    ci[f"f1{suffix}"] = bootstrap_ci(
+        len(golds), lambda idx: macro_f1([preds[i] for i in idx], [golds[i] for i in idx], cls), n_boot, seed)
+    return ci
+
+
+def bits_per_char(nll_nats: float, n_chars: int) -> float:
+    return nll_nats / math.log(2) / n_chars if n_chars else float("nan")

@@ -1,0 +1,95 @@
+"""`evaluate`: run a list of tasks on a model and save scores and per-example outputs.
+
+Outputs (when `out_dir` is given): out_dir/<label>/<task>.jsonl with one record per example
+(prompt, output, parsed answer, label, ...) and out_dir/<label>/scores.json with every task's
+result, rewritten after each task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from lingotune.eval.config import DEFAULT_SUITES, EvalConfig
+from lingotune.eval.kshot import run_multiple_choice
+from lingotune.eval.perplexity import run_perplexity
+from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
+from lingotune.eval.translation import run_translation
+from lingotune.eval.yesno import run_yesno
+from lingotune.paths import data_root
+
+console = Console(stderr=True)
+
+
+def _clean(v):
+    """JSON-safe: NaN/inf -> None, rounded floats, recursively."""
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else round(v, 4)
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str) -> tuple[dict, list[dict]]:
+    """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent."""
+    task_lang = spec.lang or lang
+    limit = cfg.limit if cfg.limit is not None or spec.kind != "perplexity" else cfg.bpc_max_lines
+    rows = load_examples(spec, root, task_lang, limit, cfg.sample, cfg.seed)
+    metrics, cis, records = {}, {}, []
+    if spec.kind == "translation":
+        records, metrics, cis = run_translation(model, tok, spec, rows, cfg)
+    elif spec.kind == "perplexity":
+        records, metrics, cis = run_perplexity(model, tok, spec, rows, cfg)
+    else:
+        shots = cfg.shots if cfg.shots is not None and spec.train_file else spec.shots
+        train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
+        if any(k > 0 for k in shots) and not train:
+            raise FileNotFoundError(f"task {spec.name}: k-shot needs a train_file")
+        for k in shots:
+            run = run_yesno if spec.kind == "yesno" else run_multiple_choice
+            recs, m, c = run(model, tok, spec, rows, task_lang, cfg, train, k)
+            records += recs
+            metrics.update(m)
+            cis.update(c)
+    result = {**metrics, "ci": cis, "n": len(rows), "lang": task_lang, "split": spec.split or None}
+    return result, records
+
+
+def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, label: str = "model",
+             lang: str = "ru") -> dict:
+    """Run `cfg.tasks` (or the default suite of `lang`) and return {task: {metric: value, "ci", "n", "seconds", "skipped"}}.
+
+    A task whose data is missing is skipped with its reason in "skipped"; an unknown task name or
+    a bad task file raises ValueError before anything runs.
+    """
+    root = data_root(cfg.data_root)
+    names = cfg.tasks or DEFAULT_SUITES.get(lang, [])
+    specs = [load_task(n) for n in names]
+    results: dict[str, dict] = {}
+    folder = Path(out_dir) / label if out_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        t0 = time.perf_counter()
+        try:
+            result, records = run_task(model, tokenizer, spec, cfg, root, lang)
+            result["skipped"] = None
+        except (FileNotFoundError, ImportError) as e:
+            reason = str(e) if isinstance(e, FileNotFoundError) else f"cannot import {e.name or e} ({e})"
+            console.print(f"[yellow]skipping {spec.name}: {reason}[/yellow]")
+            result, records = {"ci": {}, "n": 0, "skipped": reason}, []
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        results[spec.name] = _clean(result)
+        if folder is not None:
+            if records:
+                with (folder / f"{spec.name}.jsonl").open("w", encoding="utf-8") as f:
+                    for r in records:
+                        f.write(json.dumps(_clean(r), ensure_ascii=False) + "\n")
+            (folder / "scores.json").write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+    return results

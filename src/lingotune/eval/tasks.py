@@ -1,0 +1,283 @@
+"""Evaluation tasks described as data: one small YAML file per task.
+
+A task file names its data (files relative to the data root), how to read it, the prompt
+template(s), the label field and how labels map to answers. The built-in tasks live in
+`lingotune/eval/tasks/*.yaml`; a user's file is loaded by path (`--tasks my.yaml`).
+
+Templates: Python `str.format` with the row's field names (`{passage}`), or Jinja when the
+template contains `{{` or `{%` (the row is also available as `row`, for keys like "1").
+Every template also sees `answer_yes_no`, `yes` and `no` of the task's language.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import json
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lingotune.data.records import DataError
+from lingotune.languages import get_language
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Task name: the key in results and the file stem of its outputs.")
+    lang: str | None = Field(None, description="Language of the task (ISO code); null = the run's language.")
+    kind: Literal["yesno", "translation", "perplexity", "multiple_choice"] = Field(description="How the task is scored.")
+    description: str = Field("", description="One line on what the task is and where it comes from.")
+    format: Literal["jsonl", "tsv", "lines", "parallel", "starter"] = Field(
+        description="Reader: jsonl (one object a line), tsv (with a header), lines (one text a line), "
+        "parallel (two line-aligned files), starter (lingotune.data.starter held-out questions)."
+    )
+    file: str | None = Field(None, description="Data file relative to the data root (the source side for `parallel`).")
+    target_file: str | None = Field(None, description="`parallel` only: the line-aligned target-side file.")
+    train_file: str | None = Field(None, description="File the k-shot demonstrations are drawn from (same format).")
+    split: str = Field("", description="Which split `file` is (val, dev, devtest, test), for the record.")
+    rename: dict[str, str] = Field(default_factory=dict, description="Rename fields after reading (e.g. '1' -> option1).")
+    carve: Literal["dev", "test"] | None = Field(
+        None, description="Keep one half of a set that has no official split: rows whose sha256(carve_key fields) "
+        "starts with an even 32-bit number are 'dev', odd ones 'test'."
+    )
+    carve_key: list[str] = Field(default_factory=list, description="Fields hashed by `carve`.")
+    system: str | None = Field(None, description="System prompt (template); null = the chat template's default.")
+    prompts: list[str] = Field(default_factory=list, description="User prompt template(s); with several, one is drawn per example (seeded).")
+    choices: list[str] = Field(default_factory=list, description="multiple_choice: one template per option (the continuation scored).")
+    label_field: str | None = Field(None, description="Field holding the gold label.")
+    labels: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Raw label -> 'yes'/'no' (yesno) or option index (multiple_choice); compared case-insensitively.",
+    )
+    metrics: list[str] = Field(default_factory=list, description="Metrics reported (informational; defaults by kind).")
+    shots: list[int] = Field(default_factory=lambda: [0], description="k-shot settings (demonstrations from train_file).")
+    src_lang: str | None = Field(None, description="translation: source language code.")
+    tgt_lang: str | None = Field(None, description="translation: target language code.")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: Any) -> Any:
+        # YAML 1.1 reads unquoted true/yes/no as booleans: map them back to words.
+        if not isinstance(v, dict):
+            return v
+        word = lambda x: ("yes" if x else "no") if isinstance(x, bool) else x  # noqa: E731
+        return {str(k).strip().lower(): word(val) for k, val in v.items()}
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskSpec":
+        if self.lang is not None:
+            get_language(self.lang)
+        if self.format != "starter" and not self.file:
+            raise ValueError("field 'file' is required unless format is 'starter'")
+        if self.format == "parallel" and not self.target_file:
+            raise ValueError("format 'parallel' needs field 'target_file'")
+        if self.kind == "yesno":
+            if not self.prompts:
+                raise ValueError("kind 'yesno' needs at least one entry in 'prompts'")
+            bad = [k for k, v in self.labels.items() if v not in ("yes", "no")]
+            if bad:
+                raise ValueError(f"labels: values must be 'yes' or 'no' (quote them in YAML); bad keys {bad}")
+        if self.kind == "multiple_choice" and (not self.prompts or len(self.choices) < 2):
+            raise ValueError("kind 'multiple_choice' needs 'prompts' (the context) and at least two 'choices'")
+        if self.kind == "translation" and not (self.src_lang and self.tgt_lang):
+            raise ValueError("kind 'translation' needs 'src_lang' and 'tgt_lang'")
+        if self.carve and not self.carve_key:
+            raise ValueError("'carve' needs 'carve_key' (the fields hashed)")
+        if any(k < 0 for k in self.shots):
+            raise ValueError("shots must be >= 0")
+        return self
+
+
+def builtin_tasks() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def load_task(name_or_path: str) -> TaskSpec:
+    """A built-in task by name, or a task YAML file by path; ValueError with the file at fault otherwise."""
+    path = Path(name_or_path).expanduser()
+    if not (path.suffix in (".yaml", ".yml") or "/" in name_or_path or "\\" in name_or_path):
+        path = TASKS_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ValueError(f"unknown task {name_or_path!r}; built-in: {', '.join(builtin_tasks())} (or give a .yaml path)")
+    if not path.exists():
+        raise ValueError(f"task file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ValueError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a task file must be a mapping of fields")
+    try:
+        return TaskSpec(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(task)"
+        raise ValueError(f"{path}: field {field!r}: {err['msg']}") from None
+
+
+# ---------------------------------------------------------------- templates
+
+_JINJA = None
+
+
+def render(template: str, fields: dict[str, Any]) -> str:
+    """Fill a template: str.format with the fields, or Jinja when it uses {{ }} / {% %}."""
+    if "{{" in template or "{%" in template:
+        global _JINJA
+        if _JINJA is None:
+            from jinja2 import StrictUndefined
+            from jinja2.sandbox import SandboxedEnvironment
+
+            _JINJA = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+        return _JINJA.from_string(template).render(row=fields, **{k: v for k, v in fields.items() if k.isidentifier()})
+    try:
+        return template.format_map(fields)
+    except KeyError as e:
+        raise DataError(f"template {template[:40]!r}: no field {e.args[0]!r} (fields: {', '.join(sorted(fields))})") from None
+
+
+def template_fields(row: dict[str, Any], lang: str) -> dict[str, Any]:
+    language = get_language(lang)
+    return {**row, "answer_yes_no": language.answer_yes_no, "yes": language.yes[0], "no": language.no[0]}
+
+
+# ---------------------------------------------------------------- readers
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: each line must be a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [h.strip() for h in next(reader, [])]
+        rows = []
+        for i, cells in enumerate(reader, 2):
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise DataError(f"{path}:{i}: {len(cells)} columns, header has {len(header)}")
+            rows.append({h: c.strip() for h, c in zip(header, cells)})
+    return rows
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _read_starter(lang: str) -> list[dict]:
+    mod = importlib.import_module("lingotune.data.starter")  # lazily: written by another part of lingotune
+    return [dict(r) for r in mod.generate(lang, seed=0).heldout_yesno]
+
+
+def read_rows(spec: TaskSpec, root: Path | None, lang: str, which: str = "file") -> list[dict]:
+    """Rows of the task's `file` (or `train_file`), renamed; FileNotFoundError names the missing file."""
+    if spec.format == "starter":
+        return [{**r, "id": r.get("id", i)} for i, r in enumerate(_read_starter(lang))]
+    rel = spec.file if which == "file" else spec.train_file
+    path = data_path(root, rel)
+    if spec.format == "jsonl":
+        rows = _read_jsonl(path)
+    elif spec.format == "tsv":
+        rows = _read_tsv(path)
+    elif spec.format == "lines":
+        rows = [{"text": t} for t in _read_lines(path)]
+    else:  # parallel
+        src, tgt = _read_lines(path), _read_lines(data_path(root, spec.target_file))
+        if len(src) != len(tgt):
+            raise DataError(f"{spec.target_file}: {len(tgt)} lines, {rel} has {len(src)}: files must be line-aligned")
+        rows = [{"source": s, "target": t} for s, t in zip(src, tgt)]
+    if spec.rename:
+        rows = [{spec.rename.get(k, k): v for k, v in r.items()} for r in rows]
+    for i, r in enumerate(rows):
+        r.setdefault("id", r.get("idx", r.get("ID", i)))
+    return rows
+
+
+def data_path(root: Path | None, rel: str | None) -> Path:
+    if rel is None:
+        raise FileNotFoundError("no file given")
+    p = Path(rel).expanduser()
+    if not p.is_absolute():
+        if root is None:
+            raise FileNotFoundError(f"{rel}: no data root (set LINGOTUNE_DATA or --data-root)")
+        p = root / p
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: data file not found")
+    return p
+
+
+def carve_part(row: dict, key: list[str]) -> str:
+    """'dev' or 'test' for a row, from the sha256 of its key fields (stable across runs and machines)."""
+    text = "\x1f".join(str(row.get(k, "")) for k in key)
+    h = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
+    return "dev" if h % 2 == 0 else "test"
+
+
+def map_label(spec: TaskSpec, row: dict, where: str = "") -> Any:
+    """The gold answer of a row: 'yes'/'no' or an option index; None when the task has no label field."""
+    if spec.label_field is None:
+        return None
+    if spec.label_field not in row:
+        raise DataError(f"{where}: no label field {spec.label_field!r} (fields: {', '.join(map(str, row))})")
+    raw = row[spec.label_field]
+    key = str(raw).strip().lower()
+    if not spec.labels:
+        return int(raw) if spec.kind == "multiple_choice" else key
+    if key not in spec.labels:
+        raise DataError(f"{where}: label {raw!r} is not in the task's labels {sorted(spec.labels)}")
+    return spec.labels[key]
+
+
+def select(items: list, limit: int | None, sample: bool, seed: int) -> list:
+    """The first `limit` items, or `limit` drawn at random with `seed` (kept in file order)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if not sample:
+        return list(items[:limit])
+    idx = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in idx]
+
+
+def load_examples(spec: TaskSpec, root: Path | None, lang: str, limit: int | None = None,
+                  sample: bool = False, seed: int = 0) -> list[dict]:
+    """The task's evaluation rows, each with `label` mapped, carved and capped/sampled."""
+    rows = read_rows(spec, root, lang)
+    if spec.carve:
+        rows = [r for r in rows if carve_part(r, spec.carve_key) == spec.carve]
+    out = []
+    for i, r in enumerate(rows):
+        r = dict(r)
+        r["label"] = map_label(spec, r, where=f"{spec.file or spec.name}: row {i + 1}")
+        out.append(r)
+    return select(out, limit, sample, seed)
+
+
+def load_demos(spec: TaskSpec, root: Path | None, lang: str) -> list[dict]:
+    """Rows of `train_file` (for k-shot demonstrations) with labels mapped; [] when there is none."""
+    if not spec.train_file:
+        return []
+    rows = read_rows(spec, root, lang, which="train")
+    return [{**r, "label": map_label(spec, r, where=f"{spec.train_file}: row {i + 1}")} for i, r in enumerate(rows)]

@@ -1,0 +1,149 @@
+"""Translation with DParT's one-shot prompts (paper, appendix A.6), scored by chrF++, BLEU and COMET.
+
+The prompt is written in the non-English language of the pair and carries one example
+(Einstein). The Russian->English one is the paper's text verbatim; the Arabic->English one is
+the paper's Arabic text (its extraction is garbled, so it takes the Russian prompt's
+"### source### target" layout); the opposite directions and Korean are built by analogy.
+It is sent as one user message followed by "### " and the source sentence; the first
+non-empty line of the greedy continuation (leading "#" marks removed) is the translation.
+A new-token budget of 2 x source tokens + 16 (capped by `translation_max_new_tokens`).
+
+COMET (unbabel-comet, not a dependency) runs only when a local checkpoint is given
+(`comet_model` or $LINGOTUNE_COMET); otherwise the result says comet: null and why.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lingotune.eval import lm
+from lingotune.eval.metrics import bleu_metric, bootstrap_ci, chrf_metric, score_from_stats, sentence_stats
+from lingotune.eval.tasks import TaskSpec, render
+
+EXAMPLE = {
+    "en": "Albert Einstein was one of the best theoretical physicists in 1905, he put forward the theory of general and special relativity.",
+    "ru": "Альберт Эйнштейн был одним из лучших физиков-теоретиков, в 1905 году он выдвинул теорию общей и специальной теории относительности.",
+    "ar": "ألبرت آينشتاين كان من أفضل علماء الفيزياء النظرية في ١٩٠٥ قام بطرح نظرية النسبية العامة والخاصة.",
+    "ko": "알베르트 아인슈타인은 1905년 최고의 이론 물리학자 중 한 명이었으며, 일반 상대성 이론과 특수 상대성 이론을 제시했습니다.",
+}
+
+# (src, tgt) -> (instruction, word for "Example:"), written in the non-English language.
+INSTRUCTIONS = {
+    ("ru", "en"): ("Ты - полезный помощник, прочитай текст и переведи его на английский.", "Пример:"),
+    ("en", "ru"): ("Ты - полезный помощник, прочитай текст и переведи его на русский.", "Пример:"),
+    ("ar", "en"): ("مساعد شخصي اقرأ النص بإمعان وترجمه الى الانكليزية.", "مثال:"),
+    ("en", "ar"): ("مساعد شخصي اقرأ النص بإمعان وترجمه الى العربية.", "مثال:"),
+    ("ko", "en"): ("당신은 유용한 도우미입니다. 글을 잘 읽고 영어로 번역하세요.", "예시:"),
+    ("en", "ko"): ("당신은 유용한 도우미입니다. 글을 잘 읽고 한국어로 번역하세요.", "예시:"),
+}
+
+DEFAULT_USER = "{instruction}\n### {source}"
+
+
+def instruction(src: str, tgt: str) -> str:
+    """The A.6 one-shot instruction for src -> tgt (instruction, example source, example target)."""
+    if (src, tgt) not in INSTRUCTIONS:
+        raise ValueError(f"no translation prompt for {src}->{tgt}; known: {', '.join(f'{a}->{b}' for a, b in INSTRUCTIONS)}")
+    text, example = INSTRUCTIONS[(src, tgt)]
+    return f"{text} {example} ### {EXAMPLE[src]}### {EXAMPLE[tgt]}"
+
+
+def build_messages(spec: TaskSpec, row: dict) -> list[dict]:
+    fields = {**row, "instruction": instruction(spec.src_lang, spec.tgt_lang)}
+    msgs = [{"role": "system", "content": render(spec.system, fields)}] if spec.system else []
+    msgs.append({"role": "user", "content": render(spec.prompts[0] if spec.prompts else DEFAULT_USER, fields)})
+    return msgs
+
+
+def clean(output: str) -> str:
+    """The first non-empty line, without leading '#' marks or a trailing '###'."""
+    for line in output.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line:
+            return line.split("###")[0].strip()
+    return ""
+
+
+class _StopAfterLine:
+    """Stops a sequence once its new text has a newline after some non-blank content."""
+
+    def __init__(self, tok, start: int):
+        self.tok, self.start = tok, start
+
+    def __call__(self, input_ids, scores, **kw):
+        texts = self.tok.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([("\n" in t.lstrip()) for t in texts], device=input_ids.device)
+
+
+def translate(model, tok, sources_msgs: list[list[dict]], budgets: list[int], batch_size: int, desc: str) -> list[str]:
+    from transformers import StoppingCriteriaList
+
+    prompts = [lm.encode(tok, lm.chat_text(tok, m)) for m in sources_msgs]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
+    device = lm.model_device(model)
+    with lm.inference(model), lm.padding_side(tok, "left"):
+        for _, chunk in lm.batches(order, batch_size, desc):
+            ids, mask = lm._pad_left([prompts[i] for i in chunk], lm.pad_id(tok), device)
+            gen = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets[i] for i in chunk),
+                pad_token_id=lm.pad_id(tok), use_cache=True, temperature=None, top_p=None, top_k=None,
+                stopping_criteria=StoppingCriteriaList([_StopAfterLine(tok, ids.shape[1])]),
+            )
+            for r, i in enumerate(chunk):
+                out[i] = tok.decode(gen[r, ids.shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def comet_checkpoint(explicit: str | None) -> tuple[str | None, str | None]:
+    """(checkpoint path, None) or (None, why COMET is skipped)."""
+    path = explicit or os.environ.get("LINGOTUNE_COMET")
+    if not path:
+        return None, "no COMET checkpoint given (set comet_model or LINGOTUNE_COMET to a local .ckpt)"
+    if not Path(path).expanduser().exists():
+        return None, f"COMET checkpoint {path!r} not found"
+    try:
+        import comet  # noqa: F401
+    except ImportError:
+        return None, "unbabel-comet is not installed (pip install 'lingotune[comet]')"
+    return str(Path(path).expanduser()), None
+
+
+def comet_scores(ckpt: str, srcs: list[str], hyps: list[str], refs: list[str], batch_size: int) -> list[float]:
+    from comet import load_from_checkpoint
+
+    model = load_from_checkpoint(ckpt)
+    data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(srcs, hyps, refs)]
+    out = model.predict(data, batch_size=batch_size, gpus=1 if torch.cuda.is_available() else 0, progress_bar=False)
+    return [100.0 * float(x) for x in out.scores]
+
+
+def run_translation(model, tok, spec: TaskSpec, rows: list[dict], cfg) -> tuple[list[dict], dict, dict]:
+    msgs = [build_messages(spec, r) for r in rows]
+    budgets = [min(cfg.translation_max_new_tokens, 2 * len(lm.encode(tok, r["source"])) + 16) for r in rows]
+    outs = translate(model, tok, msgs, budgets, cfg.batch_size, desc=spec.name)
+    hyps = [clean(o) for o in outs]
+    refs = [r["target"] for r in rows]
+    records = [{"id": r["id"], "prompt": m[-1]["content"], "source": r["source"], "output": o, "hypothesis": h,
+                "reference": r["target"]} for r, m, o, h in zip(rows, msgs, outs, hyps)]
+    metrics, cis = {}, {}
+    for name, metric in (("chrf++", chrf_metric()), ("bleu", bleu_metric())):
+        stats = sentence_stats(metric, hyps, refs)
+        metrics[name] = score_from_stats(metric, stats)
+        cis[name] = bootstrap_ci(len(hyps), lambda idx: score_from_stats(metric, stats[idx]), cfg.n_bootstrap, cfg.seed)
+    ckpt, why = comet_checkpoint(cfg.comet_model)
+    metrics["comet"] = None
+    if ckpt:
+        seg = comet_scores(ckpt, [r["source"] for r in rows], hyps, refs, cfg.batch_size)
+        arr = np.array(seg)
+        metrics["comet"] = float(arr.mean())
+        cis["comet"] = bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), cfg.n_bootstrap, cfg.seed)
+        for rec, s in zip(records, seg):
+            rec["comet"] = round(s, 4)
+    else:
+        metrics["comet_skipped"] = why
+    return records, metrics, cis

@@ -1,0 +1,231 @@
+"""The model paths: generation, log-likelihood, perplexity, evaluate() end to end, the CLI.
+
+A tiny random Llama (tests/conftest.py) with a character-level tokenizer built in memory, so
+nothing here needs the bundled model (except the one test marked bundled).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from lingotune.eval import EvalConfig, evaluate, load_task
+from lingotune.eval import lm
+from lingotune.eval.perplexity import line_ids, score_texts
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+CHARS = list(" \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?!'\"-:#") + list("данетДН")
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """Character-level tokenizer (vocab < 128) with ChatML-like special tokens and a chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + ["<unk>"] + CHARS)}
+    assert len(vocab) <= 128
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
+                                  unk_token="<unk>", additional_special_tokens=["<|im_start|>", "</s>"])
+    tok.chat_template = TEMPLATE
+    tok.padding_side = "right"
+    return tok
+
+
+@pytest.fixture
+def tok():
+    return tiny_tokenizer()
+
+
+def test_tiny_tokenizer_roundtrip(tok):
+    ids = lm.encode(tok, "<|im_start|>user\nда?<|im_end|>")
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    assert tok.decode(ids, skip_special_tokens=True) == "user\nда?"
+
+
+def test_generate_left_pads_and_matches_unbatched(tiny_llama, tok):
+    prompts = [lm.encode(tok, lm.chat_text(tok, [{"role": "user", "content": q}])) for q in ["hi?", "a much longer question?"]]
+    batched = lm.generate(tiny_llama, tok, prompts, 6, batch_size=2)
+    single = [lm.generate(tiny_llama, tok, [p], 6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert tok.padding_side == "right"  # restored
+    assert tiny_llama.training is True  # restored (a fresh module is in training mode)
+
+
+def test_loglik_cached_equals_pairs_and_unpadded(tiny_llama, tok):
+    ctxs = [lm.encode(tok, "<|im_start|>user\nis it?<|im_end|>\n<|im_start|>assistant\n"), lm.encode(tok, "ab")]
+    conts = [lm.encode(tok, "да"), lm.encode(tok, "Нет"), lm.encode(tok, "a")]
+    shared = lm.shared_continuation_logprobs(tiny_llama, tok, ctxs, conts, batch_size=2)
+    pairs = lm.continuation_logprobs(tiny_llama, tok, [(c, k) for c in ctxs for k in conts], batch_size=3)
+    assert [x for row in shared for x in row] == pytest.approx(pairs, abs=1e-4)
+    # against a plain unpadded forward pass
+    with torch.no_grad():
+        seq = torch.tensor([ctxs[1] + conts[1]])
+        logp = torch.log_softmax(tiny_llama(seq).logits[0], -1)
+        n = len(ctxs[1])
+        want = sum(float(logp[n - 1 + j, t]) for j, t in enumerate(conts[1]))
+    assert shared[1][1] == pytest.approx(want, abs=1e-4)
+
+
+class Uniform(torch.nn.Module):
+    """A stub causal LM whose next-token distribution is uniform over V tokens."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        return types.SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab) + self.w)
+
+
+def test_bits_per_char_uniform_model_is_log2_vocab(tok):
+    model = Uniform(len(tok))
+    texts = ["abc da", "hello world?", "xy"]
+    scores = score_texts(model, tok, texts, batch_size=2)
+    # character-level tokenizer without BOS: c tokens, the first is context, c-1 cost ln V each
+    for (nll, n, chars), t in zip(scores, texts):
+        assert chars == len(t) and n == len(t) - 1
+        assert nll == pytest.approx((len(t) - 1) * math.log(len(tok)), rel=1e-5)
+    from lingotune.eval.perplexity import run_perplexity
+
+    rows = [{"id": i, "text": t} for i, t in enumerate(texts)]
+    _, m, ci = run_perplexity(model, tok, load_task("flores_ru_bpc"), rows, EvalConfig(n_bootstrap=50))
+    c = sum(map(len, texts))
+    assert m["bits_per_char"] == pytest.approx((c - len(texts)) * math.log2(len(tok)) / c, rel=1e-5)
+    assert m["perplexity"] == pytest.approx(len(tok), rel=1e-4)
+    lo, hi = ci["bits_per_char"]
+    assert lo <= m["bits_per_char"] <= hi
+    # a tokenizer that adds BOS: every character's token is scored, bits/char is exactly log2 V
+    tok.add_bos_token = True
+    tok._tokenizer.post_processor = __import__("tokenizers").processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    assert line_ids(tok, "ab")[0] == tok.bos_token_id
+    _, m, _ = run_perplexity(model, tok, load_task("flores_ru_bpc"), rows, EvalConfig(n_bootstrap=0))
+    assert m["bits_per_char"] == pytest.approx(math.log2(len(tok)), rel=1e-5)
+
+
+def _write_data(root):
+    (root / "qa").mkdir(parents=True)
+    rows = [{"q": f"q{i}?", "label": i % 2 == 0} for i in range(6)]
+    (root / "qa" / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "qa" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (root / "src.txt").write_text("da net\nabc\n")
+    (root / "tgt.txt").write_text("yes no\nabc\n")
+    task = root / "qa.yaml"
+    task.write_text(
+        "name: qa\nlang: ru\nkind: yesno\nformat: jsonl\nfile: qa/val.jsonl\ntrain_file: qa/train.jsonl\n"
+        "prompts: ['{q} {answer_yes_no}']\nlabel_field: label\nlabels: {'true': 'yes', 'false': 'no'}\nshots: [0, 2]\n")
+    mt = root / "mt.yaml"
+    mt.write_text("name: mt\nlang: ru\nkind: translation\nformat: parallel\nfile: src.txt\ntarget_file: tgt.txt\n"
+                  "src_lang: ru\ntgt_lang: en\n")
+    mc = root / "mc.yaml"
+    mc.write_text("name: mc\nlang: ko\nkind: multiple_choice\nformat: jsonl\nfile: qa/val.jsonl\n"
+                  "prompts: ['{q}']\nchoices: [' a', ' b']\nlabel_field: label\nlabels: {'true': 0, 'false': 1}\n")
+    return task, mt, mc
+
+
+def test_evaluate_end_to_end_tiny(tiny_llama, tok, tmp_path):
+    task, mt, mc = _write_data(tmp_path)
+    cfg = EvalConfig(tasks=[str(task), str(mt), str(mc), "danetqa"], mode="both", batch_size=4, n_bootstrap=20,
+                     data_root=str(tmp_path), translation_max_new_tokens=8)
+    out = tmp_path / "out"
+    res = evaluate(tiny_llama, tok, cfg, out_dir=out, label="tiny", lang="ru")
+    qa = res["qa"]
+    assert qa["n"] == 6 and qa["skipped"] is None and qa["seconds"] >= 0
+    for key in ["accuracy", "rate", "f1", "accuracy_ll", "f1_ll", "accuracy_2shot", "rate_2shot", "accuracy_ll_2shot"]:
+        assert key in qa and key in qa["ci"]
+    assert 0 <= qa["rate"] <= 100 and "rate_ll" not in qa
+    assert qa["accuracy_ll"] in {100 * k / 6 for k in range(7)}
+    recs = [json.loads(l) for l in (out / "tiny" / "qa.jsonl").read_text().splitlines()]
+    assert len(recs) == 12 and {r["shots"] for r in recs} == {0, 2}
+    r0 = recs[0]
+    assert r0["prompt"].endswith("q0? Ответь да или нет.<|im_end|>\n<|im_start|>assistant\n")
+    assert {"output", "parsed", "label", "parsed_ll", "logp_yes", "logp_no"} <= set(r0)
+    assert r0["parsed"] == lm_parse(r0["output"])
+    two_shot = next(r for r in recs if r["shots"] == 2)
+    assert two_shot["prompt"].count("<|im_start|>assistant\n") == 3  # two demo answers + the open turn
+    assert res["mt"]["comet"] is None and "COMET" in res["mt"]["comet_skipped"]
+    assert 0 <= res["mt"]["chrf++"] <= 100 and res["mt"]["n"] == 2
+    assert "\n" not in json.loads((out / "tiny" / "mt.jsonl").read_text().splitlines()[0])["hypothesis"]
+    assert set(res["mc"]) >= {"accuracy", "f1", "accuracy_norm"}
+    assert res["danetqa"]["skipped"] and "not found" in res["danetqa"]["skipped"]
+    saved = json.loads((out / "tiny" / "scores.json").read_text())
+    assert set(saved) == {"qa", "mt", "mc", "danetqa"}
+    assert tiny_llama.training is True and tok.padding_side == "right"
+
+
+def lm_parse(text):
+    from lingotune.languages import parse_yes_no
+
+    return parse_yes_no(text, "ru")
+
+
+def test_generation_parsing_with_a_scripted_model(tok, tmp_path, monkeypatch):
+    """Accuracy/rate on answers we control: yes, no and an unparsed one."""
+    task, _, _ = _write_data(tmp_path)
+    answers = iter(["Да, это так", "Нет.", "Может быть", "да", "нет", "да"])
+    monkeypatch.setattr(lm, "generate", lambda model, tok, prompts, *a, **k: [next(answers) for _ in prompts])
+    res = evaluate(torch.nn.Linear(1, 1), tok, EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0,
+                                                          data_root=str(tmp_path)), lang="ru")
+    # labels: yes, no, yes, no, yes, no; answers: yes, no, None, yes, no, yes
+    assert res["qa"]["accuracy"] == pytest.approx(200 / 6, abs=1e-3)
+    assert res["qa"]["rate"] == pytest.approx(500 / 6, abs=1e-3)
+
+
+def test_starter_heldout_uses_the_run_language(tok, tiny_llama, monkeypatch):
+    fake = types.ModuleType("lingotune.data.starter")
+    items = [{"id": "s1", "question": "Is water wet?", "answer": "yes", "lang": "en", "fact": "f"},
+             {"id": "s2", "question": "Is fire cold?", "answer": "no", "lang": "en", "fact": "g"}]
+    fake.generate = lambda lang, seed=0: types.SimpleNamespace(heldout_yesno=items if lang == "en" else [])
+    monkeypatch.setitem(sys.modules, "lingotune.data.starter", fake)
+    res = evaluate(tiny_llama, tok, EvalConfig(tasks=["starter_heldout"], n_bootstrap=0), lang="en")
+    assert res["starter_heldout"]["n"] == 2 and res["starter_heldout"]["lang"] == "en"
+
+
+def test_cli_user_error_is_one_red_line_exit_2(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from lingotune.eval.cli import eval_command
+
+    app = typer.Typer()
+    app.command()(eval_command)
+    app.command("other")(lambda: None)  # keep `eval` a subcommand
+    result = CliRunner().invoke(app, ["eval-command", "--tasks", "nosuch", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown task 'nosuch'" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["eval-command", "--tasks", "danetqa", "--mode", "sample", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "mode" in result.output
+
+
+def test_peft_model_is_evaluated(tiny_llama, tok, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    task, _, _ = _write_data(tmp_path)
+    model = get_peft_model(tiny_llama, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model.train()
+    res = evaluate(model, tok, EvalConfig(tasks=[str(task)], mode="both", shots=[0], n_bootstrap=0,
+                                          data_root=str(tmp_path)), lang="ru")
+    assert res["qa"]["n"] == 6 and "accuracy_ll" in res["qa"]
+    assert model.training is True  # restored
+
+
+@pytest.mark.bundled
+@pytest.mark.shared_data
+def test_bundled_russian_bits_per_char(bundled, shared_data):
+    model, tokenizer = bundled
+    res = evaluate(model, tokenizer, EvalConfig(tasks=["flores_ru_bpc"], limit=8, n_bootstrap=0), lang="ru")
+    bpc = res["flores_ru_bpc"]["bits_per_char"]
+    assert 1.5 < bpc < 4.5  # the lead measured about 2.9 on a larger sample
