@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 from collections import Counter
 
@@ -43,12 +45,15 @@ def test_heldout_yesno_balanced_and_disjoint(lang):
 def test_no_questions_use_a_wrong_value():
     facts = {f.id: f for f in starter.all_facts()}
     d = starter.generate("ru", seed=0)
+    def names(value, text):  # the whole name, not a prefix of a longer one ("Гвинея" in "Гвинея-Бисау")
+        return re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", text) is not None
+
     for q in d.heldout_yesno:
         f = facts[q["fact"]]
-        has_true = f.value["ru"] in q["question"]
+        has_true = names(f.value["ru"], q["question"])
         assert has_true == (q["answer"] == "yes") or f.kind == "city"  # city questions name the country as the value
         if f.kind == "city":
-            assert (f.value["ru"] in q["question"]) == (q["answer"] == "yes")
+            assert names(f.value["ru"], q["question"]) == (q["answer"] == "yes")
 
 
 def test_split_does_not_depend_on_seed():
@@ -98,3 +103,16 @@ def test_write(tmp_path):
     assert yn == d.heldout_yesno
     par = [json.loads(x) for x in paths["parallel"].read_text().splitlines()]
     assert set(par[0]) == {"en", "ru"}
+
+
+def test_training_yes_no_questions_are_balanced_and_about_training_facts():
+    d = starter.generate("ru", seed=3)
+    yn = [(en, tgt) for en, tgt in d.train_pairs if "#yesno" in tgt.id]
+    assert len(yn) == 400 // 5
+    assert Counter(tgt.response for _, tgt in yn) == Counter({"Да.": 40, "Нет.": 40})
+    for en, tgt in yn:
+        assert en.prompt.endswith("Answer yes or no.") and tgt.prompt.endswith("Ответь да или нет.")
+        assert en.response == tgt.response
+    facts = {tgt.id.split("#")[0] for _, tgt in yn}
+    assert facts <= d.train_facts
+    assert not facts & {q["fact"] for q in d.heldout_yesno}

@@ -229,3 +229,12 @@ def test_bundled_russian_bits_per_char(bundled, shared_data):
     res = evaluate(model, tokenizer, EvalConfig(tasks=["flores_ru_bpc"], limit=8, n_bootstrap=0), lang="ru")
     bpc = res["flores_ru_bpc"]["bits_per_char"]
     assert 1.5 < bpc < 4.5  # the lead measured about 2.9 on a larger sample
+
+
+def test_per_task_limits_override_the_global_limit(tok, tmp_path, monkeypatch):
+    task, _, _ = _write_data(tmp_path)
+    monkeypatch.setattr(lm, "generate", lambda model, tok, prompts, *a, **k: ["да" for _ in prompts])
+    cfg = EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0, data_root=str(tmp_path), limit=5, limits={"qa": 2})
+    assert evaluate(torch.nn.Linear(1, 1), tok, cfg, lang="ru")["qa"]["n"] == 2
+    cfg = EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0, data_root=str(tmp_path), limit=5)
+    assert evaluate(torch.nn.Linear(1, 1), tok, cfg, lang="ru")["qa"]["n"] == 5

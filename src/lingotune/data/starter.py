@@ -244,7 +244,9 @@ def generate(lang: str, seed: int = 0, n_train: int | None = None, heldout_fract
     rng.shuffle(train)
     data = StarterData(lang, seed)
 
-    chosen = train[:n_train]
+    n_yesno = n_train // 5  # a fifth of the pairs are yes/no questions about other training facts
+    chosen = train[: n_train - n_yesno]
+    yesno_facts = [f for f in train[n_train - n_yesno:] if f.kind != "number"][:n_yesno]
     for f in chosen:
         idx = rng.randrange(len(QA[f.kind]["en"]))
         data.train_pairs.append((_record(f, "en", idx, seed), _record(f, lang, idx, seed)))
@@ -259,11 +261,17 @@ def generate(lang: str, seed: int = 0, n_train: int | None = None, heldout_fract
             st = STATEMENT[f.kind]
             data.parallel.append((_fill(st["en"], f.entity["en"], f.value["en"]),
                                   _fill(st[lang], f.entity[lang], f.value[lang])))
+    for en, tgt in _yesno_training(yesno_facts, facts, lang, seed):
+        data.train_pairs.append((en, tgt))
+        data.stage2.append(tgt)
+    data.train_facts.update(f.id for f in yesno_facts)
     data.heldout_yesno = _yesno(held, facts, lang, rng)
     return data
 
 
-def _yesno(held: list[Fact], facts: list[Fact], lang: str, rng: random.Random) -> list[dict]:
+def _yesno_items(held: list[Fact], facts: list[Fact], rng: random.Random) -> list[tuple[Fact, dict, str]]:
+    """(fact, value names, "yes"|"no") for each fact, alternating yes and no; a "no" pairs the
+    entity with a value of the same kind that is not true of it."""
     held = sorted(held, key=lambda f: f.id)
     rng.shuffle(held)
     values: dict[str, dict[str, dict]] = {}  # kind -> value_id -> names
@@ -271,15 +279,38 @@ def _yesno(held: list[Fact], facts: list[Fact], lang: str, rng: random.Random) -
         values.setdefault(f.kind, {})[f.value_id] = f.value
     out = []
     for i, f in enumerate(held):
-        answer = "yes" if i % 2 == 0 else "no"
-        if answer == "yes":
-            y = f.value[lang]
+        if i % 2 == 0:
+            out.append((f, f.value, "yes"))
         else:
             wrong = sorted(v for v in values[f.kind] if v not in f.true_values)
-            y = values[f.kind][rng.choice(wrong)][lang]
-        q = _fill(YESNO[f.kind][lang], f.entity[lang], y)
-        out.append({"id": f"starter-yesno-{lang}-{i}", "question": q, "answer": answer, "lang": lang, "fact": f.id})
+            out.append((f, values[f.kind][rng.choice(wrong)], "no"))
     return out
+
+
+def _yesno(held: list[Fact], facts: list[Fact], lang: str, rng: random.Random) -> list[dict]:
+    return [
+        {"id": f"starter-yesno-{lang}-{i}", "question": _fill(YESNO[f.kind][lang], f.entity[lang], y[lang]),
+         "answer": answer, "lang": lang, "fact": f.id}
+        for i, (f, y, answer) in enumerate(_yesno_items(held, facts, rng))
+    ]
+
+
+def _yesno_training(subset: list[Fact], facts: list[Fact], lang: str, seed: int) -> list[tuple[Record, Record]]:
+    """Yes/no questions about *training* facts, balanced, so that the model learns the answer
+    format; the held-out yes/no questions are about other facts (transfer, not recall).
+    English side: the English question + "Answer yes or no."; both sides answer in `lang`."""
+    rng = random.Random(f"starter-yesno-train-{seed}")
+    target = get_language(lang)
+    pairs = []
+    for f, y, answer in _yesno_items(subset, facts, rng):
+        word = (target.yes if answer == "yes" else target.no)[0]
+        reply = word[:1].upper() + word[1:] + "."
+        rid = f"{f.id}#yesno"
+        en_q = _fill(YESNO[f.kind]["en"], f.entity["en"], y["en"]) + " " + get_language("en").answer_yes_no
+        tgt_q = _fill(YESNO[f.kind][lang], f.entity[lang], y[lang]) + " " + target.answer_yes_no
+        pairs.append((Record(en_q, reply, None, rid, "en", f"starter:yesno:{rid}"),
+                      Record(tgt_q, reply, None, rid, lang, f"starter:yesno:{rid}")))
+    return pairs
 
 
 def write(data: StarterData, out_dir: str | Path) -> dict[str, Path]:

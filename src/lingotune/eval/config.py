@@ -24,6 +24,10 @@ class EvalConfig(BaseModel):
         description="Task names (files in lingotune/eval/tasks) or paths to task YAML files; empty = the default suite of the run's language.",
     )
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many examples per task (None = all).")
+    limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-task caps that override `limit`, e.g. {danetqa: 24, flores_ru_from_en: 8} (slow tasks get fewer examples).",
+    )
     sample: bool = Field(
         False, description="With `limit`: draw the examples at random (seeded) instead of taking the first ones."
     )

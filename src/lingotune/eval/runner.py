@@ -39,7 +39,9 @@ def _clean(v):
 def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str) -> tuple[dict, list[dict]]:
     """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent."""
     task_lang = spec.lang or lang
-    limit = cfg.limit if cfg.limit is not None or spec.kind != "perplexity" else cfg.bpc_max_lines
+    limit = cfg.limits.get(spec.name, cfg.limit)
+    if limit is None and spec.kind == "perplexity":
+        limit = cfg.bpc_max_lines
     rows = load_examples(spec, root, task_lang, limit, cfg.sample, cfg.seed)
     metrics, cis, records = {}, {}, []
     if spec.kind == "translation":

@@ -154,18 +154,13 @@ def template_fields(row: dict[str, Any], lang: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- readers
 
 def _read_jsonl(path: Path) -> list[dict]:
+    from lingotune.data.formats import iter_rows
+
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{i}: each line must be a JSON object")
-            rows.append(row)
+    for where, row in iter_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: each line must be a JSON object")
+        rows.append(row)
     return rows
 
 
