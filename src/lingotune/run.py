@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lingotune import methods
 from lingotune.data.batches import tokenize_all
-from lingotune.models import load_model
+from lingotune.models import load_model, resolve
 from lingotune.recipe import Recipe, dump_recipe
 from lingotune.train import environment, load_checkpoint, train_stage
 
@@ -124,9 +124,15 @@ def train_method(model, tok, recipe: Recipe, built, run_dir: Path, results: dict
     """Run the method's stages through the one loop; a stage finished earlier is restored, not redone."""
     log_path = run_dir / "metrics.jsonl"
     with progress_bar(console) as progress:
-        for stage in methods.stages(recipe.method.name, recipe):
-            if only_stage and stage.name != only_stage and stage.name not in results["stages"]:
-                continue
+        stages = methods.stages(recipe.method.name, recipe)
+        names = [s.name for s in stages]
+        if only_stage and only_stage not in names:
+            raise RunDirError(f"--stage {only_stage}: method {recipe.method.name} has stages {', '.join(names)}")
+        for stage in stages:
+            if only_stage and names.index(stage.name) > names.index(only_stage):
+                break
+            if only_stage and stage.name != only_stage and not results["stages"].get(stage.name, {}).get("complete"):
+                raise RunDirError(f"--stage {only_stage}: {stage.name} must be trained first (lingotune train --stage {stage.name})")
             stage_dir = run_dir / recipe.method.name / stage.name
             torch.manual_seed(recipe.seed)
             model, groups = stage.setup(model)
@@ -175,6 +181,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     """prepare data → evaluate the untouched model → train every stage → evaluate → report."""
     console = console or Console()
     t_start = time.perf_counter()
+    resolve(recipe.model.source)  # a wrong model path fails here, before the run directory exists
     run_dir = prepare_run_dir(recipe, resume)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     results = new_results(recipe, run_dir, resume)
