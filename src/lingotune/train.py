@@ -181,8 +181,10 @@ def train_stage(
     group_counts = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
     tracked = {n: p for n, p in model.named_parameters() if p.requires_grad}  # by name, before any module swap
     optimizer, clip_params, fast_notes = make_optimizer(model, groups, cfg, accelerator.num_processes == 1)
-    loss_fn = fast_loss if cfg.fast else default_loss
-    if cfg.fast:
+    # label-only logits call the decoder directly, which would bypass a DDP/FSDP wrapper's forward
+    single = accelerator.num_processes == 1
+    loss_fn = fast_loss if cfg.fast and single else default_loss
+    if loss_fn is fast_loss:
         fast_notes.append("label-only logits")
     if accelerator.mixed_precision == "bf16":
         fast_notes.append("bf16 autocast")
