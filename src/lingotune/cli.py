@@ -112,6 +112,7 @@ def compare(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: the recipe's compare.seeds)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted grid; finished cells are not redone."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing grid directory."),
+    publish: Optional[Path] = typer.Option(None, "--publish", help="Also copy report.md, tables, plots and summary.json here (e.g. docs/results)."),
     set_: list[str] = SetOpt,
 ):
     """Methods x seeds (x datasets) on one model: tables, plots, significance (report.md)."""
@@ -124,6 +125,12 @@ def compare(
         sets.append(f"compare.seeds=[{seeds}]")
     r = _load(recipe, sets, False, None, overwrite)
     summary = run_grid(r, out, resume=resume, console=console)
+    if publish:
+        import shutil
+
+        publish.mkdir(parents=True, exist_ok=True)
+        for f in [*out.glob("*.md"), *out.glob("*.png"), *out.glob("*.csv"), out / "summary.json", out / "recipe.yaml"]:
+            shutil.copy2(f, publish / f.name)
     console.print(f"[green]done[/] in {summary['wall_seconds']:.0f} s: {out / 'report.md'}")
 
 
