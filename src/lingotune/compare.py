@@ -200,7 +200,7 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
                 per_seed = [sum(x) / len(x) for x in zip(*yes_no)]
                 row["yes/no mean accuracy"] = tuple(round(x, 3) for x in mean_ci(per_seed)) + (len(per_seed),)
             tm = times.get(d, {}).get(v)
-            row["train seconds"] = (round(sum(tm) / len(tm), 1), 0.0, len(tm)) if tm else None
+            row["train seconds"] = (round(sum(tm) / len(tm), 1), 0.0, 1) if tm else None
             total = sum(params.get(v, {}).values()) if v in params else 0
             row["trainable params"] = (total, 0.0, 1)
             rows.append(row)
@@ -213,9 +213,10 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
         summary["significance"][d] = sig
         if sig:
             lines += ["", f"### {recipe.compare.candidate} vs {recipe.compare.baseline}", "",
-                      "Delta = candidate − baseline in accuracy points: mean over seeds with its 95% t-interval; "
-                      "p from a paired sign-flip permutation test over (seed, example) pairs.", "",
-                      "| task | delta | 95% CI | pairs | p |", "|---|---|---|---|---|"]
+                      "Delta = candidate − baseline: accuracy points for yes/no tasks (mean over seeds with its 95% "
+                      "t-interval; p from a paired sign-flip permutation test over (seed, example) pairs); chrF++ and "
+                      "bits per char per seed (p from a paired t-test over seeds). Lower bits per char is better.", "",
+                      "| task | delta | 95% CI | pairs (examples or seeds) | p |", "|---|---|---|---|---|"]
             for task, s in sig.items():
                 lines.append(f"| {task} | {s['delta']:+.2f} | [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}] | {s['pairs']} | {s['p']:.3f} |")
         plots = plot(out_dir, d, by_variant, variants, tasks, cells)
@@ -259,6 +260,19 @@ def significance(cells: list[dict], dataset: str, cand: str, base: str) -> dict:
         per_seed = [100 * sum(v) / len(v) for v in pooled_seed.values()]
         mean, half = mean_ci(per_seed)
         out["all yes/no"] = {"delta": mean, "ci": [mean - half, mean + half], "pairs": len(pooled), "p": paired_permutation(pooled)}
+    # corpus-level metrics (chrF++, bits per char): per-seed deltas, paired t-test over seeds
+    from scipy import stats
+
+    for t in sorted(by[(cand, seeds[0])]["evals"].get(cand, {})):
+        for metric in ("chrf++", "bits_per_char"):
+            a = [by[(cand, s)]["evals"][cand].get(t, {}).get(metric) for s in seeds]
+            b = [by[(base, s)]["evals"][base].get(t, {}).get(metric) for s in seeds]
+            if any(x is None for x in a + b):
+                continue
+            d = [x - y for x, y in zip(a, b)]
+            mean, half = mean_ci(d)
+            p = float(stats.ttest_rel(a, b).pvalue) if len(d) > 1 and any(d) else 1.0
+            out[f"{t} {metric}"] = {"delta": mean, "ci": [mean - half, mean + half], "pairs": len(d), "p": p}
     return out
 
 
