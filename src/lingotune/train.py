@@ -270,10 +270,6 @@ def train_stage(
     )
 
 
-def clear_checkpoint(stage_dir: Path) -> None:
-    shutil.rmtree(stage_dir / "checkpoint", ignore_errors=True)
-
-
 def environment() -> dict:
     return {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "bf16": bf16_supported("cuda" if torch.cuda.is_available() else "cpu")}
