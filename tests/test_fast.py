@@ -268,3 +268,19 @@ def test_scaled_embedding_of_gemma3_keeps_its_scale():
     loss, _ = label_only_loss(model, ids, None, labels)
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
     assert type(remove_sparse_embedding(model)).__name__ == "Gemma3TextScaledWordEmbedding"
+
+
+def test_packed_loss_is_right_when_the_model_config_uses_a_cache():
+    """Real checkpoints ship use_cache=True; a KV cache would silently drop the packed mask."""
+    from conftest import tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config())
+    assert model.config.use_cache
+    g = torch.Generator().manual_seed(5)
+    seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (6, 9, 5)]
+    batch = collate_packed(pack_examples([{"input_ids": s, "labels": s} for s in seqs], max_len=32), pad_id=0)
+    loss, n = label_only_loss(model, batch["input_ids"], None, batch["labels"], batch["position_ids"])
+    total = sum(model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss * (len(s) - 1) for s in seqs)
+    torch.testing.assert_close(loss, total / n, rtol=1e-5, atol=1e-6)

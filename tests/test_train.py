@@ -87,3 +87,75 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert lr_factor(100, 100, 10) == pytest.approx(0.1)
     assert lr_factor(55, 100, 10) == pytest.approx(0.55)
+
+
+def _fresh_tiny():
+    from conftest import tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config())
+
+
+def _losses(path):
+    return [json.loads(l)["loss"] for l in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method, fast", [("lora", True), ("lora", False), ("dpart", True), ("full", False)])
+def test_packed_rows_train_like_padded_rows(tmp_path, method, fast):
+    """Packing changes the layout only: same examples per step, same losses, same weights."""
+    out = {}
+    for pack in (False, True):
+        recipe = make_recipe(**{"train.pack": pack, "train.fast": fast, "train.batch_size": 4, "method.lora.dropout": 0.0})
+        model, res = _run(_fresh_tiny(), recipe, tmp_path / str(pack), method=method, steps=4)
+        assert ("packed rows" in res.fast_path) == pack
+        out[pack] = (model, res, _losses(tmp_path / str(pack) / "metrics.jsonl"))
+    (m0, r0, l0), (m1, r1, l1) = out[False], out[True]
+    from lingotune.data.batches import BatchPlan
+
+    plan, items = BatchPlan(len(make_items()), 4, 0), make_items()
+    assert r0.tokens == r1.tokens == sum(len(items[i]["input_ids"]) for s in range(4) for i in plan.indices(s))
+    torch.testing.assert_close(torch.tensor(l1), torch.tensor(l0), rtol=1e-5, atol=1e-6)
+    a, b, init = m0.state_dict(), m1.state_dict(), _fresh_tiny().state_dict()
+    assert any(k not in init or not torch.equal(a[k], init[k]) for k in a)  # something trained
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    out = {}
+    for ckpt in (False, True):
+        recipe = make_recipe(**{"train.gradient_checkpointing": ckpt})
+        model, res = _run(_fresh_tiny(), recipe, tmp_path / str(ckpt), method="lora", steps=3)
+        assert ("gradient checkpointing" in res.fast_path) == ckpt
+        assert not model.get_base_model().is_gradient_checkpointing  # switched off after the stage
+        out[ckpt] = (_trained_state(model), _losses(tmp_path / str(ckpt) / "metrics.jsonl"))
+    assert out[True][1] == pytest.approx(out[False][1], rel=1e-6)
+    for k, v in out[False][0].items():
+        torch.testing.assert_close(out[True][0][k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_stage1_fast_path_memory_follows_touched_rows(tmp_path):
+    """Row gradients and lazy Adam state grow with the rows the batches touch, not the vocabulary;
+    the frozen head gets no weight gradient, the embedding no dense one."""
+    from conftest import tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=4096))
+    recipe = make_recipe(**{"train.batch_size": 2})
+    model, res = _run(model, recipe, tmp_path, method="dpart", steps=3)
+    assert "row-sparse embeddings, lazy row Adam" in res.fast_path
+    assert model.lm_head.weight.grad is None and not model.lm_head.weight.requires_grad
+    assert model.get_input_embeddings().weight.grad is None
+    from lingotune.data.batches import BatchPlan
+
+    items, hidden = make_items(), model.config.hidden_size
+    plan = BatchPlan(len(items), 2, 0)
+    per_step = [{t for i in plan.indices(s) for t in items[i]["input_ids"]} for s in range(3)]
+    touched = set().union(*per_step)
+    assert res.grad_mb == pytest.approx(max(len(u) for u in per_step) * hidden * 4 / 2**20, abs=1e-3)
+    # exp_avg + exp_avg_sq (fp32) + ids and step (int64) per touched row
+    assert res.optimizer_state_mb == pytest.approx(len(touched) * (2 * hidden * 4 + 16) / 2**20, abs=1e-3)
+    dense = 4096 * hidden * 4 / 2**20
+    assert res.grad_mb + res.optimizer_state_mb < 0.1 * 3 * dense

@@ -242,7 +242,9 @@ def label_only_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """
     base = _base(model)
     body = base.get_decoder()
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    # use_cache=False: with a KV cache transformers would not apply the packed (block-diagonal) mask
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
     h = hidden[:, :-1][keep]

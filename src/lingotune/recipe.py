@@ -113,6 +113,14 @@ class TrainConfig(Strict):
     fast: bool = Field(
         True, description="Use lingotune's fast path where it applies (row-sparse embedding updates, label-only logits)."
     )
+    pack: bool = Field(
+        True,
+        description="Pack each step's examples into rows of max_len tokens, attention kept inside each example: "
+        "no compute spent on padding. The same examples per step and the same loss as unpacked.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third more compute."
+    )
     checkpoint_every: int = Field(20, ge=1, description="Save a resumable checkpoint every N steps (and at the end of a stage).")
     log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
 

@@ -44,6 +44,8 @@ class StageResult:
     final_loss: float | None
     resumed_from: int = 0
     fast_path: list[str] = field(default_factory=list)
+    grad_mb: float = 0.0  # largest gradient held at a step (trainable tensors' grads, or the touched rows')
+    optimizer_state_mb: float = 0.0  # optimizer state at the end of the stage
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,14 +123,34 @@ def _trim_log(log: Path, stage_key: dict, upto: int) -> None:
 
 
 def default_loss(model, batch) -> torch.Tensor:
-    return model(**batch).loss
+    # no KV cache: transformers only applies the packed (block-diagonal) mask when there is none
+    return model(**batch, use_cache=False).loss
 
 
 def fast_loss(model, batch) -> torch.Tensor:
     """The same mean cross-entropy, with the output head applied only where labels exist."""
     from lingotune.fast import label_only_loss
 
-    return label_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+    return label_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("position_ids"))[0]
+
+
+def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device) -> dict:
+    """Padded rows (one example each), or packed rows of at most max_len tokens.
+
+    Packed rows carry position_ids that restart at every example and attention_mask=None, which
+    transformers turns into a block-diagonal causal mask: no attention across examples, and the
+    mean loss over the label tokens is the same as unpacked.
+    """
+    from lingotune.fast import collate_packed, pack_examples
+
+    batch = collate_packed(pack_examples(items, max_len), pad_id) if pack else collate(items, pad_id)
+    return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+
+
+def _nbytes(tensors) -> int:
+    """Bytes of the gradients: a parameter's .grad, or the tensor itself (row gradients)."""
+    grads = (t.grad if isinstance(t, torch.nn.Parameter) else t for t in tensors)
+    return sum(g.numel() * g.element_size() for g in grads if g is not None)
 
 
 def make_optimizer(model, groups: list[dict], cfg, single_process: bool):
@@ -188,6 +210,13 @@ def train_stage(
         fast_notes.append("label-only logits")
     if accelerator.mixed_precision == "bf16":
         fast_notes.append("bf16 autocast")
+    if cfg.pack:
+        fast_notes.append("packed rows")
+    base = accelerator.unwrap_model(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        fast_notes.append("gradient checkpointing")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -210,6 +239,7 @@ def train_stage(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tokens_total = 0
+    grad_bytes = 0
     first_loss = final_loss = None
     task = progress.add_task(f"{log_key.get('method', '')} {log_key.get('stage', '')}".strip(), total=steps, completed=start) if progress else None
     step = start
@@ -220,7 +250,7 @@ def train_stage(
                 step_loss, step_tokens = 0.0, 0
                 micro = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
                 for mb in micro:
-                    batch = {k: v.to(accelerator.device) for k, v in collate([items[i] for i in mb], pad_id).items()}
+                    batch = make_batch([items[i] for i in mb], pad_id, cfg.max_len, cfg.pack, accelerator.device)
                     with accelerator.autocast():
                         loss = loss_fn(model, batch) / len(micro)
                     if not torch.isfinite(loss):
@@ -230,7 +260,8 @@ def train_stage(
                         )
                     accelerator.backward(loss)
                     step_loss += loss.item()
-                    step_tokens += int(batch["attention_mask"].sum())
+                    step_tokens += sum(len(items[i]["input_ids"]) for i in mb)
+                grad_bytes = max(grad_bytes, _nbytes(clip_params()))
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(clip_params(), cfg.max_grad_norm)
                 optimizer.step()
@@ -263,10 +294,14 @@ def train_stage(
         from lingotune.fast import remove_sparse_embedding
 
         remove_sparse_embedding(accelerator.unwrap_model(model))
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_disable()
+    state_bytes = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v))
     return StageResult(
         stage=log_key.get("stage", ""), steps=steps, seconds=round(time.perf_counter() - t0, 2), tokens=tokens_total,
         trainable_params=trainable, total_params=total, groups=group_counts,
         first_loss=first_loss, final_loss=final_loss, resumed_from=start, fast_path=fast_notes,
+        grad_mb=round(grad_bytes / 2**20, 3), optimizer_state_mb=round(state_bytes / 2**20, 3),
     )
 
 
