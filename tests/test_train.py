@@ -159,3 +159,23 @@ def test_stage1_fast_path_memory_follows_touched_rows(tmp_path):
     assert res.optimizer_state_mb == pytest.approx(len(touched) * (2 * hidden * 4 + 16) / 2**20, abs=1e-3)
     dense = 4096 * hidden * 4 / 2**20
     assert res.grad_mb + res.optimizer_state_mb < 0.1 * 3 * dense
+
+
+def test_packing_falls_back_to_padded_rows_when_the_model_ignores_it(tmp_path, monkeypatch):
+    """A model whose attention ignores restarting position_ids would let packed examples see each
+    other; the loop detects that and trains on padded rows instead, and says so."""
+    import transformers.masking_utils as mu
+
+    from lingotune.train import packing_respected
+
+    model = _fresh_tiny()
+    assert packing_respected(model)
+    monkeypatch.setattr(mu, "find_packed_sequence_indices", lambda position_ids: None)
+    assert not packing_respected(model)
+    recipe = make_recipe(**{"train.pack": True, "train.batch_size": 4, "method.lora.dropout": 0.0})
+    model, res = _run(model, recipe, tmp_path / "a", method="lora", steps=2)
+    assert "packed rows" not in res.fast_path
+    assert any("padded rows" in n for n in res.fast_path)
+    ref, _ = _run(_fresh_tiny(), make_recipe(**{"train.pack": False, "train.batch_size": 4, "method.lora.dropout": 0.0}),
+                  tmp_path / "b", method="lora", steps=2)
+    assert _losses(tmp_path / "a" / "metrics.jsonl") == _losses(tmp_path / "b" / "metrics.jsonl")

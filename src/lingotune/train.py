@@ -147,6 +147,31 @@ def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device)
     return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
 
 
+@torch.no_grad()
+def packing_respected(model) -> bool:
+    """Whether `model` keeps attention inside each packed example.
+
+    Transformers models built on its masking utilities do; a model with its own attention code
+    (remote code, some architectures) may ignore restarting position_ids and let a packed example
+    attend to the one before it. A two-example probe compares the second example's logits packed
+    and alone (eval mode, a few tokens); leaking attention changes them far beyond rounding.
+    """
+    weight = model.get_input_embeddings().weight
+    device, tol = weight.device, 1e-3 if weight.dtype == torch.float32 else 3e-2
+    vocab = model.get_input_embeddings().num_embeddings
+    a, b = [(vocab // 2 + i) % vocab for i in range(5)], [(vocab // 3 + i) % vocab for i in range(4)]
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.tensor([a + b], device=device)
+        pos = torch.tensor([list(range(len(a))) + list(range(len(b)))], device=device)
+        packed = model(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False).logits[0, len(a):].float()
+        alone = model(input_ids=torch.tensor([b], device=device), use_cache=False).logits[0].float()
+    finally:
+        model.train(was_training)
+    return bool((packed - alone).abs().max() <= tol * alone.abs().max())
+
+
 def _nbytes(tensors) -> int:
     """Bytes of the gradients: a parameter's .grad, or the tensor itself (row gradients)."""
     grads = (t.grad if isinstance(t, torch.nn.Parameter) else t for t in tensors)
@@ -210,8 +235,11 @@ def train_stage(
         fast_notes.append("label-only logits")
     if accelerator.mixed_precision == "bf16":
         fast_notes.append("bf16 autocast")
-    if cfg.pack:
+    pack = cfg.pack and packing_respected(accelerator.unwrap_model(model))
+    if pack:
         fast_notes.append("packed rows")
+    elif cfg.pack:
+        fast_notes.append("padded rows: this model ignores packed position_ids")
     base = accelerator.unwrap_model(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if cfg.gradient_checkpointing:
@@ -250,7 +278,7 @@ def train_stage(
                 step_loss, step_tokens = 0.0, 0
                 micro = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
                 for mb in micro:
-                    batch = make_batch([items[i] for i in mb], pad_id, cfg.max_len, cfg.pack, accelerator.device)
+                    batch = make_batch([items[i] for i in mb], pad_id, cfg.max_len, pack, accelerator.device)
                     with accelerator.autocast():
                         loss = loss_fn(model, batch) / len(micro)
                     if not torch.isfinite(loss):
