@@ -85,7 +85,7 @@ def build_items(spec: dict, tok, recipe) -> tuple[list[dict], list[dict]]:
 def load(spec: dict):
     from lingotune.models import load_model
 
-    model, tok = load_model(spec["model"], device=spec["device"])
+    model, tok = load_model(spec["model"], device=spec["device"], attn_implementation=spec.get("attn"))
     return model, tok
 
 
@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--no-fast", action="store_true",
                     help="lingotune: train.fast=false (dense AdamW, full logits), to check the loop itself against the peer")
     ap.add_argument("--grad-ckpt", action="store_true", help="lingotune: train.gradient_checkpointing=true")
+    ap.add_argument("--attn", default=None, help="attention kernel for both setups (e.g. eager; default: transformers')")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -236,7 +237,7 @@ def main() -> None:
         return
 
     base = dict(model=args.model, device=args.device, seq_len=args.seq_len, seed=args.seed, threads=args.threads,
-                data=args.data, pack=not args.no_pack, fast=not args.no_fast, grad_ckpt=args.grad_ckpt, warmup=args.warmup)
+                data=args.data, pack=not args.no_pack, fast=not args.no_fast, attn=args.attn, grad_ckpt=args.grad_ckpt, warmup=args.warmup)
     stages = [1, 2] if args.stage == "both" else [int(args.stage)]
     report = {"args": vars(args), "stages": {}}
     for stage in stages:

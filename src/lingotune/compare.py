@@ -58,7 +58,8 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     t0 = time.perf_counter()
 
-    model0, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    model0, tok = load_model(recipe.model.source, dtype=recipe.model.dtype,
+                            attn_implementation=recipe.model.attn_implementation)
     datasets = cmp.datasets or {"data": recipe.data}
     for dname, dcfg in datasets.items():
         base = cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir / dname)

@@ -172,17 +172,23 @@ def prepare_tokenizer(tok):
     return tok
 
 
-def load_model(source: str, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) for a bundled name, a local directory or a hub id."""
+def load_model(source: str, dtype: str = "float32", device: str = "cpu", attn_implementation: str | None = None):
+    """(model, tokenizer) for a bundled name, a local directory or a hub id.
+
+    attn_implementation: the attention kernel ("sdpa", "eager", ...); None keeps transformers' default.
+    """
     from transformers import AutoModelForCausalLM
 
     where = resolve(source)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
         with _quiet():
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
-    except OSError as e:
+            kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kw)
+    except (OSError, ImportError) as e:
         raise ModelLoadError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
+    except ValueError as e:  # e.g. an attention kernel this model does not support
+        raise ModelLoadError(f"model {source!r}: {str(e).splitlines()[0]}") from None
     tok = load_tokenizer(source)
     model.to(device)
     model.config.use_cache = False

@@ -39,6 +39,12 @@ class ModelConfig(Strict):
         "train the input rows only and keep the head frozen at its original values, as DParT intends "
         "(the paper's 7B models have separate heads); 'tied': train the shared matrix, so the head moves too.",
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] | None = Field(
+        None,
+        description="Attention kernel, passed to transformers (null: its default, sdpa for most models). 'eager' was "
+        "~15% faster than sdpa for 128-token rows on a 2-core CPU; Gemma-3 recommends it for training; "
+        "'flash_attention_2' needs the flash-attn package and a GPU.",
+    )
 
 
 class LoraSettings(Strict):

@@ -192,7 +192,8 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
 
     console.print(f"[bold]model[/] loading {recipe.model.source} …")
     t = time.perf_counter()
-    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype,
+                            attn_implementation=recipe.model.attn_implementation)
     results["model_load_seconds"] = round(time.perf_counter() - t, 2)
 
     prompts = sample_prompts(built, recipe.output.sample_prompts)
