@@ -126,10 +126,21 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     out = {}
     for ckpt in (False, True):
         recipe = make_recipe(**{"train.gradient_checkpointing": ckpt})
-        model, res = _run(_fresh_tiny(), recipe, tmp_path / str(ckpt), method="lora", steps=3)
+        saved = [0]
+
+        def count(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):  # what forward keeps for backward
+            model, res = _run(_fresh_tiny(), recipe, tmp_path / str(ckpt), method="lora", steps=3)
         assert ("gradient checkpointing" in res.fast_path) == ckpt
-        assert not model.get_base_model().is_gradient_checkpointing  # switched off after the stage
+        out[f"saved{ckpt}"] = saved[0]
+        base = model.get_base_model()
+        on = getattr(base, "is_activation_checkpointing", None)
+        assert not (on if on is not None else base.is_gradient_checkpointing)  # switched off after the stage
         out[ckpt] = (_trained_state(model), _losses(tmp_path / str(ckpt) / "metrics.jsonl"))
+    assert out["savedTrue"] < 0.6 * out["savedFalse"]  # activations are recomputed, not kept
     assert out[True][1] == pytest.approx(out[False][1], rel=1e-6)
     for k, v in out[False][0].items():
         torch.testing.assert_close(out[True][0][k], v, rtol=1e-5, atol=1e-6)

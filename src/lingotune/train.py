@@ -172,6 +172,19 @@ def packing_respected(model) -> bool:
     return bool((packed - alone).abs().max() <= tol * alone.abs().max())
 
 
+def _checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off; transformers >= 5.2x renamed the methods."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def _nbytes(tensors) -> int:
     """Bytes of the gradients: a parameter's .grad, or the tensor itself (row gradients)."""
     grads = (t.grad if isinstance(t, torch.nn.Parameter) else t for t in tensors)
@@ -243,7 +256,7 @@ def train_stage(
     base = accelerator.unwrap_model(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing(base, True)
         fast_notes.append("gradient checkpointing")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -323,7 +336,7 @@ def train_stage(
 
         remove_sparse_embedding(accelerator.unwrap_model(model))
         if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_disable()
+            _checkpointing(base, False)
     state_bytes = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v))
     return StageResult(
         stage=log_key.get("stage", ""), steps=steps, seconds=round(time.perf_counter() - t0, 2), tokens=tokens_total,
