@@ -284,3 +284,30 @@ def test_packed_loss_is_right_when_the_model_config_uses_a_cache():
     loss, n = label_only_loss(model, batch["input_ids"], None, batch["labels"], batch["position_ids"])
     total = sum(model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss * (len(s) - 1) for s in seqs)
     torch.testing.assert_close(loss, total / n, rtol=1e-5, atol=1e-6)
+
+
+def test_low_precision_weight_keeps_fp32_master_rows_so_small_updates_accumulate():
+    """A bf16 embedding (model.dtype: bfloat16) trained at a small LR: without fp32 master rows
+    every update would round away; with them the rows follow the fp32 run and get its rounding."""
+    torch.manual_seed(0)
+    base = torch.nn.Embedding(8, 4)
+    base.weight.data = 1.0 + torch.rand(8, 4)  # values in [1, 2): bf16 spacing 2**-7
+    ids = torch.tensor([[1, 2, 3]])
+    runs, start = {}, base.weight.data.to(torch.bfloat16)
+    for dtype in (torch.float32, torch.bfloat16):
+        emb = torch.nn.Embedding(8, 4)
+        emb.weight.data = start.to(dtype).clone()  # the same (bf16-exact) start
+        sparse = SparseEmbedding(emb)
+        opt = LazyRowAdam(sparse, lr=1e-3)  # 1e-3 per step is below half the spacing (3.9e-3)
+        for _ in range(20):
+            sparse(ids).float().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        runs[dtype] = (sparse.weight.detach().clone(), opt)
+    w32, w16 = runs[torch.float32][0], runs[torch.bfloat16][0]
+    assert not torch.equal(w16[1:4], start[1:4])  # the updates accumulated and show up
+    assert torch.equal(w16, w32.to(torch.bfloat16))  # = the fp32 run, rounded
+    st16 = runs[torch.bfloat16][1].state[runs[torch.bfloat16][1].param_groups[0]["params"][0]]
+    assert "master" in st16 and st16["master"].dtype == torch.float32 and len(st16["master"]) == 3
+    st32 = runs[torch.float32][1].state[runs[torch.float32][1].param_groups[0]["params"][0]]
+    assert "master" not in st32  # fp32 weights need no copy

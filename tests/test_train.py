@@ -190,3 +190,25 @@ def test_packing_falls_back_to_padded_rows_when_the_model_ignores_it(tmp_path, m
     ref, _ = _run(_fresh_tiny(), make_recipe(**{"train.pack": False, "train.batch_size": 4, "method.lora.dropout": 0.0}),
                   tmp_path / "b", method="lora", steps=2)
     assert _losses(tmp_path / "a" / "metrics.jsonl") == _losses(tmp_path / "b" / "metrics.jsonl")
+
+
+def test_stage1_fast_path_on_a_bf16_model_moves_only_touched_rows(tmp_path):
+    """model.dtype: bfloat16 (how a 7B model is held on one GPU): the lazy optimizer keeps fp32
+    master rows; untouched rows stay bit-identical, and updates too small for bf16 alone accumulate."""
+    model = _fresh_tiny().to(torch.bfloat16)
+    with torch.no_grad():  # values in [1, 2): bf16 spacing 2**-7, so one 3.5e-3 step alone rounds away
+        model.get_input_embeddings().weight.copy_(1 + torch.rand_like(model.get_input_embeddings().weight.float()))
+    before = model.get_input_embeddings().weight.detach().clone()
+    recipe = make_recipe(**{"train.embedding_lr": 3.5e-3, "train.warmup_steps": 0, "train.batch_size": 2})
+    model, res = _run(model, recipe, tmp_path, method="dpart", steps=8)
+    assert "row-sparse embeddings, lazy row Adam" in res.fast_path
+    after = model.get_input_embeddings().weight.detach()
+    from lingotune.data.batches import BatchPlan
+
+    items, plan = make_items(), BatchPlan(12, 2, 0)
+    touched = sorted({t for s in range(8) for i in plan.indices(s) for t in items[i]["input_ids"]})
+    untouched = [r for r in range(after.shape[0]) if r not in set(touched)]
+    assert after.dtype == torch.bfloat16
+    assert torch.equal(after[untouched], before[untouched])
+    # the accumulated updates show up (each one alone is below the rounding step)
+    assert (after[touched] != before[touched]).float().mean() > 0.3

@@ -136,7 +136,10 @@ class LazyRowAdam(torch.optim.Optimizer):
     touched at every step this is exactly torch.optim.AdamW.
 
     State per embedding weight, only for rows ever touched, in first-touch order:
-    `ids` (n,) int64, `step` (n,) int64, `exp_avg` and `exp_avg_sq` (n, hidden) fp32.
+    `ids` (n,) int64, `step` (n,) int64, `exp_avg` and `exp_avg_sq` (n, hidden) fp32. For a weight
+    held in bf16/fp16 (model.dtype: bfloat16) also `master` (n, hidden) fp32: the touched rows'
+    exact values, updated in fp32; the weight gets their rounding, so updates smaller than the
+    low-precision spacing accumulate instead of being lost.
     `param_groups` hold the frozen weights (so LR schedulers work); `lr` and `weight_decay`
     are read from the group at each step.
     """
@@ -173,6 +176,7 @@ class LazyRowAdam(torch.optim.Optimizer):
                 if got is None:
                     continue
                 ids, grad = got
+                grad = grad.float()  # bf16 row gradients: moments and bias corrections in fp32
                 slots = self._slots(weight, ids)
                 st = self.state[weight]
                 st["step"][slots] += 1
@@ -182,10 +186,12 @@ class LazyRowAdam(torch.optim.Optimizer):
                 m = st["exp_avg"][slots].mul_(b1).add_(grad, alpha=1 - b1)
                 v = st["exp_avg_sq"][slots].mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 st["exp_avg"][slots], st["exp_avg_sq"][slots] = m, v
-                w = weight[ids].float()
+                w = st["master"][slots] if "master" in st else weight[ids].float()
                 if wd:
                     w.mul_(1 - lr * wd)
                 w.sub_(lr * (m / bc1) / (v.sqrt() / bc2_sqrt + eps))
+                if "master" in st:
+                    st["master"][slots] = w
                 weight[ids] = w.to(weight.dtype)
         return loss
 
@@ -197,6 +203,8 @@ class LazyRowAdam(torch.optim.Optimizer):
             st["step"] = torch.empty(0, dtype=torch.long, device=ids.device)
             st["exp_avg"] = torch.empty(0, weight.shape[1], dtype=torch.float32, device=ids.device)
             st["exp_avg_sq"] = torch.empty(0, weight.shape[1], dtype=torch.float32, device=ids.device)
+            if weight.dtype != torch.float32:
+                st["master"] = torch.empty(0, weight.shape[1], dtype=torch.float32, device=ids.device)
         known, order = st["ids"].sort()
         pos = torch.searchsorted(known, ids).clamp(max=max(len(known) - 1, 0))
         found = known[pos] == ids if len(known) else torch.zeros_like(ids, dtype=torch.bool)
@@ -208,6 +216,8 @@ class LazyRowAdam(torch.optim.Optimizer):
             zeros = torch.zeros(len(new), weight.shape[1], dtype=torch.float32, device=ids.device)
             st["exp_avg"] = torch.cat([st["exp_avg"], zeros])
             st["exp_avg_sq"] = torch.cat([st["exp_avg_sq"], zeros])
+            if "master" in st:
+                st["master"] = torch.cat([st["master"], weight[new].float()])
         slots = torch.empty_like(ids)
         slots[found] = order[pos[found]]
         if len(new):
