@@ -51,7 +51,7 @@ def bench_recipe(spec: dict):
     precision = "fp32" if spec["fp32"] else "auto"
     sets = [f"train.batch_size={spec['batch_size']}", f"train.max_len={spec['seq_len']}", "train.warmup_steps=0",
             f"train.lr={LR[2]}", f"train.embedding_lr={LR[1]}", f"train.precision={precision}",
-            f"train.pack={str(spec['pack']).lower()}", f"train.fast={str(spec.get('fast', True)).lower()}",
+            f"train.pack={str(spec['pack']).lower()}", f"train.fast={str(spec['fast']).lower()}",
             f"train.gradient_checkpointing={str(spec['grad_ckpt']).lower()}",
             f"train.checkpoint_every={10**6}", "method.lora.dropout=0.0",
             f"method.lora.target_modules=[{','.join(LINEAR)}]", f"model.source={spec['model']}"]
@@ -80,13 +80,6 @@ def build_items(spec: dict, tok, recipe) -> tuple[list[dict], list[dict]]:
     items, _ = tokenize_all(examples, tok, spec["seq_len"], "answer")
     plan = BatchPlan(len(items), spec["batch_size"], recipe.seed)
     return items, [items[i] for step in range(spec["steps"]) for i in plan.indices(step)]
-
-
-def load(spec: dict):
-    from lingotune.models import load_model
-
-    model, tok = load_model(spec["model"], device=spec["device"], attn_implementation=spec.get("attn"))
-    return model, tok
 
 
 def tensor_bytes(tensors) -> int:
@@ -182,7 +175,9 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(spec["seed"])
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    model, tok = load(spec)
+    from lingotune.models import load_model
+
+    model, tok = load_model(spec["model"], device=spec["device"], attn_implementation=spec["attn"])
     recipe = bench_recipe(spec)
     items, in_order = build_items(spec, tok, recipe)
     if spec["device"].startswith("cuda"):
@@ -237,7 +232,8 @@ def main() -> None:
         return
 
     base = dict(model=args.model, device=args.device, seq_len=args.seq_len, seed=args.seed, threads=args.threads,
-                data=args.data, pack=not args.no_pack, fast=not args.no_fast, attn=args.attn, grad_ckpt=args.grad_ckpt, warmup=args.warmup)
+                data=args.data, pack=not args.no_pack, fast=not args.no_fast, attn=args.attn,
+                grad_ckpt=args.grad_ckpt, warmup=args.warmup)
     stages = [1, 2] if args.stage == "both" else [int(args.stage)]
     report = {"args": vars(args), "stages": {}}
     for stage in stages:

@@ -186,9 +186,12 @@ def _checkpointing(model, on: bool) -> None:
 
 
 def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+def _grad_bytes(tensors) -> int:
     """Bytes of the gradients: a parameter's .grad, or the tensor itself (row gradients)."""
-    grads = (t.grad if isinstance(t, torch.nn.Parameter) else t for t in tensors)
-    return sum(g.numel() * g.element_size() for g in grads if g is not None)
+    return _nbytes(t.grad if isinstance(t, torch.nn.Parameter) else t for t in tensors)
 
 
 def make_optimizer(model, groups: list[dict], cfg, single_process: bool):
@@ -302,7 +305,7 @@ def train_stage(
                     accelerator.backward(loss)
                     step_loss += loss.item()
                     step_tokens += sum(len(items[i]["input_ids"]) for i in mb)
-                grad_bytes = max(grad_bytes, _nbytes(clip_params()))
+                grad_bytes = max(grad_bytes, _grad_bytes(clip_params()))
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(clip_params(), cfg.max_grad_norm)
                 optimizer.step()
@@ -337,7 +340,7 @@ def train_stage(
         remove_sparse_embedding(accelerator.unwrap_model(model))
         if cfg.gradient_checkpointing:
             _checkpointing(base, False)
-    state_bytes = sum(v.numel() * v.element_size() for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v))
+    state_bytes = _nbytes(v for st in optimizer.state.values() for v in st.values())
     return StageResult(
         stage=log_key.get("stage", ""), steps=steps, seconds=round(time.perf_counter() - t0, 2), tokens=tokens_total,
         trainable_params=trainable, total_params=total, groups=group_counts,
