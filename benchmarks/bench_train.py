@@ -161,7 +161,7 @@ def run_lingotune(spec: dict, model, tok, items: list[dict], recipe) -> dict:
         log = Path(out) / "metrics.jsonl"
         res = train_stage(model, groups, items, steps=spec["steps"], cfg=recipe.train, seed=recipe.seed,
                           pad_id=tok.pad_token_id, stage_dir=Path(out) / stage.name, log_path=log,
-                          log_key={"stage": stage.name})
+                          log_key={"stage": stage.name}, row_sparse=stage.row_sparse, loss=stage.loss)
         recs = [json.loads(line) for line in log.read_text().splitlines()]
     return {"times": [r["seconds"] for r in recs], "tokens": [r["tokens"] for r in recs],
             "losses": [r["loss"] for r in recs], "bf16": accelerator_for(recipe.train.precision).mixed_precision == "bf16",

@@ -30,3 +30,22 @@ def make_recipe(**sets):
     for k, v in sets.items():
         set_path(data, k, v)
     return parse_recipe(data)
+
+
+def train_one(model, stage, recipe, out, *, items=None, steps=None, resume=False, on_step=None):
+    """Set up `stage` on `model` and train it through the shared loop (seed 0, pad id 0) into `out`.
+
+    Returns (model, StageResult); the stage's checkpoints go to out/<stage>, metrics to out/metrics.jsonl.
+    """
+    import torch
+
+    from lingotune.train import train_stage
+
+    torch.manual_seed(0)
+    model, groups = stage.setup(model)
+    res = train_stage(
+        model, groups, items or make_items(), steps=steps or stage.steps, cfg=recipe.train, seed=0, pad_id=0,
+        stage_dir=out / stage.name, log_path=out / "metrics.jsonl", log_key={"stage": stage.name},
+        resume=resume, on_step=on_step, row_sparse=stage.row_sparse, loss=stage.loss,
+    )
+    return getattr(model, "module", model), res

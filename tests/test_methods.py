@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 
-from helpers import make_items, make_recipe
+from helpers import make_items, make_recipe, train_one
 from lingotune import methods
 from lingotune.models import count_parameters, is_tied
-from lingotune.train import train_stage
 
 V, H, KV, LAYERS, INTER = 128, 32, 16, 2, 64
 EMB = V * H
@@ -19,13 +18,7 @@ FULL = EMB + LAYERS * (H * H + H * KV * 2 + H * H + 3 * H * INTER + 2 * H) + H
 
 
 def _train(model, stage, recipe, tmp_path, items=None):
-    torch.manual_seed(0)
-    model, groups = stage.setup(model)
-    res = train_stage(
-        model, groups, items or make_items(), steps=stage.steps, cfg=recipe.train, seed=0, pad_id=0,
-        stage_dir=tmp_path / stage.name, log_path=tmp_path / "metrics.jsonl", log_key={"stage": stage.name},
-    )
-    return getattr(model, "module", model), res
+    return train_one(model, stage, recipe, tmp_path, items=items)
 
 
 @pytest.mark.parametrize(

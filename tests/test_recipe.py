@@ -63,7 +63,9 @@ def test_bad_recipe_one_line_error_names_field_and_writes_nothing(text, field, t
 
 def test_existing_run_dir_is_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "out").mkdir()
+    from lingotune.rundir import prepare
+
+    prepare(tmp_path / "out", "fresh", "run")
     (tmp_path / "out" / "results.json").write_text("{}")
     result = CliRunner().invoke(app, ["run", "--out", "out"])
     assert result.exit_code == 2 and "--resume" in result.output

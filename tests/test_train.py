@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
-from helpers import make_items, make_recipe
+from helpers import make_items, make_recipe, train_one
 from lingotune import methods
-from lingotune.train import TrainingError, TrainingInterrupted, lr_factor, train_stage
+from lingotune.train import TrainingError, TrainingInterrupted, lr_factor
 
 
 def _run(model, recipe, tmp_path, resume=False, on_step=None, steps=6, method="lora"):
     stage = methods.stages(method, recipe)[0]
-    torch.manual_seed(0)
-    model, groups = stage.setup(model)
-    res = train_stage(
-        model, groups, make_items(), steps=steps, cfg=recipe.train, seed=0, pad_id=0,
-        stage_dir=tmp_path / "train", log_path=tmp_path / "metrics.jsonl", log_key={"stage": "train"},
-        resume=resume, on_step=on_step,
-    )
-    return model, res
+    return train_one(model, stage, recipe, tmp_path, steps=steps, resume=resume, on_step=on_step)
 
 
 def _trained_state(model):
@@ -41,13 +36,16 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, method, fas
     ref_model, ref = _run(fresh(), recipe, tmp_path / "ref", method=method)
 
     def interrupt(step, loss):
-        if step == 5:
-            raise KeyboardInterrupt
+        if step == 5:  # Ctrl-C: the step in flight finishes, is checkpointed, then the stage stops
+            os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(TrainingInterrupted, match="checkpoint at step 4"):
+    with pytest.raises(TrainingInterrupted, match="checkpoint at step 5 .*--resume"):
         _run(fresh(), recipe, tmp_path / "cut", on_step=interrupt, method=method)
     model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True, method=method)
-    assert res.resumed_from == 4 and res.steps == ref.steps == 6
+    assert res.resumed_from == 5 and res.steps == ref.steps == 6
+    assert res.first_loss == ref.first_loss and res.tokens == ref.tokens  # the whole stage, not the resumed part
+    assert res.seconds >= json.loads(next((tmp_path / "cut").glob("*/checkpoint/step-00000005/meta.json")).read_text())[
+        "stats"]["seconds"]
     assert ("row-sparse embeddings, lazy row Adam" in res.fast_path) == (method == "dpart" and fast)
     a, b = _trained_state(ref_model), _trained_state(model)
     assert a and set(a) == set(b)
@@ -66,10 +64,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, ti
                 for p in tiny_llama.parameters():
                     p.fill_(float("nan"))
 
-    with pytest.raises(TrainingError, match=r"step 3: loss is nan.*intact"):
+    with pytest.raises(TrainingError, match=r"step 3: loss is nan; stopped before the optimizer step; "
+                                             r"the checkpoint at step 2 .* is kept"):
         _run(tiny_llama, recipe, tmp_path, on_step=poison)
-    progress = json.loads((tmp_path / "train" / "checkpoint" / "progress.json").read_text())
-    assert progress["step"] == 2
+    from lingotune.checkpoint import Checkpoints
+
+    assert [s for s, _ in Checkpoints(tmp_path / "train" / "checkpoint").complete()] == [2]
 
 
 def test_metrics_log_has_loss_lr_and_throughput(tmp_path, tiny_llama):

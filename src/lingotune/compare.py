@@ -17,13 +17,13 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from lingotune.models import load_model
+from lingotune import rundir
 from lingotune.recipe import Recipe, dump_recipe, parse_recipe, set_path
 from lingotune.run import (
-    RunDirError, _save_json, build_data, evaluate_model, new_results, sample_prompts, train_method,
+    build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
+    tokenize_stages, train_method,
 )
 
 UNTOUCHED = "untouched"
@@ -43,36 +43,65 @@ def cell_recipe(recipe: Recipe, method: str, seed: int, data, out: Path) -> Reci
 
 
 def _complete(cell_dir: Path) -> bool:
-    p = cell_dir / "results.json"
-    return p.exists() and json.loads(p.read_text()).get("complete", False)
+    res = rundir.read_json(cell_dir / "results.json")
+    return bool(res and res.get("complete"))
+
+
+def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], console: Console) -> None:
+    """The untouched model: once per dataset (its prompts come from the dataset)."""
+    if _complete(udir):
+        return
+    res = new_results(base, None)
+    evaluate_model(model0, tok, base, udir, UNTOUCHED, prompts, res, console)
+    res.update(complete=True, method=UNTOUCHED)
+    rundir.save_json(udir / "results.json", res)
+
+
+def _cell(model0, tok, r: Recipe, method: str, built, cell_dir: Path, prompts: list[str], console: Console) -> None:
+    """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
+    res = new_results(r, rundir.read_json(cell_dir / "results.json"))
+    res["variant"] = method
+    stages = select_stages(r, None, res)
+    tokenized = tokenize_stages(r, stages, built, tok)
+    model = copy.deepcopy(model0)
+    t = time.perf_counter()
+    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console)
+    res["train_seconds"] = round(sum(s.get("seconds", 0) for s in res["stages"].values()), 2)
+    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
+    res["cell_seconds"] = round(time.perf_counter() - t, 2)
+    res["complete"] = True
+    rundir.save_json(cell_dir / "results.json", res)
+    if not r.compare.keep_checkpoints:
+        for ck in cell_dir.glob("*/*/checkpoint"):
+            shutil.rmtree(ck, ignore_errors=True)
 
 
 def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Console | None = None) -> dict:
     console = console or Console()
     cmp = recipe.compare
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        if not recipe.output.overwrite:
-            raise RunDirError(f"{out_dir}: exists; pass --resume to continue the grid or --overwrite to replace it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    t0 = time.perf_counter()
-
-    model0, tok = load_model(recipe.model.source, dtype=recipe.model.dtype,
-                            attn_implementation=recipe.model.attn_implementation)
+    action = rundir.check(out_dir, kind="grid", resume=resume, overwrite=recipe.output.overwrite)
+    if action == "resume":
+        check_resumable(recipe, out_dir)
     datasets = cmp.datasets or {"data": recipe.data}
+    t0 = time.perf_counter()
+    model0, tok, _ = load(recipe, console)
+    check_method(recipe, model0)
+    builts = {}
+    for dname, dcfg in datasets.items():  # every dataset, and every method's stages on it, checked first
+        builts[dname] = built = build_data(cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir), console)
+        for method in cmp.methods:
+            r = cell_recipe(recipe, method, recipe.seed, dcfg, out_dir)
+            tokenize_stages(r, select_stages(r, None, {}), built, tok)
+    rundir.prepare(out_dir, action, "grid")
+    rundir.atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     for dname, dcfg in datasets.items():
         base = cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir / dname)
-        built = build_data(base, out_dir / dname, console)
+        built = builts[dname]
+        built.write(out_dir / dname / "data")
         prompts = sample_prompts(built, recipe.output.sample_prompts)
-        # the untouched model: once per dataset (its prompts come from the dataset)
-        udir = out_dir / dname / UNTOUCHED
-        if not _complete(udir):
-            udir.mkdir(parents=True, exist_ok=True)
-            res = new_results(base, udir, resume=False)
-            evaluate_model(model0, tok, base, udir, UNTOUCHED, prompts, res, console)
-            res.update(complete=True, method=UNTOUCHED)
-            _save_json(udir / "results.json", res)
+        _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, console)
         for method in cmp.methods:
             for seed in cmp.seeds:
                 cell_dir = out_dir / dname / f"{method}-s{seed}"
@@ -81,25 +110,10 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                     continue
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
-                cell_dir.mkdir(parents=True, exist_ok=True)
-                (cell_dir / "recipe.yaml").write_text(dump_recipe(r))
-                res = new_results(r, cell_dir, resume=True)
-                res["variant"] = method
-                model = copy.deepcopy(model0)
-                t = time.perf_counter()
-                model = train_method(model, tok, r, built, cell_dir, res, resume=True, only_stage=None, console=console)
-                res["train_seconds"] = round(sum(s.get("seconds", 0) for s in res["stages"].values()), 2)
-                evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
-                res["cell_seconds"] = round(time.perf_counter() - t, 2)
-                res["complete"] = True
-                _save_json(cell_dir / "results.json", res)
-                if not cmp.keep_checkpoints:
-                    for ck in cell_dir.glob("*/*/checkpoint"):
-                        shutil.rmtree(ck, ignore_errors=True)
-                del model
+                _cell(model0, tok, r, method, built, cell_dir, prompts, console)
     summary = summarize(out_dir, recipe)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    _save_json(out_dir / "summary.json", summary)
+    rundir.save_json(out_dir / "summary.json", summary)
     return summary
 
 

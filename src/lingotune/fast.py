@@ -242,13 +242,11 @@ class LazyRowAdam(torch.optim.Optimizer):
 # --------------------------------------------------------------------------- label-only loss
 
 
-def label_only_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                    position_ids: torch.Tensor | None = None, reduction: str = "mean") -> tuple[torch.Tensor, int]:
-    """(cross-entropy, number of labelled tokens), computing logits only where a label exists.
+def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) at the labelled positions only: the output head is applied nowhere else.
 
-    Equals `model(input_ids, attention_mask=..., labels=labels).loss` for reduction="mean"
-    (reduction="sum" gives the sum, for accumulation over micro-batches). For packed rows from
-    `collate_packed`, pass attention_mask=None and the position_ids.
+    For packed rows from `collate_packed`, pass attention_mask=None and the position_ids.
     """
     base = _base(model)
     body = base.get_decoder()
@@ -257,18 +255,22 @@ def label_only_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                   use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
-    h = hidden[:, :-1][keep]
-    logits = base.get_output_embeddings()(h)
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    n = int(keep.sum())
-    loss = F.cross_entropy(logits.float(), target[keep], reduction="sum")
-    if reduction == "mean":
-        loss = loss / max(n, 1)
-    elif reduction != "sum":
-        raise ValueError(f"label_only_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
-    return loss, n
+    return logits, target[keep]
+
+
+def label_only_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                    position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """(mean cross-entropy, number of labelled tokens), computing logits only where a label exists.
+
+    Equals `model(input_ids, attention_mask=..., labels=labels).loss`.
+    """
+    logits, target = label_only_logits(model, input_ids, attention_mask, labels, position_ids)
+    n = int(target.numel())
+    return F.cross_entropy(logits.float(), target, reduction="sum") / max(n, 1), n
 
 
 # --------------------------------------------------------------------------- packing

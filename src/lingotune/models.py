@@ -12,13 +12,14 @@ import contextlib
 import hashlib
 import importlib.util
 import io
-import logging
 import os
 import shutil
 import warnings
 from pathlib import Path
 
 import torch
+
+from lingotune.errors import UserError, one_line
 
 BUNDLED = {
     # name -> (python package holding the GGUF, GGUF file name or None to find it)
@@ -38,8 +39,15 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
-class ModelLoadError(RuntimeError):
-    pass
+class ModelLoadError(UserError, RuntimeError):
+    """A model, tokenizer, adapter or embeddings file that cannot be loaded; one line naming it."""
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken or missing model raises (a torn safetensors file included)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ImportError, ValueError, RuntimeError, SafetensorError)
 
 
 def cache_dir() -> Path:
@@ -149,15 +157,15 @@ def resolve(source: str) -> str:
     return source  # a hub id
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     where = resolve(source)
     try:
         with _quiet():
-            tok = AutoTokenizer.from_pretrained(where)
-    except OSError as e:
-        raise ModelLoadError(f"model {source!r}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+            tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except _load_errors() as e:
+        raise ModelLoadError(f"model {source!r}: cannot load tokenizer ({one_line(e)})") from None
     return prepare_tokenizer(tok)
 
 
@@ -172,10 +180,12 @@ def prepare_tokenizer(tok):
     return tok
 
 
-def load_model(source: str, dtype: str = "float32", device: str = "cpu", attn_implementation: str | None = None):
+def load_model(source: str, dtype: str = "float32", device: str = "cpu", attn_implementation: str | None = None,
+               trust_remote_code: bool = False):
     """(model, tokenizer) for a bundled name, a local directory or a hub id.
 
     attn_implementation: the attention kernel ("sdpa", "eager", ...); None keeps transformers' default.
+    trust_remote_code: run modeling code shipped with a hub model (off unless the recipe asks).
     """
     from transformers import AutoModelForCausalLM
 
@@ -184,12 +194,11 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", attn_im
     try:
         with _quiet():
             kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kw)
-    except (OSError, ImportError) as e:
-        raise ModelLoadError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
-    except ValueError as e:  # e.g. an attention kernel this model does not support
-        raise ModelLoadError(f"model {source!r}: {str(e).splitlines()[0]}") from None
-    tok = load_tokenizer(source)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                         **kw)
+    except _load_errors() as e:  # a torn weights file, an attention kernel this model lacks, ...
+        raise ModelLoadError(f"model {source!r}: cannot load ({one_line(e)})") from None
+    tok = load_tokenizer(source, trust_remote_code)
     model.to(device)
     model.config.use_cache = False
     return model, tok
@@ -256,9 +265,12 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
         path = Path(embeddings)
         if not path.exists():
             raise ModelLoadError(f"embeddings {embeddings!r}: no such file")
-        tensors = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            tie = (f.metadata() or {}).get("tie", "untie")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                tie = (f.metadata() or {}).get("tie", "untie")
+        except _load_errors() as e:
+            raise ModelLoadError(f"embeddings {embeddings!r}: not a readable safetensors file ({one_line(e)})") from None
         key = "model.embed_tokens.weight"
         if key not in tensors:
             raise ModelLoadError(f"embeddings {embeddings!r}: no tensor {key!r} (found {sorted(tensors)})")
@@ -274,6 +286,9 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
 
         if not (Path(adapter) / "adapter_config.json").exists():
             raise ModelLoadError(f"adapter {adapter!r}: no adapter_config.json there")
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (*_load_errors(), KeyError, TypeError) as e:
+            raise ModelLoadError(f"adapter {adapter!r}: cannot load ({one_line(e)})") from None
     model.eval()
     return model, tok

@@ -13,14 +13,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lingotune.data.config import DataConfig
+from lingotune.errors import UserError
 from lingotune.eval.config import EvalConfig
 from lingotune.languages import LANGUAGES
+from lingotune.rundir import safe_name
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -42,9 +44,12 @@ class ModelConfig(Strict):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] | None = Field(
         None,
         description="Attention kernel, passed to transformers (null: its default, sdpa for most models). 'eager' "
-        "trained 13-27% faster than sdpa for SmolLM2 on a 2-core CPU (docs/benchmarks.md); Gemma-3 recommends it "
-        "for training; "
+        "can be faster on a CPU (measurements in docs/benchmarks.md); Gemma-3 recommends it for training; "
         "'flash_attention_2' needs the flash-attn package and a GPU.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with a hub model (its own modeling files). Off: only "
+        "architectures transformers itself implements load; turn on only for a model whose code you trust.",
     )
 
 
@@ -127,10 +132,18 @@ class TrainConfig(Strict):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="Recompute activations in the backward pass: less memory, about a third more compute "
-        "(measured: peak RSS 3.7 -> 1.9 GB, tokens/s 318 -> 237 for SmolLM2 stage 2).",
+        description="Recompute activations in the backward pass: less memory, more compute (measurements in "
+        "docs/benchmarks.md).",
     )
     checkpoint_every: int = Field(20, ge=1, description="Save a resumable checkpoint every N steps (and at the end of a stage).")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Checkpoints kept per stage (the newest); resume falls back to an older one when the "
+        "newest is torn or corrupt.",
+    )
+    max_loss_ratio: float | None = Field(
+        4.0, gt=1.0, description="Stop a stage whose loss (mean of the last 3 steps) climbs above this multiple of its "
+        "first step's loss, and by more than 1 nat: training diverged. null: never stop for that.",
+    )
     log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
 
     @model_validator(mode="after")
@@ -144,6 +157,17 @@ class TrainConfig(Strict):
 
 class OutputConfig(Strict):
     dir: str = Field("runs/{method}-{language}-s{seed}", description="Run directory; {method}, {language}, {seed} are filled in.")
+
+    @field_validator("dir")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        try:
+            v.format(method="m", language="l", seed=0)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"bad placeholder in {v!r} ({e}); known: {{method}}, {{language}}, {{seed}}") from None
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
     overwrite: bool = Field(False, description="Replace an existing run directory. Off: an existing run is never overwritten.")
     save_full_model: bool = Field(True, description="Full fine-tuning: save the whole model (large).")
     sample_prompts: int = Field(4, ge=0, description="Target-language prompts answered by the untouched and adapted model in report.md.")
@@ -170,6 +194,8 @@ class CompareConfig(Strict):
     def _names(self):
         from lingotune.methods import METHODS
 
+        for name in [*self.variants, *(self.datasets or {})]:
+            safe_name(name, "compare: name")
         for name in self.methods + [self.candidate, self.baseline]:
             if name not in METHODS and name not in self.variants:
                 raise ValueError(f"compare: {name!r} is neither a method ({', '.join(METHODS)}) nor a variant")
@@ -200,21 +226,55 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _known_tasks(self):
+        from lingotune.eval.config import DEFAULT_SUITES
         from lingotune.eval.tasks import load_task
 
+        names = []
         for i, name in enumerate(self.eval.tasks):
             try:
-                load_task(name)
+                names.append(load_task(name).name)
             except Exception as e:  # noqa: BLE001 - any reason a task cannot load is a recipe error here
                 raise ValueError(f"eval.tasks[{i}]: {str(e).splitlines()[0]}") from None
+        names = names or DEFAULT_SUITES.get(self.language, [])
+        unknown = [k for k in self.eval.limits if k not in names]
+        if unknown:
+            raise ValueError(f"eval.limits: {', '.join(map(repr, unknown))} not among the evaluated tasks "
+                             f"({', '.join(names) or 'none'})")
         return self
 
     def run_dir(self) -> Path:
         return Path(self.output.dir.format(method=self.method.name, language=self.language, seed=self.seed))
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe problem, as one line naming the file and field."""
+
+
+# Fields that do not change what training computes: they may differ when a run is resumed.
+NOT_TRAINING = ("name", "eval.", "output.", "compare.", "train.checkpoint_every", "train.log_every",
+                "train.keep_checkpoints", "train.max_loss_ratio")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def training_fields(recipe: "Recipe") -> dict[str, Any]:
+    """The resolved recipe's fields that shape training (dotted keys), recorded in checkpoints."""
+    flat = _flatten(recipe.model_dump(mode="json"))
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p) for p in NOT_TRAINING)}
+
+
+def changed_training_fields(old: dict, new: dict) -> list[str]:
+    """Dotted names of the training fields that differ between two `training_fields` results."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def _one_line(e: ValidationError, where: str) -> str:
@@ -263,7 +323,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise RecipeError(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        set_path(data, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        set_path(data, key.strip(), parsed)
     return parse_recipe(data, str(path))
 
 

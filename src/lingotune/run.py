@@ -1,30 +1,32 @@
 """The whole pipeline of one recipe: prepare data, evaluate the untouched model, train each
 stage of the method, evaluate the adapted model, write results.json and report.md.
 
-Reads top to bottom. Every step that is done is recorded in results.json, so `--resume`
-skips it; a stage that was cut short continues from its last checkpoint.
+Reads top to bottom. Everything that bad input can break is checked before the run directory
+is touched: the directory policy, the recipe on resume, the data, the model, every stage's
+examples after tokenization, the method's settings against the model. Every step that is done
+is recorded in results.json, so `--resume` skips it; a stage that was cut short continues from
+its last checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lingotune import methods
-from lingotune.data.batches import tokenize_all
+from lingotune import methods, rundir
+from lingotune.checkpoint import Checkpoints
+from lingotune.data.batches import full_length, tokenize_all
+from lingotune.errors import RunDirError, TrainingError
 from lingotune.models import load_model, resolve
-from lingotune.recipe import Recipe, dump_recipe
-from lingotune.train import environment, load_checkpoint, train_stage
+from lingotune.recipe import Recipe, RecipeError, changed_training_fields, dump_recipe, parse_recipe, training_fields
+from lingotune.train import environment, train_stage
 
-
-class RunDirError(RuntimeError):
-    pass
+__all__ = ["RunDirError", "run"]
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -32,24 +34,6 @@ def progress_bar(console: Console | None = None) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
     )
-
-
-def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
-    """The run directory; refuses to touch an existing one unless asked (checked before anything is written)."""
-    run_dir = recipe.run_dir()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if recipe.output.overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
-            raise RunDirError(f"{run_dir}: run directory exists; pass --resume to continue it or --overwrite to replace it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _save_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-    tmp.replace(path)
 
 
 def generate_answers(model, tok, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
@@ -78,14 +62,71 @@ def sample_prompts(built, n: int) -> list[str]:
     return out
 
 
-def build_data(recipe: Recipe, run_dir: Path, console: Console):
-    """Build the stage-1 and stage-2 sets once, write them (and their report) to run_dir/data."""
+# ----------------------------------------------------------------------------- checks before anything is written
+
+
+def check_resumable(recipe: Recipe, run_dir: Path) -> None:
+    """On --resume: the recipe must shape training exactly as the one the run started with."""
+    path = run_dir / "recipe.yaml"
+    if not path.exists():
+        raise RunDirError(f"{run_dir}: nothing to resume (no recipe.yaml); run without --resume to start again")
+    try:
+        old = parse_recipe(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+    except (yaml.YAMLError, RecipeError) as e:
+        raise RunDirError(f"{path}: cannot read the run's recipe ({str(e)[:200]}); start again with --overwrite") from None
+    changed = changed_training_fields(training_fields(old), training_fields(recipe))
+    if changed:
+        raise RecipeError(f"--resume: the recipe changed fields that shape training ({', '.join(changed)}); "
+                          f"resume with the run's own recipe ({path}) or start again with --overwrite")
+
+
+def select_stages(recipe: Recipe, only_stage: str | None, results: dict) -> list:
+    """The method's stages to run (up to `only_stage`), checked against what is already trained."""
+    stages = methods.stages(recipe.method.name, recipe)
+    names = [s.name for s in stages]
+    if only_stage is None:
+        return stages
+    if only_stage not in names:
+        raise RunDirError(f"--stage {only_stage}: method {recipe.method.name} has stages {', '.join(names)}")
+    for s in stages[:names.index(only_stage)]:
+        if not results.get("stages", {}).get(s.name, {}).get("complete"):
+            raise RunDirError(f"--stage {only_stage}: {s.name} must be trained first (lingotune train --stage {s.name})")
+    return stages[:names.index(only_stage) + 1]
+
+
+def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple[list[dict], int]]:
+    """stage name -> (tokenized examples, number cut away by max_len); a one-line error when a stage has none."""
+    out = {}
+    for stage in stages:
+        examples = [ex for key in stage.data for ex in getattr(built, key)]
+        items, dropped = tokenize_all(examples, tok, recipe.train.max_len, recipe.train.loss_on)
+        if not examples:
+            raise TrainingError(f"{stage.name}: the data section yields no examples for {'+'.join(stage.data)} "
+                                "(check data.sources and data.max_stage1/max_stage2)")
+        if not items:
+            shortest = min(full_length(ex, tok) for ex in examples[:500])
+            raise TrainingError(f"train.max_len: {recipe.train.max_len} tokens cuts every one of the {len(examples)} "
+                                f"{stage.name} examples before its answer (the shortest needs {shortest}); raise it")
+        out[stage.name] = (items, dropped)
+    return out
+
+
+def check_method(recipe: Recipe, model) -> None:
+    try:
+        methods.check(recipe.method.name, recipe, model)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def build_data(recipe: Recipe, console: Console):
+    """The stage-1 and stage-2 sets, in memory (written to the run directory once it is prepared)."""
     from lingotune.data.config import build_datasets
 
     console.print(f"[bold]data[/] building for {recipe.language} …")
-    built = build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=eval_texts(recipe))
-    built.write(run_dir / "data")
-    return built
+    return build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=eval_texts(recipe))
 
 
 def eval_texts(recipe: Recipe) -> list[str] | None:
@@ -107,6 +148,15 @@ def eval_texts(recipe: Recipe) -> list[str] | None:
     return texts
 
 
+def load(recipe: Recipe, console: Console):
+    console.print(f"[bold]model[/] loading {recipe.model.source} …")
+    t = time.perf_counter()
+    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype,
+                            attn_implementation=recipe.model.attn_implementation,
+                            trust_remote_code=recipe.model.trust_remote_code)
+    return model, tok, round(time.perf_counter() - t, 2)
+
+
 def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
                    console: Console) -> None:
     """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`."""
@@ -119,53 +169,49 @@ def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompt
         s[label] = a
 
 
-def train_method(model, tok, recipe: Recipe, built, run_dir: Path, results: dict, *, resume: bool,
-                 only_stage: str | None, console: Console):
-    """Run the method's stages through the one loop; a stage finished earlier is restored, not redone."""
-    log_path = run_dir / "metrics.jsonl"
+def restore_stage(model, stage_dir: Path) -> None:
+    """Put a finished stage's trained weights back (from its last checkpoint)."""
+    loaded = Checkpoints(stage_dir / "checkpoint").load_latest()
+    if loaded is None:
+        raise RunDirError(f"{stage_dir}: marked complete but its checkpoint is gone; start again with --overwrite")
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, p in loaded[0]["params"].items():
+            named[n].copy_(p)
+
+
+def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_dir: Path, results: dict, *,
+                 resume: bool, console: Console):
+    """Run the stages through the one loop; a stage finished earlier is restored, not redone."""
+    fingerprint = training_fields(recipe)
     with progress_bar(console) as progress:
-        stages = methods.stages(recipe.method.name, recipe)
-        names = [s.name for s in stages]
-        if only_stage and only_stage not in names:
-            raise RunDirError(f"--stage {only_stage}: method {recipe.method.name} has stages {', '.join(names)}")
         for stage in stages:
-            if only_stage and names.index(stage.name) > names.index(only_stage):
-                break
-            if only_stage and stage.name != only_stage and not results["stages"].get(stage.name, {}).get("complete"):
-                raise RunDirError(f"--stage {only_stage}: {stage.name} must be trained first (lingotune train --stage {stage.name})")
             stage_dir = run_dir / recipe.method.name / stage.name
             torch.manual_seed(recipe.seed)
             model, groups = stage.setup(model)
-            done = results["stages"].get(stage.name)
-            if done and done.get("complete"):
-                state, _ = load_checkpoint(stage_dir / "checkpoint")
-                named = dict(model.named_parameters())
-                with torch.no_grad():
-                    for n, p in state["params"].items():
-                        named[n].copy_(p)
+            if results["stages"].get(stage.name, {}).get("complete"):
+                restore_stage(model, stage_dir)
                 console.print(f"[dim]{stage.name}: done earlier, restored[/]")
                 continue
-            examples = [ex for key in stage.data for ex in getattr(built, key)]
-            items, dropped = tokenize_all(examples, tok, recipe.train.max_len, recipe.train.loss_on)
+            items, dropped = tokenized[stage.name]
             res = train_stage(
                 model, groups, items, steps=stage.steps, cfg=recipe.train, seed=recipe.seed,
-                pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=log_path,
+                pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=run_dir / "metrics.jsonl",
                 log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
+                row_sparse=stage.row_sparse, loss=stage.loss, fingerprint=fingerprint,
             )
             model = getattr(model, "module", model)
-            artefacts = stage.save(model, stage_dir)
             results["stages"][stage.name] = {
                 **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
                 "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
-                "artefacts": artefacts, "complete": True,
+                "artefacts": stage.save(model, stage_dir), "complete": True,
             }
-            _save_json(run_dir / "results.json", results)
+            rundir.save_json(run_dir / "results.json", results)
     return model
 
 
-def new_results(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
-    path = run_dir / "results.json"
-    results = json.loads(path.read_text()) if resume and path.exists() else {}
+def new_results(recipe: Recipe, previous: dict | None) -> dict:
+    results = dict(previous or {})
     results.update({
         "recipe": recipe.name, "language": recipe.language, "model": recipe.model.source, "seed": recipe.seed,
         "method": recipe.method.name, "loss_on": recipe.train.loss_on, "tie": recipe.model.tie,
@@ -178,38 +224,43 @@ def new_results(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
 
 def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stage: str | None = None,
         console: Console | None = None) -> dict:
-    """prepare data → evaluate the untouched model → train every stage → evaluate → report."""
+    """check → prepare data and model → evaluate the untouched model → train every stage → evaluate → report."""
     console = console or Console()
     t_start = time.perf_counter()
-    resolve(recipe.model.source)  # a wrong model path fails here, before the run directory exists
-    run_dir = prepare_run_dir(recipe, resume)
-    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    results = new_results(recipe, run_dir, resume)
+    run_dir = recipe.run_dir()
+    action = rundir.check(run_dir, kind="run", resume=resume, overwrite=recipe.output.overwrite)
+    if action == "resume":
+        check_resumable(recipe, run_dir)
+    previous = rundir.read_json(run_dir / "results.json") if action == "resume" else None
+    stages = select_stages(recipe, only_stage, previous or {})
+    resolve(recipe.model.source)  # a wrong model path fails here, before any work
+    built = build_data(recipe, console)
+    model, tok, load_seconds = load(recipe, console)
+    tokenized = tokenize_stages(recipe, stages, built, tok)
+    check_method(recipe, model)
+
+    rundir.prepare(run_dir, action, "run")  # from here on, the run directory is written
+    rundir.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    built.write(run_dir / "data")
+    results = new_results(recipe, previous)
+    results.update(data=built.report, model_load_seconds=load_seconds)
     torch.manual_seed(recipe.seed)
-
-    built = build_data(recipe, run_dir, console)
-    results["data"] = built.report
-
-    console.print(f"[bold]model[/] loading {recipe.model.source} …")
-    t = time.perf_counter()
-    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype,
-                            attn_implementation=recipe.model.attn_implementation)
-    results["model_load_seconds"] = round(time.perf_counter() - t, 2)
 
     prompts = sample_prompts(built, recipe.output.sample_prompts)
     if do_eval and "untouched" not in results["evals"]:
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
-        _save_json(run_dir / "results.json", results)
+        rundir.save_json(run_dir / "results.json", results)
 
-    model = train_method(model, tok, recipe, built, run_dir, results, resume=resume, only_stage=only_stage, console=console)
+    model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console)
 
     if do_eval and only_stage is None:
         evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
-    _save_json(run_dir / "results.json", results)
+    rundir.save_json(run_dir / "results.json", results)
 
     from lingotune.report import write_report
 
     write_report(run_dir)
     return results
+

@@ -1,17 +1,27 @@
 """The one training loop, shared by every method and stage.
 
-batches (seeded plan) -> loss -> backward -> clip -> step -> log -> checkpoint -> (resume)
+    prepare_stage   optimizer, loss, batches, guards, resume state, notes (what the stage needs)
+    train_stage     the loop: batches -> loss -> backward -> guards -> clip -> step -> log -> checkpoint
 
-A method only decides what trains (its `setup` returns parameter groups). Scaling out goes
-through accelerate: the same loop runs under `accelerate launch` (DDP, DeepSpeed, FSDP).
+A method decides what trains and what its stage needs (`methods.base.Stage`: parameter groups,
+whether the embeddings may train row by row, which loss); the loop never looks at names.
+Scaling out goes through accelerate: the same loop runs under `accelerate launch`.
+
+Guards: a non-finite loss (before backward) or gradient norm (before the optimizer step) stops
+the stage with its step number; so does a loss that climbs far above the stage's first one
+(`train.max_loss_ratio`). Nothing non-finite is ever saved, the last good checkpoints are kept,
+and Ctrl-C finishes the current step, checkpoints it and says how to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,28 +29,26 @@ from typing import Callable
 
 import torch
 
+from lingotune.checkpoint import Checkpoints
 from lingotune.data.batches import BatchPlan, collate
+from lingotune.errors import TrainingError, TrainingInterrupted
+from lingotune.losses import CausalLM
 from lingotune.models import bf16_supported, count_parameters
+from lingotune.rundir import atomic_write_text
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, unwritable checkpoint); earlier checkpoints are intact."""
-
-
-class TrainingInterrupted(TrainingError):
-    """The run was interrupted; a checkpoint was written and `--resume` continues from it."""
+__all__ = ["StageResult", "TrainingError", "TrainingInterrupted", "train_stage", "prepare_stage", "lr_factor"]
 
 
 @dataclass
 class StageResult:
     stage: str
     steps: int
-    seconds: float
+    seconds: float  # training time of the whole stage, over every resumed part
     tokens: int
     trainable_params: int
     total_params: int
     groups: dict[str, int]
-    first_loss: float | None
+    first_loss: float | None  # the stage's first step, also after a resume
     final_loss: float | None
     resumed_from: int = 0
     fast_path: list[str] = field(default_factory=list)
@@ -79,59 +87,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _save_checkpoint(ckpt_dir: Path, tracked: dict[str, torch.Tensor], optimizer, scheduler, step: int, extra: dict) -> None:
-    """Write atomically: a full new checkpoint replaces the old one only once it is complete."""
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(
-            {"params": {n: p.detach().cpu().clone() for n, p in tracked.items()}, "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
-            tmp / "state.pt",
-        )
-        (tmp / "progress.json").write_text(json.dumps({"step": step, **extra}))
-        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-        if ckpt_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            ckpt_dir.rename(old)
-        tmp.rename(ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise TrainingError(f"cannot write checkpoint {ckpt_dir}: {e.strerror or e}; the previous checkpoint is intact") from None
-
-
-def load_checkpoint(ckpt_dir: Path) -> tuple[dict, int] | None:
-    if not (ckpt_dir / "progress.json").exists():
-        return None
-    step = json.loads((ckpt_dir / "progress.json").read_text())["step"]
-    return torch.load(ckpt_dir / "state.pt", weights_only=False), step
-
-
-def _trim_log(log: Path, stage_key: dict, upto: int) -> None:
-    """Drop metric lines of this stage past the checkpoint we resume from."""
-    if not log.exists():
-        return
-    keep = []
-    for line in log.read_text().splitlines():
-        rec = json.loads(line)
-        same = all(rec.get(k) == v for k, v in stage_key.items())
-        if not (same and rec.get("step", 0) > upto):
-            keep.append(line)
-    log.write_text("".join(x + "\n" for x in keep))
-
-
-def default_loss(model, batch) -> torch.Tensor:
-    # no KV cache: transformers only applies the packed (block-diagonal) mask when there is none
-    return model(**batch, use_cache=False).loss
-
-
-def fast_loss(model, batch) -> torch.Tensor:
-    """The same mean cross-entropy, with the output head applied only where labels exist."""
-    from lingotune.fast import label_only_loss
-
-    return label_only_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("position_ids"))[0]
+# ----------------------------------------------------------------------------- batches
 
 
 def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device) -> dict:
@@ -139,7 +95,7 @@ def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device)
 
     Packed rows carry position_ids that restart at every example and attention_mask=None, which
     transformers turns into a block-diagonal causal mask: no attention across examples, and the
-    mean loss over the label tokens is the same as unpacked.
+    summed loss over the label tokens is the same as unpacked.
     """
     from lingotune.fast import collate_packed, pack_examples
 
@@ -189,163 +145,360 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
 
-def _grad_bytes(tensors) -> int:
-    """Bytes of the gradients: a parameter's .grad, or the tensor itself (row gradients)."""
-    return _nbytes(t.grad if isinstance(t, torch.nn.Parameter) else t for t in tensors)
+# ----------------------------------------------------------------------------- optimizer
 
 
-def make_optimizer(model, groups: list[dict], cfg, single_process: bool):
-    """(optimizer, params to clip, fast-path notes).
+def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool):
+    """(optimizer, gradients-to-clip callable, fast-path notes).
 
-    The fast path for a stage that trains only the (untied) input embeddings: a SparseEmbedding
-    that gathers the batch's rows, and LazyRowAdam with state for touched rows only (see
-    lingotune.fast for its exact semantics). Everything else: AdamW over the groups.
+    row_sparse (the stage trains only the untied input embeddings, and the fast path applies): a
+    SparseEmbedding that gathers the batch's rows, and LazyRowAdam with state for touched rows
+    only (see lingotune.fast for its exact semantics). Everything else: AdamW over the groups.
     """
     from lingotune.fast import LazyRowAdam, install_sparse_embedding
-    from lingotune.models import is_tied
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if cfg.fast and single_process and [g["name"] for g in groups] == ["embeddings"] and not is_tied(base):
+    if row_sparse:
+        if len(groups) != 1 or len(groups[0]["params"]) != 1:
+            raise ValueError("a row-sparse stage trains the input embeddings alone (one group, one tensor)")
         sparse = install_sparse_embedding(model)
         opt = LazyRowAdam([sparse], lr=groups[0]["lr"], betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-        opt.param_groups[0]["name"] = "embeddings"
+        opt.param_groups[0]["name"] = groups[0]["name"]
         return opt, opt.gradients, ["row-sparse embeddings, lazy row Adam"]
     opt_groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups]
     opt = torch.optim.AdamW(opt_groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    return opt, lambda: [p for g in groups for p in g["params"]], []
+    params = [p for g in groups for p in g["params"]]
+    return opt, lambda: [p.grad for p in params if p.grad is not None], []
 
 
-def train_stage(
-    model,
-    groups: list[dict],
-    items: list[dict],
-    *,
-    steps: int,
-    cfg,
-    seed: int,
-    pad_id: int,
-    stage_dir: Path,
-    log_path: Path,
-    log_key: dict,
-    resume: bool = False,
-    on_step: Callable[[int, float], None] | None = None,
-    progress=None,
-) -> StageResult:
-    """Train `groups` of `model` for `steps` optimizer steps on tokenized `items`.
+def _row_sparse_allowed(model, cfg, row_sparse: bool, single_process: bool) -> bool:
+    from lingotune.models import is_tied
 
-    cfg: a TrainConfig (batch_size, grad_accum, warmup_steps, weight_decay, max_grad_norm,
-    precision, checkpoint_every, log_every). Writes metrics lines to `log_path` (tagged with
-    `log_key`) and checkpoints to `stage_dir/checkpoint`; with `resume`, continues from it.
-    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return row_sparse and cfg.fast and single_process and not is_tied(base)
+
+
+def grad_norm_and_clip(grads: list[torch.Tensor], max_norm: float | None) -> float:
+    """The gradients' total L2 norm; scaled down in place to `max_norm` when above it (as torch clips)."""
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, 2.0)
+    if max_norm and torch.isfinite(norm):
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef.to(grads[0].device))
+    return float(norm)
+
+
+# ----------------------------------------------------------------------------- the metrics log
+
+
+def trim_log(log: Path, stage_key: dict, upto: int) -> int:
+    """Drop this stage's metric lines past step `upto`, and any torn line; returns lines dropped."""
+    if not log.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(rec, dict) and all(rec.get(k) == v for k, v in stage_key.items()) and rec.get("step", 0) > upto:
+            dropped += 1
+            continue
+        keep.append(line)
+    if dropped:
+        atomic_write_text(log, "".join(x + "\n" for x in keep))
+    return dropped
+
+
+# ----------------------------------------------------------------------------- interrupts
+
+
+@contextlib.contextmanager
+def graceful_interrupt():
+    """Yields a callable telling whether Ctrl-C was pressed; the first press only sets that flag
+    (the loop finishes its step and checkpoints), a second one interrupts at once."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed.is_set
+        return
+
+    def handler(signum, frame):
+        if pressed.is_set():
+            raise KeyboardInterrupt
+        pressed.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclass
+class StageRun:
+    """Everything the loop needs for one stage, built by `prepare_stage`."""
+
+    name: str
+    model: torch.nn.Module
+    items: list[dict]
+    steps: int
+    cfg: object
+    accelerator: object
+    optimizer: object
+    scheduler: object
+    loss: object
+    label_only: bool
+    grads: Callable[[], list[torch.Tensor]]
+    tracked: dict[str, torch.Tensor]
+    plan: BatchPlan
+    pack: bool
+    pad_id: int
+    checkpoints: Checkpoints
+    log_path: Path
+    log_key: dict
+    fingerprint: dict | None
+    notes: list[str]
+    counts: tuple[int, int, dict]  # trainable, total, per group
+    cleanup: Callable[[], None]
+    start: int = 0
+    stats: dict = field(default_factory=lambda: {"first_loss": None, "final_loss": None, "seconds": 0.0, "tokens": 0,
+                                                  "grad_bytes": 0})
+    saved: int = 0  # step of the newest checkpoint
+
+
+def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, cfg, seed: int, pad_id: int,
+                  stage_dir: Path, log_path: Path, log_key: dict, resume: bool = False, row_sparse: bool = False,
+                  loss=None, fingerprint: dict | None = None) -> StageRun:
+    """Build the optimizer, loss, batch plan and guards of one stage, restoring a checkpoint on resume."""
+    name = log_key.get("stage", "stage")
     if not items:
-        raise TrainingError(f"{log_key.get('stage', 'stage')}: no training examples (check the data section)")
+        raise TrainingError(f"{name}: no training examples (check the data section)")
     accelerator = accelerator_for(cfg.precision)
     trainable, total = count_parameters(model)
-    group_counts = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
+    counts = (trainable, total, {g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
     tracked = {n: p for n, p in model.named_parameters() if p.requires_grad}  # by name, before any module swap
-    optimizer, clip_params, fast_notes = make_optimizer(model, groups, cfg, accelerator.num_processes == 1)
-    # label-only logits call the decoder directly, which would bypass a DDP/FSDP wrapper's forward
     single = accelerator.num_processes == 1
-    loss_fn = fast_loss if cfg.fast and single else default_loss
-    if loss_fn is fast_loss:
-        fast_notes.append("label-only logits")
-    if accelerator.mixed_precision == "bf16":
-        fast_notes.append("bf16 autocast")
+    optimizer, grads, notes = make_optimizer(model, groups, cfg, _row_sparse_allowed(model, cfg, row_sparse, single))
+    label_only = cfg.fast and single  # label-only logits call the decoder directly, bypassing a DDP wrapper
+    notes += ["label-only logits"] * label_only + ["bf16 autocast"] * (accelerator.mixed_precision == "bf16")
     pack = cfg.pack and packing_respected(accelerator.unwrap_model(model))
-    if pack:
-        fast_notes.append("packed rows")
-    elif cfg.pack:
-        fast_notes.append("padded rows: this model ignores packed position_ids")
+    notes += ["packed rows"] if pack else ["padded rows: this model ignores packed position_ids"] * cfg.pack
     base = accelerator.unwrap_model(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if cfg.gradient_checkpointing:
         _checkpointing(base, True)
-        fast_notes.append("gradient checkpointing")
+        notes.append("gradient checkpointing")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    plan = BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed)
-    ckpt_dir = stage_dir / "checkpoint"
-    start = 0
-    if resume:
-        loaded = load_checkpoint(ckpt_dir)
-        if loaded:
-            state, done = loaded
-            with torch.no_grad():
-                for n, t in state["params"].items():
-                    tracked[n].copy_(t)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-            start = done
-            _trim_log(log_path, log_key, done)
-    model.train()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    tokens_total = 0
-    grad_bytes = 0
-    first_loss = final_loss = None
-    task = progress.add_task(f"{log_key.get('method', '')} {log_key.get('stage', '')}".strip(), total=steps, completed=start) if progress else None
-    step = start
-    try:
-        with log_path.open("a") as log:
-            for step, idx in plan.batches(start, steps):
-                ts = time.perf_counter()
-                step_loss, step_tokens = 0.0, 0
-                micro = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
-                for mb in micro:
-                    batch = make_batch([items[i] for i in mb], pad_id, cfg.max_len, pack, accelerator.device)
-                    with accelerator.autocast():
-                        loss = loss_fn(model, batch) / len(micro)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"{log_key.get('stage', 'stage')} step {step + 1}: loss is {loss.item()}; "
-                            f"stopped; the last checkpoint ({ckpt_dir}) is intact"
-                        )
-                    accelerator.backward(loss)
-                    step_loss += loss.item()
-                    step_tokens += sum(len(items[i]["input_ids"]) for i in mb)
-                grad_bytes = max(grad_bytes, _grad_bytes(clip_params()))
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(clip_params(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                dt = time.perf_counter() - ts
-                tokens_total += step_tokens
-                first_loss = step_loss if first_loss is None else first_loss
-                final_loss = step_loss
-                done = step + 1
-                if done % cfg.log_every == 0 or done == steps:
-                    rec = {**log_key, "step": done, "loss": round(step_loss, 6),
-                           "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
-                           "tokens": step_tokens, "tokens_per_s": round(step_tokens / dt, 2), "seconds": round(dt, 4)}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                if done % cfg.checkpoint_every == 0 or done == steps:
-                    _save_checkpoint(ckpt_dir, tracked, optimizer, scheduler, done, log_key)
-                if progress:
-                    progress.update(task, completed=done, description=f"{log_key.get('method', '')} {log_key.get('stage', '')} loss {step_loss:.3f}")
-                if on_step:
-                    on_step(done, step_loss)
-    except KeyboardInterrupt:
-        last = load_checkpoint(ckpt_dir)
-        at = last[1] if last else 0
-        raise TrainingInterrupted(
-            f"{log_key.get('stage', 'stage')}: interrupted; checkpoint at step {at} in {ckpt_dir}; run again with --resume"
-        ) from None
-    finally:
+    def cleanup():
         from lingotune.fast import remove_sparse_embedding
 
         remove_sparse_embedding(accelerator.unwrap_model(model))
         if cfg.gradient_checkpointing:
             _checkpointing(base, False)
-    state_bytes = _nbytes(v for st in optimizer.state.values() for v in st.values())
+
+    run = StageRun(name, model, items, steps, cfg, accelerator, optimizer, scheduler, loss or CausalLM(), label_only,
+                   grads, tracked, BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed), pack, pad_id,
+                   Checkpoints(stage_dir / "checkpoint", cfg.keep_checkpoints), log_path, log_key, fingerprint,
+                   notes, counts, cleanup)
+    try:
+        if resume:
+            _restore(run)
+        trim_log(log_path, log_key, run.start)
+    except BaseException:
+        cleanup()
+        raise
+    return run
+
+
+def _fingerprint_diff(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _restore(run: StageRun) -> None:
+    """Continue from the newest usable checkpoint (weights, optimizer, scheduler, RNG, statistics)."""
+    loaded = run.checkpoints.load_latest(warn=_warn)
+    if loaded is None:
+        return
+    state, meta = loaded
+    if run.fingerprint is not None and meta.get("recipe") is not None and meta["recipe"] != run.fingerprint:
+        fields = ", ".join(_fingerprint_diff(meta["recipe"], run.fingerprint))
+        raise TrainingError(f"{run.name}: the checkpoint was trained with a different recipe ({fields}); "
+                            "resume with the same recipe, or start again with --overwrite")
+    if set(state["params"]) != set(run.tracked) or any(
+            state["params"][n].shape != run.tracked[n].shape for n in run.tracked):
+        raise TrainingError(f"{run.name}: the checkpoint's weights do not fit this model; start again with --overwrite")
+    with torch.no_grad():
+        for n, t in state["params"].items():
+            run.tracked[n].copy_(t)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    run.start = run.saved = int(meta["step"])
+    run.stats.update(meta.get("stats") or {})
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _micro_batches(run: StageRun, step: int) -> tuple[list[dict], int]:
+    """The step's micro-batches (grad_accum of them) and its number of real tokens."""
+    idx = run.plan.indices(step)
+    bs = run.cfg.batch_size
+    batches = [make_batch([run.items[i] for i in idx[j:j + bs]], run.pad_id, run.cfg.max_len, run.pack,
+                          run.accelerator.device) for j in range(0, len(idx), bs)]
+    return batches, sum(len(run.items[i]["input_ids"]) for i in idx)
+
+
+def _stop(run: StageRun, step: int, what: str) -> TrainingError:
+    kept = (f"the checkpoint at step {run.saved} ({run.checkpoints.root}) is kept" if run.saved
+            else "no checkpoint was written yet")
+    return TrainingError(f"{run.name} step {step}: {what}; stopped before the optimizer step; {kept}")
+
+
+def accumulate(run: StageRun, step: int) -> tuple[float, int]:
+    """Forward and backward over the step's micro-batches, each loss divided by the step's label units;
+    (loss = mean over the step's units, real tokens). Stops on a non-finite loss before its backward."""
+    acc = run.accelerator
+    batches, tokens = _micro_batches(run, step)
+    units = torch.tensor(sum(run.loss.count(b) for b in batches), device=acc.device)
+    if acc.num_processes > 1:
+        units = acc.reduce(units, "sum")
+    scale = acc.num_processes / max(int(units), 1)  # DDP averages gradients over processes
+    step_loss = 0.0
+    for batch in batches:
+        with acc.autocast():
+            loss = run.loss(run.model, batch, run.label_only) * scale
+        if not torch.isfinite(loss):
+            raise _stop(run, step + 1, f"loss is {loss.item()}")
+        acc.backward(loss)
+        step_loss += loss.item() / acc.num_processes
+    if acc.num_processes > 1:
+        step_loss = float(acc.reduce(torch.tensor(step_loss, device=acc.device), "sum"))
+    return step_loss, tokens
+
+
+def train_step(run: StageRun, step: int) -> tuple[float, int, float]:
+    """One optimizer step; (loss, tokens, gradient norm). A non-finite gradient norm stops it before the update."""
+    loss, tokens = accumulate(run, step)
+    grads = run.grads()
+    run.stats["grad_bytes"] = max(run.stats["grad_bytes"], _nbytes(grads))
+    norm = grad_norm_and_clip(grads, run.cfg.max_grad_norm)
+    if not math.isfinite(norm):
+        raise _stop(run, step + 1, f"gradient norm is {norm}")
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, tokens, norm
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _save(run: StageRun, done: int) -> None:
+    meta = {"stage": run.name, "recipe": run.fingerprint, "stats": dict(run.stats)}
+    run.checkpoints.save(done, run.tracked, run.optimizer, run.scheduler, meta)
+    run.saved = done
+
+
+def _diverged(run: StageRun, window: list[float]) -> str | None:
+    """Why the loss counts as diverged (smoothed loss far above the stage's first), or None."""
+    ratio, first = run.cfg.max_loss_ratio, run.stats["first_loss"]
+    if not ratio or first is None or len(window) < 3:
+        return None
+    now = sum(window[-3:]) / 3
+    if now > ratio * first and now - first > 1.0:
+        return (f"loss {now:.3g} (mean of the last 3 steps) is {now / first:.1f}x the stage's first loss "
+                f"{first:.3g}: training diverged (lower the learning rate, or set train.max_loss_ratio: null)")
+    return None
+
+
+def _log_line(run: StageRun, done: int, loss: float, tokens: int, norm: float, dt: float) -> str:
+    rec = {**run.log_key, "step": done, "loss": round(loss, 6), "grad_norm": round(norm, 6),
+           "lr": {g["name"]: g["lr"] for g in run.optimizer.param_groups},
+           "tokens": tokens, "tokens_per_s": round(tokens / dt, 2), "seconds": round(dt, 4)}
+    return json.dumps(rec) + "\n"
+
+
+def _interrupted(run: StageRun, done: int, consistent: bool) -> TrainingInterrupted:
+    """Checkpoint the last finished step (when the weights are consistent) and say how to resume."""
+    if consistent and done > run.saved:
+        _save(run, done)
+    at = f"checkpoint at step {run.saved} in {run.checkpoints.root}" if run.saved else "no checkpoint yet"
+    return TrainingInterrupted(f"{run.name}: interrupted; {at}; run the same command with --resume to continue")
+
+
+def train_stage(model, groups: list[dict], items: list[dict], *, steps: int, cfg, seed: int, pad_id: int,
+                stage_dir: Path, log_path: Path, log_key: dict, resume: bool = False, row_sparse: bool = False,
+                loss=None, fingerprint: dict | None = None, on_step: Callable[[int, float], None] | None = None,
+                progress=None) -> StageResult:
+    """Train `groups` of `model` for `steps` optimizer steps on tokenized `items`.
+
+    cfg: a TrainConfig. Writes metric lines to `log_path` (tagged with `log_key`) and checkpoints
+    to `stage_dir/checkpoint`; with `resume`, continues from the newest usable checkpoint.
+    `fingerprint`: the recipe's training fields, recorded in checkpoints and checked on resume.
+    """
+    run = prepare_stage(model, groups, items, steps=steps, cfg=cfg, seed=seed, pad_id=pad_id, stage_dir=stage_dir,
+                        log_path=log_path, log_key=log_key, resume=resume, row_sparse=row_sparse, loss=loss,
+                        fingerprint=fingerprint)
+    label = f"{log_key.get('method', '')} {run.name}".strip()
+    task = progress.add_task(label, total=steps, completed=run.start) if progress else None
+    done, consistent, window = run.start, True, []
+    run.model.train()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with log_path.open("a", encoding="utf-8") as log, graceful_interrupt() as pressed:
+            for step in range(run.start, steps):
+                t0 = time.perf_counter()
+                consistent = False
+                loss, tokens, norm = train_step(run, step)
+                consistent, done = True, step + 1
+                dt = time.perf_counter() - t0
+                run.stats["seconds"] += dt
+                run.stats["tokens"] += tokens
+                run.stats["first_loss"] = loss if run.stats["first_loss"] is None else run.stats["first_loss"]
+                run.stats["final_loss"] = loss
+                window.append(loss)
+                if done % cfg.log_every == 0 or done == steps:
+                    log.write(_log_line(run, done, loss, tokens, norm, dt))
+                    log.flush()
+                why = _diverged(run, window)
+                if why:
+                    raise TrainingError(f"{run.name} step {done}: {why}; the stage is not marked complete")
+                if done % cfg.checkpoint_every == 0 or done == steps:
+                    _save(run, done)
+                if progress:
+                    progress.update(task, completed=done, description=f"{label} loss {loss:.3f}")
+                if on_step:
+                    on_step(done, loss)
+                if pressed():
+                    raise _interrupted(run, done, consistent)
+    except KeyboardInterrupt:
+        run.optimizer.zero_grad(set_to_none=True)
+        raise _interrupted(run, done, consistent) from None
+    finally:
+        run.cleanup()
+    return _result(run)
+
+
+def _result(run: StageRun) -> StageResult:
+    trainable, total, groups = run.counts
+    state_bytes = _nbytes(v for st in run.optimizer.state.values() for v in st.values())
+    s = run.stats
     return StageResult(
-        stage=log_key.get("stage", ""), steps=steps, seconds=round(time.perf_counter() - t0, 2), tokens=tokens_total,
-        trainable_params=trainable, total_params=total, groups=group_counts,
-        first_loss=first_loss, final_loss=final_loss, resumed_from=start, fast_path=fast_notes,
-        grad_mb=round(grad_bytes / 2**20, 3), optimizer_state_mb=round(state_bytes / 2**20, 3),
+        stage=run.name, steps=run.steps, seconds=round(s["seconds"], 2), tokens=s["tokens"],
+        trainable_params=trainable, total_params=total, groups=groups, first_loss=s["first_loss"],
+        final_loss=s["final_loss"], resumed_from=run.start, fast_path=run.notes,
+        grad_mb=round(s["grad_bytes"] / 2**20, 3), optimizer_state_mb=round(state_bytes / 2**20, 3),
     )
 
 

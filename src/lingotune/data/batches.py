@@ -24,6 +24,11 @@ def _ids(tok, messages, add_generation_prompt: bool) -> list[int]:
     return list(out)
 
 
+def full_length(ex: Example, tok) -> int:
+    """Tokens of the whole conversation through the chat template (what max_len must hold)."""
+    return len(_ids(tok, ex.messages, add_generation_prompt=False))
+
+
 def tokenize_example(ex: Example, tok, max_len: int, loss_on: Literal["answer", "all"] = "answer") -> dict | None:
     """{'input_ids', 'labels'} for one example, or None when truncation leaves no answer token.
 

@@ -21,7 +21,6 @@ prompt_completion, hf_disk, hub) have no English side and feed stage 2 only.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,13 +130,12 @@ class BuiltData:
     report: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
+        from lingotune.rundir import save_json
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"stage1": formats.write_examples(self.stage1, out / "stage1.jsonl"),
-                 "stage2": formats.write_examples(self.stage2, out / "stage2.jsonl"),
-                 "report": out / "data_report.json"}
-        paths["report"].write_text(json.dumps(self.report, ensure_ascii=False, indent=2), encoding="utf-8")
-        return paths
+        return {"stage1": formats.write_examples(self.stage1, out / "stage1.jsonl"),
+                "stage2": formats.write_examples(self.stage2, out / "stage2.jsonl"),
+                "report": save_json(out / "data_report.json", self.report)}
 
 
 def _resolve(root: Path | None, rel: str) -> Path:

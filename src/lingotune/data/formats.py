@@ -294,9 +294,7 @@ def read_examples(path: str | Path) -> list["Example"]:
 
 
 def write_examples(examples, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    """One example a line, written to a temporary file and renamed into place."""
+    from lingotune.rundir import atomic_write_text
+
+    return atomic_write_text(Path(path), "".join(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n" for ex in examples))

@@ -21,6 +21,7 @@ from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
 from lingotune.eval.translation import run_translation
 from lingotune.eval.yesno import run_yesno
 from lingotune.paths import data_root
+from lingotune.rundir import atomic_write_text, safe_name, save_json
 
 console = Console(stderr=True)
 
@@ -70,6 +71,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
     A task whose data is missing is skipped with its reason in "skipped"; an unknown task name or
     a bad task file raises ValueError before anything runs.
     """
+    safe_name(label, "evaluation label")
     root = data_root(cfg.data_root)
     names = cfg.tasks or DEFAULT_SUITES.get(lang, [])
     specs = [load_task(n) for n in names]
@@ -90,8 +92,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
         results[spec.name] = _clean(result)
         if folder is not None:
             if records:
-                with (folder / f"{spec.name}.jsonl").open("w", encoding="utf-8") as f:
-                    for r in records:
-                        f.write(json.dumps(_clean(r), ensure_ascii=False) + "\n")
-            (folder / "scores.json").write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+                atomic_write_text(folder / f"{spec.name}.jsonl",
+                                  "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in records))
+            save_json(folder / "scores.json", results)
     return results

@@ -62,6 +62,13 @@ class TaskSpec(BaseModel):
     src_lang: str | None = Field(None, description="translation: source language code.")
     tgt_lang: str | None = Field(None, description="translation: target language code.")
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        from lingotune.rundir import safe_name
+
+        return safe_name(v, "task name")
+
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, v: Any) -> Any:

@@ -18,4 +18,11 @@ def stages(name: str, recipe) -> list[Stage]:
     return METHODS[name].stages(recipe)
 
 
-__all__ = ["METHODS", "Stage", "stages"]
+def check(name: str, recipe, model) -> None:
+    """ValueError naming the recipe field when method `name` cannot train `model` as configured."""
+    hook = getattr(METHODS[name], "check", None)
+    if hook:
+        hook(recipe, model)
+
+
+__all__ = ["METHODS", "Stage", "check", "stages"]

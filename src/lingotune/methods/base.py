@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from lingotune.checkpoint import assert_finite
+from lingotune.losses import CausalLM, Loss
 from lingotune.models import is_tied, untie
+from lingotune.rundir import atomic_write_bytes
 
 
 @dataclass
@@ -21,6 +26,9 @@ class Stage:
     setup(model) -> (model, param_groups): freezes/wraps the model and says what trains at which LR.
         Each group is a dict with "name", "params" and "lr".
     save(model, out_dir) -> dict of artefact names to paths written.
+    row_sparse: the stage trains the input embeddings alone, so the loop may train them row by row
+        (only the rows a batch uses get gradients and optimizer state; see lingotune.fast).
+    loss: the training loss (a `lingotune.losses.Loss`); next-token cross-entropy by default.
     """
 
     name: str
@@ -29,6 +37,8 @@ class Stage:
     setup: Callable[[torch.nn.Module], tuple[torch.nn.Module, list[dict]]]
     save: Callable[[torch.nn.Module, Path], dict[str, str]]
     notes: dict = field(default_factory=dict)
+    row_sparse: bool = False
+    loss: Loss = field(default_factory=CausalLM)
 
 
 def freeze_all(model: torch.nn.Module) -> None:
@@ -65,24 +75,63 @@ def add_lora(model, lora_cfg):
     return get_peft_model(model, cfg)
 
 
+def check_lora_targets(model, lora_cfg) -> None:
+    """ValueError naming the `method.lora.target_modules` entries that match no module of `model`
+    (PEFT matches a name or a dotted suffix); checked before anything trains."""
+    names = [n for n, _ in model.named_modules()]
+    bad = [t for t in lora_cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if bad:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"method.lora.target_modules: {', '.join(map(repr, bad))} match no module of this model "
+                         f"(its linear layers: {', '.join(linear)})")
+
+
 def lora_params(model) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
 
-def save_embeddings(model, out_dir: Path, name: str = "embeddings.safetensors") -> str:
-    """The input embedding matrix as safetensors, key `model.embed_tokens.weight`."""
-    from safetensors.torch import save_file
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """Yield a temporary folder next to `path`; once the block succeeds it replaces `path` whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
+
+def _trained(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_embeddings(model, out_dir: Path, name: str = "embeddings.safetensors") -> str:
+    """The input embedding matrix as safetensors, key `model.embed_tokens.weight` (written atomically)."""
+    from safetensors.torch import save
+
     w = model.get_input_embeddings().weight.detach().contiguous().cpu()
+    assert_finite({"model.embed_tokens.weight": w}, f"{out_dir / name}")
     tie = "tied" if is_tied(model) else "untie"
-    save_file({"model.embed_tokens.weight": w}, str(path), metadata={"format": "pt", "producer": "lingotune", "tie": tie})
-    return str(path)
+    data = save({"model.embed_tokens.weight": w}, metadata={"format": "pt", "producer": "lingotune", "tie": tie})
+    return str(atomic_write_bytes(out_dir / name, data))
 
 
 def save_adapter(model, out_dir: Path) -> str:
-    """The PEFT adapter, loadable with PeftModel.from_pretrained(base, path)."""
+    """The PEFT adapter, loadable with PeftModel.from_pretrained(base, path) (written atomically)."""
     path = out_dir / "adapter"
-    model.save_pretrained(str(path))
+    assert_finite(_trained(model), str(path))
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
+    return str(path)
+
+
+def save_model(model, out_dir: Path) -> str:
+    """The whole model as a transformers directory (written atomically)."""
+    path = out_dir / "model"
+    assert_finite(dict(model.named_parameters()), str(path))
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
     return str(path)

@@ -6,7 +6,7 @@ LoRA trains at `lr`, the input embeddings at `embedding_lr`, together, on the sa
 from __future__ import annotations
 
 from lingotune.methods.base import (
-    Stage, add_lora, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
+    Stage, add_lora, check_lora_targets, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
 )
 
 
@@ -27,3 +27,8 @@ def stages(recipe) -> list[Stage]:
         return {"adapter": save_adapter(model, out), "embeddings": save_embeddings(model, out)}
 
     return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "LoRA + embeddings", "tie": tie})]
+
+
+def check(recipe, model) -> None:
+    """Settings that can only be checked against the model: the LoRA target modules."""
+    check_lora_targets(model, recipe.method.lora)

@@ -9,7 +9,7 @@ or keep training at `embedding_lr`, as `method.stage2_embeddings` says.
 from __future__ import annotations
 
 from lingotune.methods.base import (
-    Stage, add_lora, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
+    Stage, add_lora, check_lora_targets, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
 )
 
 
@@ -38,7 +38,13 @@ def stages(recipe) -> list[Stage]:
         return {"adapter": save_adapter(model, out), "embeddings": save_embeddings(model, out)}
 
     return [
-        Stage("stage1", m.stage1.data, m.stage1.steps, setup1, save1, {"trains": "input embeddings", "tie": tie}),
+        Stage("stage1", m.stage1.data, m.stage1.steps, setup1, save1, {"trains": "input embeddings", "tie": tie},
+              row_sparse=True),
         Stage("stage2", m.stage2.data, m.stage2.steps, setup2, save2,
               {"trains": "LoRA" + (" + embeddings" if m.stage2_embeddings == "trainable" else ""), "tie": tie}),
     ]
+
+
+def check(recipe, model) -> None:
+    """Settings that can only be checked against the model: the LoRA target modules."""
+    check_lora_targets(model, recipe.method.lora)

@@ -6,7 +6,7 @@ The paper trained the full model at the embeddings' learning rate (10x below LoR
 
 from __future__ import annotations
 
-from lingotune.methods.base import Stage
+from lingotune.methods.base import Stage, save_model
 
 
 def stages(recipe) -> list[Stage]:
@@ -25,8 +25,6 @@ def stages(recipe) -> list[Stage]:
     def save(model, out):
         if not recipe.output.save_full_model:
             return {}
-        path = out / "model"
-        model.save_pretrained(str(path))
-        return {"model": str(path)}
+        return {"model": save_model(model, out)}
 
     return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "all weights"})]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lingotune.methods.base import Stage, add_lora, freeze_all, lora_params, save_adapter
+from lingotune.methods.base import Stage, add_lora, check_lora_targets, freeze_all, lora_params, save_adapter
 
 
 def stages(recipe) -> list[Stage]:
@@ -17,3 +17,8 @@ def stages(recipe) -> list[Stage]:
         return {"adapter": save_adapter(model, out)}
 
     return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "LoRA"})]
+
+
+def check(recipe, model) -> None:
+    """Settings that can only be checked against the model: the LoRA target modules."""
+    check_lora_targets(model, recipe.method.lora)
