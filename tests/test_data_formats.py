@@ -9,6 +9,7 @@ import pytest
 
 from lingotune.data import formats, sources
 from lingotune.data.records import DataError
+from lingotune.languages import get_language
 
 
 def write_jsonl(path, rows):
@@ -159,7 +160,7 @@ def test_xquad(shared_data, lang):
     assert len(pairs) == 1190
     e, t = pairs[0]
     assert e.id == t.id == "56beb4343aeaaa14008c925b" and t.response == "308"
-    assert t.prompt.startswith(sources.LABELS[lang][0] + ": ") and "\ufeff" not in t.prompt
+    assert t.prompt.startswith(get_language(lang).passage_label + ": ") and "\ufeff" not in t.prompt
     assert e.prompt.endswith("How many points did the Panthers defense surrender?")
 
 

@@ -1,7 +1,28 @@
-"""Languages lingotune knows: names, scripts, yes/no words and instruction wording.
+"""Languages lingotune knows: every piece of per-language text lives here, in one `Language` entry.
 
-One table, shared by the data layer (pair builder, starter data, script checks) and the
-evaluation (yes/no parsing). Add a language by adding one `Language` entry.
+One table, shared by the data layer (pair builder, readers, starter data, script checks) and the evaluation
+(yes/no parsing, translation prompts, default task suites). A language is added by adding one entry to
+`LANGUAGES` (or, at run time, by `register(Language(...))`); no other module keeps per-language text.
+
+What an entry needs:
+- always: code, flores, name, native, script, yes, no, answer_in_en, answer_in_native, answer_yes_no.
+  They give DParT stage-1 pairs, yes/no prompts and parsing, script checks and FLORES/NLLB file names.
+  `script` is a key of `SCRIPT_RANGES` (a language in a script not listed there adds its Unicode ranges
+  too); yes/no words are single lower-case words, the first of each the canonical answer.
+- for the data readers (`lingotune.data.sources`): translate_native (translation pairs: FLORES, Tatoeba,
+  "translate" modes), passage_label and question_label (XQuAD), answer_label (GSM8K, MSVAMP), msvamp
+  (MSVAMP file name), tatoeba (Tatoeba file code).
+- for translation evaluation (`lingotune.eval.translation`): mt_example and, for a non-English language,
+  mt_example_label, mt_to_en and mt_from_en.
+- for starter data (`lingotune.data.starter`): cldr (a locale Babel has), num2words, starter_qa,
+  starter_yesno and starter_statement, with the kinds English has and as many `starter_qa` templates per
+  kind, in the same order (the same index means the same question in every language). Templates are
+  `str.format` strings with {x} (the entity), {y} (the value), {Y} (the value capitalized), {x_topic} and
+  {x_subj} (Korean: {x} with its topic / subject particle).
+- eval_suite: the default evaluation tasks, names of task files in lingotune/eval/tasks or YAML paths
+  (default: only the held-out starter yes/no questions, which need the starter fields).
+Optional text left empty makes the feature that needs it fail with a one-line error naming the language
+and the field (`Language.require`): a DataError in the data layer, a ValueError in the evaluation.
 """
 
 from __future__ import annotations
@@ -9,6 +30,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
+
+# Starter-data templates per fact kind ("currency", "language", "city", "number"); see the module doc.
+QATemplates = dict[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True)
@@ -27,7 +52,35 @@ class Language:
     # "Answer yes or no." in the language itself (the paper's "Ответь да или нет.").
     answer_yes_no: str
     tatoeba: str = ""  # Tatoeba v1 three-letter code ("rus")
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # --- data readers (lingotune.data.sources)
+    # "Translate into <this language>:" in the language itself: the target side of a translation pair.
+    translate_native: str = ""
+    passage_label: str = ""  # "Passage" in the language (XQuAD prompts: "<label>: <context>")
+    question_label: str = ""  # "Question" in the language (XQuAD prompts)
+    answer_label: str = ""  # "Answer" in the language (math answers: "<label>: 72")
+    msvamp: str = ""  # MSVAMP file name part: test_<msvamp>.json ("Russian")
+    # --- translation evaluation (lingotune.eval.translation, paper appendix A.6)
+    mt_example: str = ""  # the one-shot example sentence (Einstein) in this language
+    mt_example_label: str = ""  # the word for "Example:" in this language ("Пример:")
+    mt_to_en: str = ""  # "You are a helpful assistant, read the text and translate it into English." in it
+    mt_from_en: str = ""  # the same instruction, but "... translate it into <this language>", in it
+    # Default evaluation tasks (task names or YAML paths) when a run names none.
+    eval_suite: tuple[str, ...] = ("starter_heldout",)
+    # --- starter data (lingotune.data.starter)
+    cldr: str = ""  # Babel/CLDR locale for territory, currency, language and city names ("ru")
+    num2words: str = ""  # num2words language code for numbers written in words ("ru")
+    starter_qa: QATemplates = field(default_factory=dict, hash=False)  # kind -> (question, answer) templates
+    starter_yesno: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> yes/no question template
+    starter_statement: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> statement template
+
+    def require(self, name: str, error: type[Exception] = ValueError, purpose: str = "") -> Any:
+        """Field `name`, or `error` (one line naming the language and the field) when it is empty."""
+        value = getattr(self, name)
+        if not value:
+            needed = f", needed for {purpose}" if purpose else ""
+            raise error(f"language {self.code!r} ({self.name}) has no {name!r}{needed}; "
+                        f"add it to its entry in lingotune.languages")
+        return value
 
 
 LANGUAGES: dict[str, Language] = {
@@ -36,24 +89,149 @@ LANGUAGES: dict[str, Language] = {
         yes=("yes",), no=("no",),
         answer_in_en="Answer in English.", answer_in_native="Answer in English.",
         answer_yes_no="Answer yes or no.", tatoeba="eng",
+        translate_native="Translate into English:", msvamp="English",
+        passage_label="Passage", question_label="Question", answer_label="Answer",
+        mt_example=("Albert Einstein was one of the best theoretical physicists in 1905, he put forward the theory of "
+                    "general and special relativity."),
+        eval_suite=("starter_heldout",),
+        cldr="en", num2words="en",
+        starter_qa={
+            "currency": (("What is the currency of {x}?", "The currency of {x} is the {y}."),
+                         ("Which currency is used in {x}?", "{Y}."),
+                         ("Country: {x}. What is its currency?", "Its currency is the {y}.")),
+            "language": (("What is the official language of {x}?", "The official language of {x} is {Y}."),
+                         ("Which language is official in {x}?", "{Y}."),
+                         ("Country: {x}. What is its official language?", "Its official language is {Y}.")),
+            "city": (("In which country is {x}?", "{x} is in {y}."),
+                     ("Which country is the city of {x} in?", "{y}."),
+                     ("City: {x}. Which country is it in?", "It is in {y}.")),
+            "number": (("Write the number {x} in words.", "{y}"),
+                       ("How is the number {x} written in words?", "In words: {y}.")),
+        },
+        starter_yesno={
+            "currency": "Is the {y} the currency of {x}?",
+            "language": "Is {Y} the official language of {x}?",
+            "city": "Is {x} in {y}?",
+        },
+        starter_statement={
+            "currency": "The currency of {x} is the {y}.",
+            "language": "The official language of {x} is {Y}.",
+            "city": "{x} is a city in {y}.",
+        },
     ),
     "ru": Language(
         code="ru", flores="rus_Cyrl", name="Russian", native="русский", script="Cyrillic",
         yes=("да",), no=("нет",),
         answer_in_en="Answer in Russian.", answer_in_native="Ответь на русском языке.",
         answer_yes_no="Ответь да или нет.", tatoeba="rus",
+        translate_native="Переведи на русский язык:", msvamp="Russian",
+        passage_label="Текст", question_label="Вопрос", answer_label="Ответ",
+        mt_example=("Альберт Эйнштейн был одним из лучших физиков-теоретиков, в 1905 году он выдвинул теорию общей и "
+                    "специальной теории относительности."),
+        mt_example_label="Пример:",
+        mt_to_en="Ты - полезный помощник, прочитай текст и переведи его на английский.",
+        mt_from_en="Ты - полезный помощник, прочитай текст и переведи его на русский.",
+        eval_suite=("danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en",
+                    "flores_ru_bpc", "starter_heldout"),
+        cldr="ru", num2words="ru",
+        starter_qa={
+            "currency": (("Как называется валюта страны {x}?", "Валюта страны {x} — {y}."),
+                         ("Какая валюта используется в стране {x}?", "{Y}."),
+                         ("Страна: {x}. Какая у неё валюта?", "Её валюта — {y}.")),
+            "language": (("Какой язык является официальным в стране {x}?", "Официальный язык страны {x} — {y}."),
+                         ("Какой официальный язык у страны {x}?", "{Y}."),
+                         ("Страна: {x}. Какой у неё официальный язык?", "Её официальный язык — {y}.")),
+            "city": (("В какой стране находится город {x}?", "Город {x} находится в стране {y}."),
+                     ("Назови страну, в которой находится город {x}.", "Это {y}."),
+                     ("Город: {x}. В какой стране он находится?", "Страна: {y}.")),
+            "number": (("Запиши число {x} словами.", "{y}"),
+                       ("Как пишется число {x} прописью?", "Прописью: {y}.")),
+        },
+        starter_yesno={
+            "currency": "Правда ли, что валюта страны {x} — {y}?",
+            "language": "Правда ли, что официальный язык страны {x} — {y}?",
+            "city": "Страна: {y}. Город {x} находится в этой стране?",
+        },
+        starter_statement={
+            "currency": "Валюта страны {x} — {y}.",
+            "language": "Официальный язык страны {x} — {y}.",
+            "city": "Город {x} находится в стране {y}.",
+        },
     ),
     "ar": Language(
         code="ar", flores="arb_Arab", name="Arabic", native="العربية", script="Arabic",
         yes=("نعم",), no=("لا",),
         answer_in_en="Answer in Arabic.", answer_in_native="أجب باللغة العربية.",
         answer_yes_no="أجب بنعم أو لا.", tatoeba="ara",
+        translate_native="ترجم إلى العربية:", msvamp="Arabic",
+        passage_label="النص", question_label="السؤال", answer_label="الإجابة",
+        mt_example="ألبرت آينشتاين كان من أفضل علماء الفيزياء النظرية في ١٩٠٥ قام بطرح نظرية النسبية العامة والخاصة.",
+        mt_example_label="مثال:",
+        mt_to_en="مساعد شخصي اقرأ النص بإمعان وترجمه الى الانكليزية.",
+        mt_from_en="مساعد شخصي اقرأ النص بإمعان وترجمه الى العربية.",
+        eval_suite=("idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout",),
+        cldr="ar", num2words="ar",
+        starter_qa={
+            "currency": (("ما هي عملة {x}؟", "عملة {x} هي {y}."),
+                         ("ما العملة المستخدمة في {x}؟", "{y}."),
+                         ("الدولة: {x}. ما عملتها؟", "عملتها هي {y}.")),
+            "language": (("ما هي اللغة الرسمية في {x}؟", "اللغة الرسمية في {x} هي {y}."),
+                         ("ما اللغة الرسمية المعتمدة في {x}؟", "{y}."),
+                         ("الدولة: {x}. ما لغتها الرسمية؟", "لغتها الرسمية هي {y}.")),
+            "city": (("في أي دولة تقع مدينة {x}؟", "تقع مدينة {x} في {y}."),
+                     ("اذكر الدولة التي تقع فيها مدينة {x}.", "{y}."),
+                     ("المدينة: {x}. في أي دولة تقع؟", "تقع في {y}.")),
+            "number": (("اكتب العدد {x} بالحروف.", "{y}"),
+                       ("كيف يُكتب العدد {x} بالحروف؟", "بالحروف: {y}.")),
+        },
+        starter_yesno={
+            "currency": "هل عملة {x} هي {y}؟",
+            "language": "هل اللغة الرسمية في {x} هي {y}؟",
+            "city": "هل تقع مدينة {x} في {y}؟",
+        },
+        starter_statement={
+            "currency": "عملة {x} هي {y}.",
+            "language": "اللغة الرسمية في {x} هي {y}.",
+            "city": "{x} مدينة في {y}.",
+        },
     ),
     "ko": Language(
         code="ko", flores="kor_Hang", name="Korean", native="한국어", script="Hangul",
         yes=("예", "네"), no=("아니오", "아니요", "아니"),
         answer_in_en="Answer in Korean.", answer_in_native="한국어로 대답하세요.",
         answer_yes_no="예 또는 아니오로 대답하세요.", tatoeba="kor",
+        translate_native="한국어로 번역하세요:", msvamp="Korean",
+        passage_label="지문", question_label="질문", answer_label="답",
+        mt_example="알베르트 아인슈타인은 1905년 최고의 이론 물리학자 중 한 명이었으며, 일반 상대성 이론과 특수 상대성 이론을 제시했습니다.",
+        mt_example_label="예시:",
+        mt_to_en="당신은 유용한 도우미입니다. 글을 잘 읽고 영어로 번역하세요.",
+        mt_from_en="당신은 유용한 도우미입니다. 글을 잘 읽고 한국어로 번역하세요.",
+        eval_suite=("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic",
+                    "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout"),
+        cldr="ko", num2words="ko",
+        starter_qa={
+            "currency": (("{x}의 통화는 무엇인가요?", "{x}의 통화는 {y}입니다."),
+                         ("{x}에서 사용하는 통화는 무엇입니까?", "{y}입니다."),
+                         ("국가: {x}. 이 나라의 통화는 무엇인가요?", "이 나라의 통화는 {y}입니다.")),
+            "language": (("{x}의 공용어는 무엇인가요?", "{x}의 공용어는 {y}입니다."),
+                         ("{x}에서 공식적으로 쓰는 언어는 무엇입니까?", "{y}입니다."),
+                         ("국가: {x}. 이 나라의 공용어는 무엇인가요?", "이 나라의 공용어는 {y}입니다.")),
+            "city": (("{x_topic} 어느 나라에 있나요?", "{x_topic} {y}에 있습니다."),
+                     ("도시 {x_subj} 있는 나라는 어디입니까?", "{y}입니다."),
+                     ("도시: {x}. 어느 나라에 있습니까?", "{y}에 있습니다.")),
+            "number": (("다음 숫자를 한글로 쓰세요: {x}", "{y}"),
+                       ("숫자 {x}: 한글로 어떻게 읽나요?", "한글로: {y}.")),
+        },
+        starter_yesno={
+            "currency": "{x}의 통화는 {y}입니까?",
+            "language": "{x}의 공용어는 {y}입니까?",
+            "city": "{x_topic} {y}에 있습니까?",
+        },
+        starter_statement={
+            "currency": "{x}의 통화는 {y}입니다.",
+            "language": "{x}의 공용어는 {y}입니다.",
+            "city": "{x_topic} {y}에 있는 도시입니다.",
+        },
     ),
 }
 
@@ -69,6 +247,21 @@ def get_language(code: str) -> Language:
     except KeyError:
         known = ", ".join(sorted(LANGUAGES))
         raise UnknownLanguageError(f"unknown language {code!r}; known: {known}") from None
+
+
+def register(language: Language, replace: bool = False) -> Language:
+    """Add `language` to `LANGUAGES` at run time (a plugin, a test), after checking what parsing relies on."""
+    if language.code in LANGUAGES and not replace:
+        raise ValueError(f"language {language.code!r} is already registered (pass replace=True)")
+    if language.script not in SCRIPT_RANGES:
+        raise ValueError(f"language {language.code!r}: script {language.script!r} is not one of {', '.join(SCRIPT_RANGES)}")
+    for word in language.yes + language.no:
+        if word != first_word(word):
+            raise ValueError(f"language {language.code!r}: yes/no word {word!r} must be one lower-case word")
+    if not (language.yes and language.no):
+        raise ValueError(f"language {language.code!r}: 'yes' and 'no' need at least one word each")
+    LANGUAGES[language.code] = language
+    return language
 
 
 # Unicode ranges per script, for "text in the wrong script" checks.

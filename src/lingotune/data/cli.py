@@ -162,7 +162,7 @@ def translate(
 @app.command()
 def starter(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the JSONL files."),
-    lang: str = typer.Option("ru", "--lang", "-l", help="Target language (en, ru, ar, ko)."),
+    lang: str = typer.Option("ru", "--lang", "-l", help="Target language (a code in lingotune.languages.LANGUAGES)."),
     seed: int = typer.Option(0, help="Seed."),
     n_train: Optional[int] = typer.Option(None, min=1, help="Training pairs (default 400)."),
 ):

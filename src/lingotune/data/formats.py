@@ -28,15 +28,24 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(where, object) for each item of a JSON array file or each line of a JSONL file; where = "path:line"."""
+def read_text(path: str | Path) -> str:
+    """The text of a data file; DataError naming it when it is missing, not UTF-8, or empty."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    return text
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(where, object) for each item of a JSON array file or each line of a JSONL file; where = "path:line"."""
+    path = Path(path)
+    text = read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         yield from _iter_array(path, text)

@@ -14,7 +14,7 @@ Layouts (all under the shared data root, see /work/shared/data/README.md):
   gsm8kinstruct_en_train.jsonl), written as "Ответ: 72" -- a language-neutral answer, so the target pair is
   correct without translation; questions with no English solution are skipped. mode "translate": question
   translation pairs.
-- `read_msvamp`: test_English.json / test_<Language>.json (JSONL inside), line-aligned; answer = the number
+- `read_msvamp`: test_English.json / test_<Language.msvamp>.json (JSONL inside), line-aligned; answer = the number
   written simply ("8.0" -> "8") after the language's "Answer:" label.
 - `read_mt_bench`: first turns of question_en.jsonl (or question.jsonl) and question_<lang>.jsonl by
   question_id; mode "qa" keeps questions with a target-language reference answer (first turn);
@@ -26,6 +26,8 @@ Layouts (all under the shared data root, see /work/shared/data/README.md):
 - `read_flores` / `read_tatoeba`: `read_parallel_text` on the devtest files / the Tatoeba v1 pairs.
 
 "mode" is "qa" (question -> target-language answer) or "translate" (English text -> its translation).
+Per-language text (the translation instruction, passage/question/answer labels, MSVAMP and Tatoeba file names)
+comes from the language's entry in `lingotune.languages`; a missing one is a DataError naming the field.
 """
 
 from __future__ import annotations
@@ -35,34 +37,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lingotune.data.formats import field, iter_rows, read_file
+from lingotune.data.formats import field, iter_rows, read_file, read_text
 from lingotune.data.records import DataError, Record
 from lingotune.languages import get_language
 
 Pair = tuple[Record, Record]  # (English record, target-language record)
 
-# "Translate into <language>:" written in the target language itself.
-TRANSLATE_NATIVE = {
-    "en": "Translate into English:",
-    "ru": "Переведи на русский язык:",
-    "ar": "ترجم إلى العربية:",
-    "ko": "한국어로 번역하세요:",
-}
-# Labels for passage / question / answer, per language.
-LABELS = {
-    "en": ("Passage", "Question", "Answer"),
-    "ru": ("Текст", "Вопрос", "Ответ"),
-    "ar": ("النص", "السؤال", "الإجابة"),
-    "ko": ("지문", "질문", "답"),
-}
-MSVAMP_NAMES = {"en": "English", "ru": "Russian", "ar": "Arabic", "ko": "Korean"}
 
-
-def _labels(lang: str) -> tuple[str, str, str]:
-    try:
-        return LABELS[lang]
-    except KeyError:
-        raise DataError(f"no passage/question/answer labels for language {lang!r}; add them to sources.LABELS") from None
+def _text(lang: str, name: str, purpose: str) -> str:
+    """A text field of the language's entry (lingotune.languages), or a DataError naming the missing field."""
+    return get_language(lang).require(name, DataError, purpose)
 
 
 def translate_en(lang: str) -> str:
@@ -70,10 +54,8 @@ def translate_en(lang: str) -> str:
 
 
 def translate_native(lang: str) -> str:
-    try:
-        return TRANSLATE_NATIVE[lang]
-    except KeyError:
-        raise DataError(f"no translation instruction for language {lang!r}; add it to sources.TRANSLATE_NATIVE") from None
+    """"Translate into <language>:" written in the target language itself (Language.translate_native)."""
+    return _text(lang, "translate_native", "translation pairs")
 
 
 def translation_pair(en_text: str, tgt_text: str, lang: str, rid: str | None, en_src: str, tgt_src: str) -> Pair:
@@ -106,7 +88,7 @@ def _limit(pairs: list[Pair], limit: int | None) -> list[Pair]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return _need(path).read_text(encoding="utf-8-sig").splitlines()
+    return read_text(path).splitlines()
 
 
 # --------------------------------------------------------------------------------------------- generic
@@ -184,7 +166,7 @@ def _squad(path: Path, lang: str) -> dict[str, Record]:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: field 'data' must be a list of articles (SQuAD format)")
-    passage_l, question_l, _ = _labels(lang)
+    passage_l, question_l = _text(lang, "passage_label", "XQuAD"), _text(lang, "question_label", "XQuAD")
     out: dict[str, Record] = {}
     for a, article in enumerate(data["data"]):
         for p, para in enumerate(article.get("paragraphs", [])):
@@ -218,7 +200,7 @@ def read_gsm8k(directory: str | Path, lang: str, mode: str = "qa", limit: int | 
         m = _FINAL.search(field(obj, "answer", where))
         if m:
             answers[field(obj, "question", where).strip()] = m.group(1).replace(",", "")
-    en_ans, tgt_ans = _labels("en")[2], _labels(lang)[2]
+    en_ans, tgt_ans = _text("en", "answer_label", "math answers"), _text(lang, "answer_label", "math answers")
     pairs = []
     for i, (e, t) in enumerate(zip(en_lines, tgt_lines), 1):
         num = answers.get(e.strip())
@@ -241,13 +223,12 @@ def simple_number(value: Any) -> str:
 
 def read_msvamp(directory: str | Path, lang: str, limit: int | None = None) -> list[Pair]:
     directory = Path(directory)
-    if lang not in MSVAMP_NAMES:
-        raise DataError(f"msvamp: no file name known for language {lang!r}")
-    en_path, tgt_path = _need(directory / "test_English.json"), _need(directory / f"test_{MSVAMP_NAMES[lang]}.json")
+    en_name, tgt_name = _text("en", "msvamp", "MSVAMP"), _text(lang, "msvamp", "MSVAMP")
+    en_path, tgt_path = _need(directory / f"test_{en_name}.json"), _need(directory / f"test_{tgt_name}.json")
     en_rows, tgt_rows = list(iter_rows(en_path)), list(iter_rows(tgt_path))
     if len(en_rows) != len(tgt_rows):
         raise DataError(f"{tgt_path}: {len(tgt_rows)} records but {en_path} has {len(en_rows)}; files must be line-aligned")
-    en_ans, tgt_ans = _labels("en")[2], _labels(lang)[2]
+    en_ans, tgt_ans = _text("en", "answer_label", "math answers"), _text(lang, "answer_label", "math answers")
     pairs = []
     for i, ((ew, eo), (tw, to)) in enumerate(zip(en_rows, tgt_rows), 1):
         e_num = simple_number(field(eo, "response", ew))
@@ -354,11 +335,12 @@ def read_mintaka(path: str | Path, lang: str, mode: str = "qa", limit: int | Non
 def read_flores(directory: str | Path, lang: str, split: str = "devtest", limit: int | None = None) -> list[Pair]:
     directory = Path(directory)
     sub = directory / split if (directory / split).is_dir() else directory
-    return read_parallel_text(sub / f"eng_Latn.{split}", sub / f"{get_language(lang).flores}.{split}", lang, limit)
+    en, tgt = get_language("en").flores, get_language(lang).flores
+    return read_parallel_text(sub / f"{en}.{split}", sub / f"{tgt}.{split}", lang, limit)
 
 
 def read_tatoeba(directory: str | Path, lang: str, limit: int | None = None) -> list[Pair]:
     directory = Path(directory)
-    code = get_language(lang).tatoeba
-    stem = directory / f"tatoeba.{code}-eng"
-    return read_parallel_text(Path(f"{stem}.eng"), Path(f"{stem}.{code}"), lang, limit)
+    en, code = _text("en", "tatoeba", "Tatoeba"), _text(lang, "tatoeba", "Tatoeba")
+    stem = directory / f"tatoeba.{code}-{en}"
+    return read_parallel_text(Path(f"{stem}.{en}"), Path(f"{stem}.{code}"), lang, limit)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Tasks run when `tasks` is empty, per language of the run.
-DEFAULT_SUITES: dict[str, list[str]] = {
-    "ru": ["danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en", "flores_ru_bpc", "starter_heldout"],
-    "ar": ["idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout"],
-    "ko": ["kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic",
-           "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout"],
-    "en": ["starter_heldout"],
-}
+from lingotune import languages
+
+
+class _DefaultSuites(Mapping[str, list[str]]):
+    """Language code -> its `Language.eval_suite`, read live from `lingotune.languages.LANGUAGES`."""
+
+    def __getitem__(self, code: str) -> list[str]:
+        return list(languages.LANGUAGES[code].eval_suite)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(languages.LANGUAGES)
+
+    def __len__(self) -> int:
+        return len(languages.LANGUAGES)
+
+
+# Tasks run when `tasks` is empty, per language of the run (each language's `eval_suite`).
+DEFAULT_SUITES: Mapping[str, list[str]] = _DefaultSuites()
 
 
 class EvalConfig(BaseModel):

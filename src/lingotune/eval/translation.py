@@ -1,8 +1,9 @@
 """Translation with DParT's one-shot prompts (paper, appendix A.6), scored by chrF++, BLEU and COMET.
 
 The prompt is written in the non-English language of the pair and carries one example
-(Einstein). The Russian->English one is the paper's text verbatim; the Arabic->English one is
-the paper's Arabic text (its extraction is garbled, so it takes the Russian prompt's
+(Einstein); its text lives in the languages' entries (`lingotune.languages`: mt_to_en, mt_from_en,
+mt_example_label, mt_example). The Russian->English one is the paper's text verbatim; the Arabic->English
+one is the paper's Arabic text (its extraction is garbled, so it takes the Russian prompt's
 "### source### target" layout); the opposite directions and Korean are built by analogy.
 It is sent as one user message followed by "### " and the source sentence; the first
 non-empty line of the greedy continuation (leading "#" marks removed) is the translation.
@@ -23,33 +24,25 @@ import torch
 from lingotune.eval import lm
 from lingotune.eval.metrics import bleu_metric, bootstrap_ci, chrf_metric, score_from_stats, sentence_stats
 from lingotune.eval.tasks import TaskSpec, render
-
-EXAMPLE = {
-    "en": "Albert Einstein was one of the best theoretical physicists in 1905, he put forward the theory of general and special relativity.",
-    "ru": "Альберт Эйнштейн был одним из лучших физиков-теоретиков, в 1905 году он выдвинул теорию общей и специальной теории относительности.",
-    "ar": "ألبرت آينشتاين كان من أفضل علماء الفيزياء النظرية في ١٩٠٥ قام بطرح نظرية النسبية العامة والخاصة.",
-    "ko": "알베르트 아인슈타인은 1905년 최고의 이론 물리학자 중 한 명이었으며, 일반 상대성 이론과 특수 상대성 이론을 제시했습니다.",
-}
-
-# (src, tgt) -> (instruction, word for "Example:"), written in the non-English language.
-INSTRUCTIONS = {
-    ("ru", "en"): ("Ты - полезный помощник, прочитай текст и переведи его на английский.", "Пример:"),
-    ("en", "ru"): ("Ты - полезный помощник, прочитай текст и переведи его на русский.", "Пример:"),
-    ("ar", "en"): ("مساعد شخصي اقرأ النص بإمعان وترجمه الى الانكليزية.", "مثال:"),
-    ("en", "ar"): ("مساعد شخصي اقرأ النص بإمعان وترجمه الى العربية.", "مثال:"),
-    ("ko", "en"): ("당신은 유용한 도우미입니다. 글을 잘 읽고 영어로 번역하세요.", "예시:"),
-    ("en", "ko"): ("당신은 유용한 도우미입니다. 글을 잘 읽고 한국어로 번역하세요.", "예시:"),
-}
+from lingotune.languages import get_language
 
 DEFAULT_USER = "{instruction}\n### {source}"
 
 
 def instruction(src: str, tgt: str) -> str:
-    """The A.6 one-shot instruction for src -> tgt (instruction, example source, example target)."""
-    if (src, tgt) not in INSTRUCTIONS:
-        raise ValueError(f"no translation prompt for {src}->{tgt}; known: {', '.join(f'{a}->{b}' for a, b in INSTRUCTIONS)}")
-    text, example = INSTRUCTIONS[(src, tgt)]
-    return f"{text} {example} ### {EXAMPLE[src]}### {EXAMPLE[tgt]}"
+    """The A.6 one-shot instruction for src -> tgt (instruction, example source, example target).
+
+    One side must be English; the instruction and the word for "Example:" come from the other side's
+    `Language` entry (mt_to_en / mt_from_en, mt_example_label), the examples from both (mt_example).
+    """
+    if (src == "en") == (tgt == "en"):
+        raise ValueError(f"no translation prompt for {src}->{tgt}: exactly one side must be English (en)")
+    pair = f"the {src}->{tgt} translation prompt"
+    other = get_language(tgt if src == "en" else src)
+    text = other.require("mt_from_en" if src == "en" else "mt_to_en", ValueError, pair)
+    example = other.require("mt_example_label", ValueError, pair)
+    src_example, tgt_example = (get_language(c).require("mt_example", ValueError, pair) for c in (src, tgt))
+    return f"{text} {example} ### {src_example}### {tgt_example}"
 
 
 def build_messages(spec: TaskSpec, row: dict) -> list[dict]:
