@@ -195,19 +195,15 @@ def test_starter_heldout_uses_the_run_language(tok, tiny_llama, monkeypatch):
 
 
 def test_cli_user_error_is_one_red_line_exit_2(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from lingotune.eval.cli import eval_command
+    from lingotune.cli import app
 
-    app = typer.Typer()
-    app.command()(eval_command)
-    app.command("other")(lambda: None)  # keep `eval` a subcommand
-    result = CliRunner().invoke(app, ["eval-command", "--tasks", "nosuch", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["eval", "--tasks", "nosuch", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown task 'nosuch'" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(app, ["eval-command", "--tasks", "danetqa", "--mode", "sample", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "mode" in result.output
+    result = CliRunner().invoke(app, ["eval", "--tasks", "danetqa", "--mode", "sample", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "option --mode" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_peft_model_is_evaluated(tiny_llama, tok, tmp_path):

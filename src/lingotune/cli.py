@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,6 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from lingotune.errors import user_errors
 
 app = typer.Typer(help="Teach an English-centric LLM a new language by changing a few of its weights.", no_args_is_help=False,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -20,31 +21,6 @@ SMOKE = [
     "method.stage1.steps=4", "method.stage2.steps=4", "method.single=null",
     "eval.limit=4", "eval.limits={}", "output.sample_prompts=2", "train.checkpoint_every=2",
 ]
-
-
-def user_errors(fn):
-    """Turn the errors a user can fix into one red line and exit code 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lingotune.data.records import DataError
-        from lingotune.languages import UnknownLanguageError
-        from lingotune.models import ModelLoadError
-        from lingotune.recipe import RecipeError
-        from lingotune.run import RunDirError
-        from lingotune.train import TrainingError
-
-        try:
-            return fn(*args, **kwargs)
-        except (RecipeError, DataError, ModelLoadError, RunDirError, TrainingError, UnknownLanguageError,
-                FileNotFoundError) as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except OSError as e:  # a full disk, a read-only directory
-            err.print(f"[red]error:[/] {e.filename or ''}: {e.strerror or e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _load(recipe: Optional[Path], sets: list[str], smoke: bool, out: Optional[str], overwrite: bool):

@@ -1,8 +1,9 @@
 """The one kind of error a user can fix: `UserError`, shown as one line and exit code 2.
 
-Every error that names a file, line, field or option the user can correct derives from it; the
-command line turns it into `error: <message>` without a traceback (`lingotune.cli.user_errors`).
-Anything else is a bug and keeps its traceback.
+Every error that names a file, line, field or option the user can correct derives from it; every
+command (`lingotune ...`, `lingotune data ...`, `lingotune eval`) runs under `user_errors`, which
+turns it into `error: <message>` on one line and exit code 2, without a traceback. Anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -30,3 +31,45 @@ def one_line(text: object) -> str:
         if line.strip():
             return line.strip()
     return str(text).strip()
+
+
+def fail(message: str):
+    """Print `error: <message>` on stderr as one line (no markup, no wrapping) and exit with code 2."""
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print("[red]error:[/] " + escape(one_line(message)), highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def user_errors(fn):
+    """Decorator for a command: the errors a user can fix become one line and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pydantic import ValidationError
+
+        from lingotune.checkpoint import write_reason
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, FileNotFoundError, ValueError) as e:  # ValueError: unknown language, bad option value
+            if isinstance(e, ValidationError):
+                fail(pydantic_line(e))
+            fail(str(e))
+        except OSError as e:  # a full disk, a read-only directory
+            fail((f"{e.filename}: " if e.filename else "") + write_reason(e))
+
+    return wrapper
+
+
+def pydantic_line(e, where: str = "", prefix: str = "") -> str:
+    """One line for a pydantic ValidationError: `where: field 'a.b': message; ...`."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after")) or "(top)"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].replace("Value error, ", "")
+        parts.append(f"field '{prefix}{loc}': {msg}")
+    return (f"{where}: " if where else "") + "; ".join(parts)

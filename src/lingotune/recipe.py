@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lingotune.data.config import DataConfig
-from lingotune.errors import UserError
+from lingotune.errors import UserError, pydantic_line
 from lingotune.eval.config import EvalConfig
 from lingotune.languages import LANGUAGES
 from lingotune.rundir import safe_name
@@ -65,9 +65,10 @@ class LoraSettings(Strict):
 
 class StageSteps(Strict):
     steps: int = Field(..., ge=1, description="Optimizer steps in this stage.")
-    data: list[Literal["stage1", "stage2"]] = Field(
-        ..., min_length=1,
-        description="Datasets this stage trains on: 'stage1' (DParT bilingual pairs), 'stage2' (target-language instructions).",
+    data: list[Literal["stage1", "stage2"]] | None = Field(
+        None, min_length=1,
+        description="Datasets this stage trains on: 'stage1' (DParT bilingual pairs), 'stage2' (target-language "
+        "instructions). Default: the stage's own set (stage1, stage2; both for the single stage).",
     )
 
 
@@ -94,9 +95,11 @@ class MethodConfig(Strict):
     @model_validator(mode="after")
     def _single_default(self):
         if self.single is None:
-            object.__setattr__(
-                self, "single", StageSteps(steps=self.stage1.steps + self.stage2.steps, data=["stage1", "stage2"])
-            )
+            object.__setattr__(self, "single", StageSteps(steps=self.stage1.steps + self.stage2.steps))
+        for name, default in (("stage1", ["stage1"]), ("stage2", ["stage2"]), ("single", ["stage1", "stage2"])):
+            stage = getattr(self, name)
+            if stage.data is None:
+                object.__setattr__(stage, "data", default)
         return self
 
 
@@ -227,7 +230,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _known_tasks(self):
         from lingotune.eval.config import DEFAULT_SUITES
-        from lingotune.eval.tasks import load_task
+        from lingotune.eval.tasks import builtin_tasks, load_task
 
         names = []
         for i, name in enumerate(self.eval.tasks):
@@ -236,10 +239,10 @@ class Recipe(Strict):
             except Exception as e:  # noqa: BLE001 - any reason a task cannot load is a recipe error here
                 raise ValueError(f"eval.tasks[{i}]: {str(e).splitlines()[0]}") from None
         names = names or DEFAULT_SUITES.get(self.language, [])
-        unknown = [k for k in self.eval.limits if k not in names]
+        unknown = [k for k in self.eval.limits if k not in names and k not in builtin_tasks()]  # a typo
         if unknown:
             raise ValueError(f"eval.limits: {', '.join(map(repr, unknown))} not among the evaluated tasks "
-                             f"({', '.join(names) or 'none'})")
+                             f"({', '.join(names) or 'none'}) nor the built-in ones")
         return self
 
     def run_dir(self) -> Path:
@@ -277,22 +280,11 @@ def changed_training_fields(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def _one_line(e: ValidationError, where: str) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after")) or "(top)"
-        msg = err["msg"].replace("Value error, ", "")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"field '{loc}': {msg}")
-    return f"{where}: " + "; ".join(parts)
-
-
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data or {})
     except ValidationError as e:
-        raise RecipeError(_one_line(e, where)) from None
+        raise RecipeError(pydantic_line(e, where)) from None
 
 
 def set_path(data: dict, dotted: str, value) -> None:

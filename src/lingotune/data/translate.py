@@ -20,10 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from lingotune.data.records import Record
+from lingotune.errors import UserError
 from lingotune.languages import get_language
 
 
-class TranslationError(RuntimeError):
+class TranslationError(UserError, RuntimeError):
     """A translation backend failed; the message is one line saying which and why."""
 
 
@@ -60,15 +61,21 @@ class HTTPTranslator:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 data = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
-            raise TranslationError(f"{url}: HTTP {e.code} {e.reason}") from None
+            raise self._error(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise TranslationError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
+            raise self._error(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
         except json.JSONDecodeError:
-            raise TranslationError(f"{url}: the answer is not JSON") from None
+            raise self._error(f"{url}: the answer is not JSON") from None
         try:
             return data["choices"][0]["message"]["content"].strip()
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise TranslationError(f"{url}: the answer has no choices[0].message.content") from None
+            raise self._error(f"{url}: the answer has no choices[0].message.content") from None
+
+    def _error(self, message: str) -> "TranslationError":
+        """A one-line error with the API key blanked out: servers echo it back (in a reason phrase, a body)."""
+        if self.api_key:
+            message = message.replace(self.api_key, "***")
+        return TranslationError(message.replace("\n", " "))
 
     def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
         return [self._one(t, src, tgt) for t in texts]

@@ -1,6 +1,7 @@
 """`lingotune eval`: evaluate a model (plus adapter / trained embeddings) and print a table.
 
-The lead registers `eval_command` on the main typer app. User errors are one red line, exit 2.
+`lingotune.cli` registers `eval_command` under `lingotune.errors.user_errors`: user errors are one
+line and exit code 2.
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lingotune.errors import fail
+
 console = Console()
-
-
-def fail(msg: str) -> None:
-    Console(stderr=True).print(f"[red]error: {msg}[/red]", highlight=False)
-    raise typer.Exit(2)
 
 
 def _fmt(v) -> str:
@@ -68,30 +66,28 @@ def eval_command(
 
     from lingotune.eval import EvalConfig, evaluate
     from lingotune.eval.tasks import load_task
-    from lingotune.languages import UnknownLanguageError, get_language
-    from lingotune.models import ModelLoadError, load_adapted
+    from lingotune.languages import get_language
+    from lingotune.models import load_adapted
+    from lingotune.rundir import safe_name
 
+    get_language(lang)
+    safe_name(label, "evaluation label")
     try:
-        get_language(lang)
+        ks = [int(k) for k in shots.split(",")] if shots else None
+    except ValueError:
+        fail(f"option --shots: {shots!r} is not a comma-separated list of integers")
+    try:
         cfg = EvalConfig(
             tasks=[t for t in tasks.split(",") if t.strip()], limit=limit, sample=sample, seed=seed,
             batch_size=batch_size, mode=mode, data_root=data_root, comet_model=comet_model, n_bootstrap=n_bootstrap,
-            shots=[int(k) for k in shots.split(",")] if shots else None,
+            shots=ks,
         )
-        for t in cfg.tasks:
-            load_task(t)
     except ValidationError as e:
         err = e.errors()[0]
-        fail(f"option {'.'.join(map(str, err['loc']))}: {err['msg']}")
-    except (ValueError, UnknownLanguageError) as e:
-        fail(str(e))
-    try:
-        m, tok = load_adapted(model, adapter=adapter, embeddings=embeddings)
-    except ModelLoadError as e:
-        fail(str(e))
-    try:
-        results = evaluate(m, tok, cfg, out_dir=out, label=label, lang=lang)
-    except ValueError as e:  # bad data or template: one line naming the file/field
-        fail(str(e))
+        fail(f"option --{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}")
+    for t in cfg.tasks:
+        load_task(t)
+    m, tok = load_adapted(model, adapter=adapter, embeddings=embeddings)
+    results = evaluate(m, tok, cfg, out_dir=out, label=label, lang=lang)
     console.print(results_table(results, title=f"{label}: {model}" + (f" + {adapter}" if adapter else "")))
     console.print(f"saved to {out / label}")
