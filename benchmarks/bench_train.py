@@ -65,7 +65,7 @@ def build_items(spec: dict, tok, recipe) -> tuple[list[dict], list[dict]]:
     from lingotune.data.records import Example
 
     if spec["data"] == "dpart":
-        from lingotune.data.config import build_datasets
+        from lingotune.data.build import build_datasets
 
         built = build_datasets(recipe.data, recipe.language, recipe.seed)
         examples = built.stage1 if spec["stage"] == 1 else built.stage2

@@ -7,7 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from lingotune.data.config import DataConfig, SourceSpec, build_datasets
+from lingotune.data.build import build_datasets
+from lingotune.data.config import DataConfig, SourceSpec
 from lingotune.data.pairs import build_stage1, build_stage2, instruction_text
 from lingotune.data.records import DataError, Example, Record
 

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from lingotune.eval import EvalConfig, builtin_tasks, load_task
-from lingotune.eval.kshot import draw_demos, mc_choices, mc_context
+from lingotune.eval.multiple_choice import mc_choices, mc_context
+from lingotune.eval.tasks import draw_demos
 from lingotune.eval.tasks import carve_part, load_examples, render, select
 from lingotune.eval.translation import build_messages as translation_messages
 from lingotune.eval.translation import clean, instruction

@@ -416,3 +416,80 @@ def test_an_api_key_never_reaches_an_error_message_or_a_file(tmp_path, monkeypat
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert secret not in f.read_text(errors="replace"), f
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path):
+    model = _tiny()
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "layers.0" in n).fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"step 1: loss is nan; stopped before the optimizer step; "
+                                            r"no checkpoint was written yet"):
+        train_one(model, methods.stages("lora", make_recipe())[0], make_recipe(), tmp_path)
+    assert not (tmp_path / "train" / "checkpoint").exists() or not Checkpoints(tmp_path / "train" / "checkpoint").complete()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB filesystem (tmpfs); skipped where this process may not mount one."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:100]}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_disk_keeps_the_last_checkpoint_and_resume_continues(tmp_path, small_disk):
+    import shutil
+
+    from lingotune.train import train_stage
+
+    recipe = make_recipe()
+    stage = methods.stages("lora", recipe)[0]
+
+    def go(out, resume=False):
+        torch.manual_seed(0)
+        model, groups = stage.setup(_tiny())
+        train_stage(model, groups, __import__("helpers").make_items(), steps=8, cfg=recipe.train, seed=0, pad_id=0,
+                    stage_dir=out, log_path=tmp_path / f"{out.name}.jsonl", log_key={"stage": "train"}, resume=resume)
+        return model
+
+    ref = go(tmp_path / "ref")
+    one = sum(f.stat().st_size for f in (tmp_path / "ref" / "checkpoint" / "step-00000008").iterdir())
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * max(0, free - int(1.5 * one)))  # room for one checkpoint, not two
+    with pytest.raises(TrainingError) as e:
+        go(small_disk / "run")
+    msg = str(e.value)
+    assert "\n" not in msg and ("no space left on device" in msg or "is the disk full?" in msg), msg
+    assert re.search(r"the checkpoint at step \d is intact", msg), msg
+    ck = Checkpoints(small_disk / "run" / "checkpoint")
+    assert len(ck.complete()) == 1 and not list(ck.root.glob("*.tmp"))
+    (small_disk / "filler").unlink()  # space freed
+    model = go(small_disk / "run", resume=True)
+    for k, v in _lora_state(ref).items():
+        assert torch.equal(_lora_state(model)[k], v)
+
+
+@pytest.mark.bundled
+def test_a_huge_learning_rate_on_the_bundled_model_stops_as_diverged(bundled, tmp_path):
+    """The case found by hand: DParT stage 1 at lr 1e6 took the loss from 2.1 to 23 and was saved as complete."""
+    import copy
+
+    from lingotune.data.batches import tokenize_all
+    from lingotune.data.starter import generate
+
+    model, tok = copy.deepcopy(bundled[0]), bundled[1]
+    data = generate("ru", seed=0, n_train=16)
+    from lingotune.data.pairs import build_stage1
+
+    examples = build_stage1(data.train_pairs, "ru", 0)[:16]
+    items, _ = tokenize_all(examples, tok, 96, "answer")
+    recipe = make_recipe(**{"train.embedding_lr": 1e6, "train.batch_size": 4, "train.max_len": 96})
+    stage = methods.stages("dpart", recipe)[0]
+    with pytest.raises(TrainingError, match=r"training diverged|loss is (nan|inf)|gradient norm is"):
+        train_one(model, stage, recipe, tmp_path, items=items, steps=8)
+    assert not (tmp_path / "stage1" / "embeddings.safetensors").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lingotune import rundir
+from lingotune import files, rundir
 from lingotune.recipe import Recipe, dump_recipe, parse_recipe, set_path
 from lingotune.run import (
     build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
@@ -43,7 +43,7 @@ def cell_recipe(recipe: Recipe, method: str, seed: int, data, out: Path) -> Reci
 
 
 def _complete(cell_dir: Path) -> bool:
-    res = rundir.read_json(cell_dir / "results.json")
+    res = files.read_json(cell_dir / "results.json")
     return bool(res and res.get("complete"))
 
 
@@ -54,14 +54,14 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], consol
     res = new_results(base, None)
     evaluate_model(model0, tok, base, udir, UNTOUCHED, prompts, res, console)
     res.update(complete=True, method=UNTOUCHED)
-    rundir.save_json(udir / "results.json", res)
+    files.save_json(udir / "results.json", res)
 
 
 def _cell(model0, tok, r: Recipe, method: str, built, cell_dir: Path, prompts: list[str], console: Console) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
     cell_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
-    res = new_results(r, rundir.read_json(cell_dir / "results.json"))
+    files.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
+    res = new_results(r, files.read_json(cell_dir / "results.json"))
     res["variant"] = method
     stages = select_stages(r, None, res)
     tokenized = tokenize_stages(r, stages, built, tok)
@@ -72,7 +72,7 @@ def _cell(model0, tok, r: Recipe, method: str, built, cell_dir: Path, prompts: l
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True
-    rundir.save_json(cell_dir / "results.json", res)
+    files.save_json(cell_dir / "results.json", res)
     if not r.compare.keep_checkpoints:
         for ck in cell_dir.glob("*/*/checkpoint"):
             shutil.rmtree(ck, ignore_errors=True)
@@ -95,7 +95,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
             r = cell_recipe(recipe, method, recipe.seed, dcfg, out_dir)
             tokenize_stages(r, select_stages(r, None, {}), built, tok)
     rundir.prepare(out_dir, action, "grid")
-    rundir.atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
+    files.atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     for dname, dcfg in datasets.items():
         base = cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir / dname)
         built = builts[dname]
@@ -113,7 +113,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                 _cell(model0, tok, r, method, built, cell_dir, prompts, console)
     summary = summarize(out_dir, recipe)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    rundir.save_json(out_dir / "summary.json", summary)
+    files.save_json(out_dir / "summary.json", summary)
     return summary
 
 

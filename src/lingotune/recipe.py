@@ -16,7 +16,7 @@ from lingotune.data.config import DataConfig
 from lingotune.errors import UserError, pydantic_line
 from lingotune.eval.config import EvalConfig
 from lingotune.languages import LANGUAGES
-from lingotune.rundir import safe_name
+from lingotune.files import FileFormatError, read_yaml, safe_name
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 
@@ -301,14 +301,10 @@ def set_path(data: dict, dotted: str, value) -> None:
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, apply `key.path=value` overrides (values parsed as YAML), validate."""
     path = Path(path) if path else DEFAULT_RECIPE
-    if not path.exists():
-        raise RecipeError(f"{path}: no such recipe file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', e)})") from None
+        data = read_yaml(path, "recipe file") or {}
+    except FileFormatError as e:
+        raise RecipeError(str(e)) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of fields")
     for item in overrides or []:

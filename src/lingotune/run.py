@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lingotune import methods, rundir
+from lingotune import files, methods, rundir
 from lingotune.checkpoint import Checkpoints
 from lingotune.data.batches import full_length, tokenize_all
-from lingotune.errors import RunDirError, TrainingError
+from lingotune.errors import RunDirError, TrainingError, UserError
 from lingotune.models import load_model, resolve
 from lingotune.recipe import Recipe, RecipeError, changed_training_fields, dump_recipe, parse_recipe, training_fields
 from lingotune.train import environment, train_stage
@@ -71,8 +70,8 @@ def check_resumable(recipe: Recipe, run_dir: Path) -> None:
     if not path.exists():
         raise RunDirError(f"{run_dir}: nothing to resume (no recipe.yaml); run without --resume to start again")
     try:
-        old = parse_recipe(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
-    except (yaml.YAMLError, RecipeError) as e:
+        old = parse_recipe(files.read_yaml(path, "recipe") or {}, str(path))
+    except UserError as e:
         raise RunDirError(f"{path}: cannot read the run's recipe ({str(e)[:200]}); start again with --overwrite") from None
     changed = changed_training_fields(training_fields(old), training_fields(recipe))
     if changed:
@@ -123,7 +122,7 @@ def check_method(recipe: Recipe, model) -> None:
 
 def build_data(recipe: Recipe, console: Console):
     """The stage-1 and stage-2 sets, in memory (written to the run directory once it is prepared)."""
-    from lingotune.data.config import build_datasets
+    from lingotune.data.build import build_datasets
 
     console.print(f"[bold]data[/] building for {recipe.language} …")
     return build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=eval_texts(recipe))
@@ -206,7 +205,7 @@ def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_
                 "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
                 "artefacts": stage.save(model, stage_dir), "complete": True,
             }
-            rundir.save_json(run_dir / "results.json", results)
+            files.save_json(run_dir / "results.json", results)
     return model
 
 
@@ -231,7 +230,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     action = rundir.check(run_dir, kind="run", resume=resume, overwrite=recipe.output.overwrite)
     if action == "resume":
         check_resumable(recipe, run_dir)
-    previous = rundir.read_json(run_dir / "results.json") if action == "resume" else None
+    previous = files.read_json(run_dir / "results.json") if action == "resume" else None
     stages = select_stages(recipe, only_stage, previous or {})
     resolve(recipe.model.source)  # a wrong model path fails here, before any work
     built = build_data(recipe, console)
@@ -240,7 +239,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     check_method(recipe, model)
 
     rundir.prepare(run_dir, action, "run")  # from here on, the run directory is written
-    rundir.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    files.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     built.write(run_dir / "data")
     results = new_results(recipe, previous)
     results.update(data=built.report, model_load_seconds=load_seconds)
@@ -249,7 +248,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     prompts = sample_prompts(built, recipe.output.sample_prompts)
     if do_eval and "untouched" not in results["evals"]:
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
-        rundir.save_json(run_dir / "results.json", results)
+        files.save_json(run_dir / "results.json", results)
 
     model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console)
 
@@ -257,7 +256,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
         evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
-    rundir.save_json(run_dir / "results.json", results)
+    files.save_json(run_dir / "results.json", results)
 
     from lingotune.report import write_report
 

@@ -9,73 +9,25 @@ One policy for `lingotune run`, `train` and `compare`:
   which a corrected rerun may reuse.
 - `check` decides and writes nothing; `prepare` acts on the decision. Callers check first, do
   everything that can fail on bad input, and only then prepare.
-- Every file is written to a temporary name in the same folder and renamed into place, so a
-  crash or a full disk never leaves half a file where a whole one was.
+Files inside are written with `lingotune.files` (temporary name, then rename), so a crash or a full
+disk never leaves half a file where a whole one was.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
-from lingotune.errors import RunDirError, UserError
+from lingotune.errors import RunDirError
+from lingotune.files import atomic_write_text
 
 MARKER = ".lingotune-run"
 Kind = Literal["run", "grid"]
 Action = Literal["fresh", "reuse", "resume", "replace"]
 _STARTED = ("results.json", "metrics.jsonl", "summary.json")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to a temporary file next to `path`, flush it to disk, rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def save_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON file lingotune wrote, or None when absent; a one-line error when it is not JSON."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); restore it or start again with --overwrite") from None
-
-
-def safe_name(name: str, what: str) -> str:
-    """`name` when it can be one file or folder name (no separators, no '..', no leading dot)."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name or len(name) > 100:
-        raise ValueError(f"{what} {name!r}: use letters, digits and _ . + = - only (it becomes a file name)")
-    return name
 
 
 # ----------------------------------------------------------------------------- the policy

@@ -34,7 +34,7 @@ from lingotune.data.batches import BatchPlan, collate
 from lingotune.errors import TrainingError, TrainingInterrupted
 from lingotune.losses import CausalLM
 from lingotune.models import bf16_supported, count_parameters
-from lingotune.rundir import atomic_write_text
+from lingotune.files import atomic_write_text
 
 __all__ = ["StageResult", "TrainingError", "TrainingInterrupted", "train_stage", "prepare_stage", "lr_factor"]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -15,51 +14,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lingotune.errors import UserError, pydantic_line, user_errors
+
 app = typer.Typer(help="Data: build DParT pairs, translate English data, write starter data, inspect files.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-@contextmanager
-def user_errors():
-    """User errors -> one red line and exit code 2, no traceback."""
-    from pydantic import ValidationError
-
-    from lingotune.data.records import DataError
-    from lingotune.data.translate import TranslationError
-    from lingotune.languages import UnknownLanguageError
-
-    try:
-        yield
-    except ValidationError as e:
-        parts = []
-        for x in e.errors():
-            loc = ".".join(str(p) for p in x["loc"]) or "(top)"
-            msg = "unknown field" if x["type"] == "extra_forbidden" else x["msg"].replace("Value error, ", "")
-            parts.append(f"field 'data.{loc}': {msg}")
-        err.print(f"[red]error: {'; '.join(parts)}[/red]", highlight=False)
-        raise typer.Exit(2)
-    except (DataError, TranslationError, UnknownLanguageError, FileNotFoundError, ValueError, OSError) as e:
-        err.print(f"[red]error: {e}[/red]", highlight=False, markup=True)
-        raise typer.Exit(2)
 
 
 def _load_data_section(recipe: Path) -> dict:
-    import yaml
+    from lingotune.files import FileFormatError, read_yaml
 
-    if not recipe.exists():
-        raise FileNotFoundError(f"{recipe}: file not found")
-    try:
-        doc = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{recipe}: not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = read_yaml(recipe, "recipe file") or {}
     if not isinstance(doc, dict):
-        raise ValueError(f"{recipe}: expected a mapping")
+        raise FileFormatError(f"{recipe}: expected a mapping")
     return doc.get("data", doc) or {}
 
 
 @app.command("build-pairs")
+@user_errors
 def build_pairs(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for stage1.jsonl, stage2.jsonl, data_report.json."),
     lang: str = typer.Option("ru", "--lang", "-l", help="Target language."),
@@ -75,23 +47,28 @@ def build_pairs(
     instruction: str = typer.Option("en", help="Stage-1 instruction: en, native or a custom string."),
 ):
     """Read sources, validate, and write the DParT stage-1 pairs and stage-2 instructions as JSONL."""
-    with user_errors():
-        from lingotune.data.config import DataConfig, build_datasets
+    from pydantic import ValidationError
 
-        if recipe is not None:
-            section = _load_data_section(recipe)
-        elif fmt:
-            src = {k: v for k, v in dict(format=fmt, path=path, en=en, target=target, align=align, limit=limit).items()
-                   if v is not None}
-            section = {"sources": [src], "pairs": {"instruction": instruction}}
-        else:
-            section = {"pairs": {"instruction": instruction}}
-        if root:
-            section = {**section, "root": root}
+    from lingotune.data.build import build_datasets
+    from lingotune.data.config import DataConfig
+
+    if recipe is not None:
+        section = _load_data_section(recipe)
+    elif fmt:
+        src = {k: v for k, v in dict(format=fmt, path=path, en=en, target=target, align=align, limit=limit).items()
+               if v is not None}
+        section = {"sources": [src], "pairs": {"instruction": instruction}}
+    else:
+        section = {"pairs": {"instruction": instruction}}
+    if root:
+        section = {**section, "root": root}
+    try:
         cfg = DataConfig.model_validate(section)
-        with console.status("building datasets"):
-            built = build_datasets(cfg, lang, seed)
-        paths = built.write(out)
+    except ValidationError as e:
+        raise UserError(pydantic_line(e, prefix="data.")) from None
+    with console.status("building datasets"):
+        built = build_datasets(cfg, lang, seed)
+    paths = built.write(out)
     _print_report(built.report)
     console.print(f"wrote {paths['stage1']} ({len(built.stage1)}), {paths['stage2']} ({len(built.stage2)}), {paths['report']}")
 
@@ -110,6 +87,7 @@ def _print_report(report: dict) -> None:
 
 
 @app.command()
+@user_errors
 def translate(
     input: Path = typer.Argument(..., help="English records: alpaca/openorca/sharegpt/prompt_completion JSON or JSONL."),
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (id, prompt, completion, system), pairs with the "
@@ -127,39 +105,39 @@ def translate(
     device: str = typer.Option("cpu", help="seq2seq/causal: torch device."),
 ):
     """Translate English records (resumable: an interrupted job does not redo finished items)."""
-    with user_errors():
-        from lingotune.data import formats
-        from lingotune.data import translate as tr
-        from lingotune.languages import get_language
+    from lingotune.data import formats
+    from lingotune.data import translate as tr
+    from lingotune.languages import get_language
 
-        get_language(to), get_language(src)
-        records = formats.read_file(input, "auto", src, limit)
-        for i, r in enumerate(records):
-            if r.id is None:
-                r.id = str(i)
-        if backend == "http":
-            t = tr.HTTPTranslator(base_url, model, os.environ.get(api_key_env))
-        elif backend == "seq2seq":
-            t = tr.Seq2SeqTranslator(model, device=device)
-        elif backend == "causal":
-            t = tr.CausalTranslator(model, device=device)
-        else:
-            raise ValueError(f"option '--backend' must be http, seq2seq or causal, got {backend!r}")
-        cache = tr.TranslationCache(cache_dir)
-        if fresh and cache.path.exists():
-            cache.path.unlink()
-        done = tr.translate_records(records, t, to, cache_dir, src=src, batch_size=batch_size)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as fh:
-            for r in done:
-                row = {"id": r.id, "prompt": r.prompt, "completion": r.response}
-                if r.system:
-                    row["system"] = r.system
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    get_language(to), get_language(src)
+    records = formats.read_file(input, "auto", src, limit)
+    for i, r in enumerate(records):
+        if r.id is None:
+            r.id = str(i)
+    if backend == "http":
+        t = tr.HTTPTranslator(base_url, model, os.environ.get(api_key_env))
+    elif backend == "seq2seq":
+        t = tr.Seq2SeqTranslator(model, device=device)
+    elif backend == "causal":
+        t = tr.CausalTranslator(model, device=device)
+    else:
+        raise ValueError(f"option '--backend' must be http, seq2seq or causal, got {backend!r}")
+    cache = tr.TranslationCache(cache_dir)
+    if fresh and cache.path.exists():
+        cache.path.unlink()
+    done = tr.translate_records(records, t, to, cache_dir, src=src, batch_size=batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for r in done:
+            row = {"id": r.id, "prompt": r.prompt, "completion": r.response}
+            if r.system:
+                row["system"] = r.system
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     console.print(f"wrote {out} ({len(done)} records; cache {cache_dir})")
 
 
 @app.command()
+@user_errors
 def starter(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the JSONL files."),
     lang: str = typer.Option("ru", "--lang", "-l", help="Target language (a code in lingotune.languages.LANGUAGES)."),
@@ -167,11 +145,10 @@ def starter(
     n_train: Optional[int] = typer.Option(None, min=1, help="Training pairs (default 400)."),
 ):
     """Write the project's own starter data (CLDR facts, numbers in words) for a language."""
-    with user_errors():
-        from lingotune.data import starter as st
+    from lingotune.data import starter as st
 
-        data = st.generate(lang, seed=seed, n_train=n_train)
-        paths = st.write(data, out)
+    data = st.generate(lang, seed=seed, n_train=n_train)
+    paths = st.write(data, out)
     for name, p in paths.items():
         console.print(f"{name}: {p}")
     console.print(f"{len(data.train_pairs)} pairs, {len(data.stage2)} stage-2, {len(data.heldout_yesno)} held-out yes/no, "
@@ -179,6 +156,7 @@ def starter(
 
 
 @app.command()
+@user_errors
 def inspect(
     paths: list[Path] = typer.Argument(None, help="Example JSONL files (stage1.jsonl, ...) or text files (one a line)."),
     flores: bool = typer.Option(False, "--flores", help="Also the FLORES-200 devtest files of --langs."),
@@ -189,29 +167,28 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Counts, lengths and tokens per character per language."""
-    with user_errors():
-        from lingotune.data import inspect as ins
-        from lingotune.paths import require_data_root
+    from lingotune.data import inspect as ins
+    from lingotune.paths import require_data_root
 
-        lang_list = [x.strip() for x in langs.split(",") if x.strip()]
-        if not paths and not flores:
-            raise ValueError("give files to inspect or --flores")
-        tok = None
-        if model != "none":
-            from lingotune.models import ModelLoadError, load_tokenizer
+    lang_list = [x.strip() for x in langs.split(",") if x.strip()]
+    if not paths and not flores:
+        raise ValueError("give files to inspect or --flores")
+    tok = None
+    if model != "none":
+        from lingotune.models import ModelLoadError, load_tokenizer
 
-            try:
-                tok = load_tokenizer(model)
-            except ModelLoadError as e:
-                raise ValueError(str(e)) from None
-        stats = []
-        if flores:
-            stats += ins.flores_stats(require_data_root(root), lang_list, tok)
-        for p in paths or []:
-            if p.suffix in (".jsonl", ".json"):
-                stats += ins.example_stats(p, tok)
-            else:
-                stats += ins.lines_stats(p, lang_list[0], tok)
+        try:
+            tok = load_tokenizer(model)
+        except ModelLoadError as e:
+            raise ValueError(str(e)) from None
+    stats = []
+    if flores:
+        stats += ins.flores_stats(require_data_root(root), lang_list, tok)
+    for p in paths or []:
+        if p.suffix in (".jsonl", ".json"):
+            stats += ins.example_stats(p, tok)
+        else:
+            stats += ins.lines_stats(p, lang_list[0], tok)
     if as_json:
         print(json.dumps([s.to_dict() for s in stats], ensure_ascii=False, indent=1))
         return

@@ -1,4 +1,5 @@
-"""The recipe's `data:` section, and `build_datasets`, which turns it into the stage-1 and stage-2 sets.
+"""The recipe's `data:` section: where training data comes from and how it is checked
+(`lingotune.data.build.build_datasets` turns it into the stage-1 and stage-2 sets).
 
     data:
       root: null                 # data root; null = lingotune.paths.data_root()
@@ -21,19 +22,10 @@ prompt_completion, hf_disk, hub) have no English side and feed stage 2 only.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lingotune.data import formats, sources
-from lingotune.data.pairs import build_stage1, build_stage2
-from lingotune.data.records import DataError, Example, Record
-from lingotune.data.validate import (LeakageIndex, ValidationReport, drop_leaked_pairs, drop_leaked_records,
-                                     validate_pairs, validate_records)
-from lingotune.paths import data_root
 
 Format = Literal["starter", "alpaca", "openorca", "sharegpt", "prompt_completion", "parallel_text", "hf_disk", "hub",
                  "paired", "xquad", "gsm8k", "msvamp", "mt_bench", "ifeval", "mintaka", "flores", "tatoeba"]
@@ -121,124 +113,3 @@ class DataConfig(Strict):
     max_stage1: int | None = Field(None, ge=1, description="Keep at most this many stage-1 examples (after shuffling).")
     max_stage2: int | None = Field(None, ge=1, description="Keep at most this many stage-2 examples (after shuffling).")
     checks: CheckConfig = Field(default_factory=CheckConfig, description="Validation on load.")
-
-
-@dataclass
-class BuiltData:
-    stage1: list[Example]
-    stage2: list[Example]
-    report: dict = field(default_factory=dict)
-
-    def write(self, out_dir: str | Path) -> dict[str, Path]:
-        from lingotune.rundir import save_json
-
-        out = Path(out_dir)
-        return {"stage1": formats.write_examples(self.stage1, out / "stage1.jsonl"),
-                "stage2": formats.write_examples(self.stage2, out / "stage2.jsonl"),
-                "report": save_json(out / "data_report.json", self.report)}
-
-
-def _resolve(root: Path | None, rel: str) -> Path:
-    p = Path(rel).expanduser()
-    if p.is_absolute() or root is None:
-        return p
-    return root / p
-
-
-def load_source(spec: SourceSpec, lang: str, root: Path | None, seed: int = 0) -> tuple[list[sources.Pair], list[Record]]:
-    """(pairs, stage-2 records) of one source, before validation."""
-    fmt, lim = spec.format, spec.limit
-    if fmt == "starter":
-        from lingotune.data import starter
-
-        data = starter.generate(lang, seed=seed, n_train=lim)
-        return data.train_pairs, data.stage2
-    if fmt in SINGLE:
-        rlang = spec.lang or lang
-        if fmt == "hub":
-            recs = formats.read_hub(spec.path, "auto", rlang, spec.split, lim, spec.id_field)
-        elif fmt == "hf_disk":
-            recs = formats.read_hf_disk(_resolve(root, spec.path), "auto", rlang, spec.split, lim, spec.id_field)
-        else:
-            recs = formats.read_file(_resolve(root, spec.path), fmt, rlang, lim, spec.id_field, spec.all_turns)
-        return [], recs
-    if fmt == "paired":
-        pairs = sources.read_paired(_resolve(root, spec.en), _resolve(root, spec.target), lang, spec.align,
-                                    spec.id_field, "auto", spec.mode, lim)
-    elif fmt == "parallel_text":
-        pairs = sources.read_parallel_text(_resolve(root, spec.en), _resolve(root, spec.target), lang, lim)
-    else:
-        rel = spec.path or DEFAULT_PATH[fmt].format(lang=lang)
-        if root is None and not Path(rel).is_absolute():
-            raise DataError(f"format {fmt}: no data root found for {rel!r}; set data.root or $LINGOTUNE_DATA")
-        where = _resolve(root, rel)
-        if fmt in ("gsm8k", "mt_bench", "mintaka"):
-            pairs = getattr(sources, f"read_{fmt}")(where, lang, mode=spec.mode, limit=lim)
-        else:
-            pairs = getattr(sources, f"read_{fmt}")(where, lang, limit=lim)
-        if spec.mode == "translate" and fmt in ("xquad", "msvamp"):
-            pairs = sources.as_translation(pairs, lang)
-    return pairs, [t for _, t in pairs]
-
-
-def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] | None = None) -> BuiltData:
-    """Read every source, validate, drop leaks, build stage-1 pairs and stage-2 instructions. Deterministic."""
-    root = data_root(cfg.root)
-    ck = cfg.checks
-    leak = LeakageIndex(eval_texts, n=ck.leakage_ngram) if (ck.leakage_check and eval_texts) else None
-    seen_pairs: set = set()
-    seen_stage2: set = set()
-    all_pairs: list[sources.Pair] = []
-    all_stage2: list[Record] = []
-    total = ValidationReport()
-    per_source = []
-    for i, spec in enumerate(cfg.sources):
-        try:
-            pairs, recs = load_source(spec, lang, root, seed)
-        except DataError as e:
-            raise DataError(f"data.sources[{i}] ({spec.format}): {e}") from None
-        translation = spec.format in TRANSLATION_FORMATS or spec.mode == "translate"
-        opts = dict(script_check=ck.script_check, threshold=ck.script_threshold, min_letters=ck.min_letters,
-                    strict=ck.strict, drop_duplicates=ck.drop_duplicates)
-        entry = {"index": i, "format": spec.format, "path": spec.path or spec.target or "", "use": spec.uses,
-                 "pairs_read": len(pairs), "stage2_read": len(recs)}
-        rep = ValidationReport()
-        if spec.uses in ("pairs", "both") and pairs:
-            pairs, r = validate_pairs(pairs, lang, check_target_prompt=not translation, seen=seen_pairs, **opts)
-            rep.add(r)
-            if leak:
-                pairs, n = drop_leaked_pairs(pairs, leak)
-                rep.leakage_dropped += n
-                rep.kept -= n
-            all_pairs += pairs
-            entry["pairs"] = len(pairs)
-        if spec.uses in ("stage2", "both") and recs:
-            if spec.format != "starter" and spec.format not in SINGLE and spec.uses == "both":
-                recs = [t for _, t in pairs]  # the target sides of the pairs, already validated with them
-            else:
-                recs, r = validate_records(recs, spec.lang or lang, check_prompt=not translation, seen=seen_stage2, **opts)
-                if leak:
-                    recs, n = drop_leaked_records(recs, leak)
-                    r.leakage_dropped += n
-                    r.kept -= n
-                rep.add(r)
-            all_stage2 += recs
-            entry["stage2"] = len(recs)
-        entry["validation"] = rep.to_dict()
-        per_source.append(entry)
-        total.add(rep)
-    p = cfg.pairs
-    stage1 = build_stage1(all_pairs, lang, seed, p.instruction, p.both_share, p.single_kind)
-    stage2 = build_stage2(all_stage2, lang, seed)
-    if cfg.max_stage1 is not None:
-        stage1 = stage1[:cfg.max_stage1]
-    if cfg.max_stage2 is not None:
-        stage2 = stage2[:cfg.max_stage2]
-    report = {
-        "lang": lang, "seed": seed, "root": str(root) if root else None,
-        "stage1": len(stage1), "stage2": len(stage2),
-        "stage1_kinds": dict(Counter(e.meta["kind"] for e in stage1)),
-        "validation": total.to_dict(), "leakage_dropped": total.leakage_dropped,
-        "duplicates": total.duplicates, "sources": per_source,
-    }
-    return BuiltData(stage1, stage2, report)

@@ -304,6 +304,6 @@ def read_examples(path: str | Path) -> list["Example"]:
 
 def write_examples(examples, path: str | Path) -> Path:
     """One example a line, written to a temporary file and renamed into place."""
-    from lingotune.rundir import atomic_write_text
+    from lingotune.files import atomic_write_text
 
     return atomic_write_text(Path(path), "".join(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n" for ex in examples))

@@ -49,8 +49,7 @@ def pair_id(en: Record, tgt: Record, index: int) -> str:
 
 
 def build_stage1(pairs: list[Pair], lang: str, seed: int, instruction: str = "en", both_share: float = 1.0,
-                 single_kind: Literal["random", "target", "en2target"] = "random",
-                 separator: str = "\n\n") -> list[Example]:
+                 single_kind: Literal["random", "target", "en2target"] = "random") -> list[Example]:
     """Stage-1 examples (see module doc). Deterministic for a given seed."""
     if not 0.0 <= both_share <= 1.0:
         raise ValueError(f"field 'both_share' must be in [0, 1], got {both_share}")
@@ -77,7 +76,7 @@ def build_stage1(pairs: list[Pair], lang: str, seed: int, instruction: str = "en
                 msgs = _messages(tgt.system or en.system, tgt.prompt, answer)
                 src = tgt.source
             else:
-                msgs = _messages(en.system or tgt.system, f"{en.prompt.rstrip()}{separator}{instr}", answer)
+                msgs = _messages(en.system or tgt.system, f"{en.prompt.rstrip()}\n\n{instr}", answer)
                 src = en.source
             out.append(Example(msgs, {"kind": kind, "lang": lang, "source": src, "pair_id": pid, "stage": 1}))
     return out

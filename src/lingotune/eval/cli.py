@@ -68,7 +68,7 @@ def eval_command(
     from lingotune.eval.tasks import load_task
     from lingotune.languages import get_language
     from lingotune.models import load_adapted
-    from lingotune.rundir import safe_name
+    from lingotune.files import safe_name
 
     get_language(lang)
     safe_name(label, "evaluation label")

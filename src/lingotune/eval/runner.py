@@ -15,13 +15,13 @@ from pathlib import Path
 from rich.console import Console
 
 from lingotune.eval.config import DEFAULT_SUITES, EvalConfig
-from lingotune.eval.kshot import run_multiple_choice
+from lingotune.eval.multiple_choice import run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
 from lingotune.eval.translation import run_translation
 from lingotune.eval.yesno import run_yesno
 from lingotune.paths import data_root
-from lingotune.rundir import atomic_write_text, safe_name, save_json
+from lingotune.files import atomic_write_text, safe_name, save_json
 
 console = Console(stderr=True)
 

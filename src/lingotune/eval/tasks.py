@@ -14,15 +14,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib
-import json
 import random
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lingotune.data.records import DataError
+from lingotune.errors import pydantic_line
+from lingotune.files import FileFormatError, read_yaml, safe_name
 from lingotune.languages import get_language
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -65,8 +65,6 @@ class TaskSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        from lingotune.rundir import safe_name
-
         return safe_name(v, "task name")
 
     @field_validator("labels", mode="before")
@@ -114,22 +112,13 @@ def load_task(name_or_path: str) -> TaskSpec:
         path = TASKS_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise ValueError(f"unknown task {name_or_path!r}; built-in: {', '.join(builtin_tasks())} (or give a .yaml path)")
-    if not path.exists():
-        raise ValueError(f"task file {str(path)!r} not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ValueError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(path, "task file")
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a task file must be a mapping of fields")
+        raise FileFormatError(f"{path}: a task file must be a mapping of fields")
     try:
         return TaskSpec(**raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "(task)"
-        raise ValueError(f"{path}: field {field!r}: {err['msg']}") from None
+        raise FileFormatError(pydantic_line(e, str(path))) from None
 
 
 # ---------------------------------------------------------------- templates
@@ -283,3 +272,23 @@ def load_demos(spec: TaskSpec, root: Path | None, lang: str) -> list[dict]:
         return []
     rows = read_rows(spec, root, lang, which="train")
     return [{**r, "label": map_label(spec, r, where=f"{spec.train_file}: row {i + 1}")} for i, r in enumerate(rows)]
+
+
+# ---------------------------------------------------------------- k-shot demonstrations
+#
+# For each evaluated example, k rows drawn from `train_file` with `random.Random(f"{seed}:{k}:{example id}")`,
+# so a given example always sees the same demonstrations whatever the limit or sample. Yes/no tasks put them
+# before the question as earlier chat turns; multiple-choice tasks as plain text blocks.
+
+
+def draw_demos(train: list[dict], k: int, seed: int, example_id) -> list[dict]:
+    if k <= 0 or not train:
+        return []
+    rng = random.Random(f"{seed}:{k}:{example_id}")
+    pool = [r for r in train if str(r.get("id")) != str(example_id)] or train
+    return rng.sample(pool, min(k, len(pool)))
+
+
+def suffix(k: int) -> str:
+    """Metric-name suffix of a k-shot setting: '' for 0-shot, else '_{k}shot' (e.g. f1_5shot)."""
+    return "" if k == 0 else f"_{k}shot"

@@ -20,9 +20,8 @@ import math
 import random
 
 from lingotune.eval import lm
-from lingotune.eval.kshot import draw_demos, suffix
 from lingotune.eval.metrics import accuracy, classification_cis, macro_f1, rate
-from lingotune.eval.tasks import TaskSpec, render, template_fields
+from lingotune.eval.tasks import TaskSpec, draw_demos, render, suffix, template_fields
 from lingotune.languages import get_language, parse_yes_no
 
 

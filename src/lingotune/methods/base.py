@@ -13,7 +13,7 @@ import torch
 from lingotune.checkpoint import assert_finite
 from lingotune.losses import CausalLM, Loss
 from lingotune.models import is_tied, untie
-from lingotune.rundir import atomic_write_bytes
+from lingotune.files import atomic_write_bytes
 
 
 @dataclass

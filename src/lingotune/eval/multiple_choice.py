@@ -1,10 +1,6 @@
-"""k-shot evaluation: demonstrations drawn from a task's train split, and multiple choice by log-likelihood.
+"""Multiple-choice tasks scored by log-likelihood, 0-shot or k-shot.
 
-Demonstrations: for each evaluated example, k rows drawn from `train_file` with
-`random.Random(f"{seed}:{k}:{example id}")`, so a given example always sees the same demos
-whatever the limit or sample. Yes/no tasks put them before the question as earlier chat turns
-(user prompt, assistant "Да"/"Нет"/...); multiple-choice tasks as plain text blocks.
-
+Demonstrations (`lingotune.eval.tasks.draw_demos`) come before the question as plain text blocks.
 Multiple choice (KoBEST COPA, HellaSwag; as lm-evaluation-harness does): plain text, no chat
 template; the context is the task's prompt, each option's continuation is scored by the sum of
 its token log-probabilities (`pred`) and by that sum divided by its length in characters
@@ -13,24 +9,9 @@ its token log-probabilities (`pred`) and by that sum divided by its length in ch
 
 from __future__ import annotations
 
-import random
-
 from lingotune.eval import lm
 from lingotune.eval.metrics import accuracy, classification_cis, macro_f1
-from lingotune.eval.tasks import TaskSpec, render, template_fields
-
-
-def draw_demos(train: list[dict], k: int, seed: int, example_id) -> list[dict]:
-    if k <= 0 or not train:
-        return []
-    rng = random.Random(f"{seed}:{k}:{example_id}")
-    pool = [r for r in train if str(r.get("id")) != str(example_id)] or train
-    return rng.sample(pool, min(k, len(pool)))
-
-
-def suffix(k: int) -> str:
-    """Metric-name suffix of a k-shot setting: '' for 0-shot, else '_{k}shot' (e.g. f1_5shot)."""
-    return "" if k == 0 else f"_{k}shot"
+from lingotune.eval.tasks import TaskSpec, draw_demos, render, suffix, template_fields
 
 
 def mc_context(spec: TaskSpec, row: dict, lang: str) -> str:

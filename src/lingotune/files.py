@@ -1,0 +1,85 @@
+"""Reading and writing lingotune's own files safely.
+
+- Writes go to a temporary file in the same folder, are flushed to disk, then renamed into place:
+  a crash or a full disk never leaves half a file where a whole one was.
+- YAML (recipes, task files) is read by one loader whose errors name the file and line.
+- `safe_name` guards every name that becomes a file or folder name (tasks, variants, labels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from lingotune.errors import UserError
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+
+
+class FileFormatError(UserError, ValueError):
+    """A file lingotune reads is missing or not in its format; one line naming the file (and line)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to a temporary file next to `path`, flush it to disk, rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file lingotune wrote, or None when absent; a one-line error when it is not JSON."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{path}: not valid JSON ({e}); restore it or start again with --overwrite") from None
+
+
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """A YAML file's content; FileFormatError naming the file and line when it is missing or malformed."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileFormatError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}:" if mark else ""
+        raise FileFormatError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+def safe_name(name: str, what: str) -> str:
+    """`name` when it can be one file or folder name (no separators, no '..', no leading dot)."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name or len(name) > 100:
+        raise ValueError(f"{what} {name!r}: use letters, digits and _ . + = - only (it becomes a file name)")
+    return name
