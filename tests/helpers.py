@@ -49,3 +49,24 @@ def train_one(model, stage, recipe, out, *, items=None, steps=None, resume=False
         resume=resume, on_step=on_step, row_sparse=stage.row_sparse, loss=stage.loss,
     )
     return getattr(model, "module", model), res
+
+
+def tiny_llama_config(vocab_size: int = 128, tie: bool = True, **kw):
+    from transformers import LlamaConfig
+
+    args = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    args.update(kw)
+    return LlamaConfig(**args)
+
+
+def fresh_tiny(**config):
+    """A tiny random Llama (seed 0) built in memory; `config` overrides `tiny_llama_config`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(**config))

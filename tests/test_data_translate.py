@@ -113,13 +113,17 @@ def test_causal_prompt_building_and_generation(tiny_llama):
     vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, 128)}}  # one id per token
     raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>")  # <unk> decodes as text
     tok.chat_template = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    from lingotune.eval import lm
+
     t = tr.CausalTranslator("tiny", net=tiny_llama, tokenizer=tok, max_new_tokens=3)
-    prompt = t.prompt("Good morning", "en", "ru")
+    prompt = lm.chat_text(tok, tr.translation_messages("Good morning", "en", "ru"))
     assert "from English into Russian" in prompt and prompt.rstrip().endswith("Good morning\n<assistant>")
-    out = t.translate(["Good morning", "Hi"], "en", "ru")
-    assert len(out) == 2 and all(isinstance(x, str) for x in out)
+    texts = ["Good morning", "Hi", "t5 t6 t7 t8 t9"]
+    out = t.translate(texts, "en", "ru")  # one left-padded batch
+    alone = [t.translate([x], "en", "ru")[0] for x in texts]
+    assert out == alone and all(o.split() for o in out)  # padding changes nothing; each got tokens
     assert tok.padding_side == "right"
 
 

@@ -234,3 +234,25 @@ def test_per_task_limits_override_the_global_limit(tok, tmp_path, monkeypatch):
     assert evaluate(torch.nn.Linear(1, 1), tok, cfg, lang="ru")["qa"]["n"] == 2
     cfg = EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0, data_root=str(tmp_path), limit=5)
     assert evaluate(torch.nn.Linear(1, 1), tok, cfg, lang="ru")["qa"]["n"] == 5
+
+
+def test_stop_rule_line_ends_a_reply_after_its_first_non_blank_line(tok):
+    rule = lm.StopAfterLine(tok, start=1)
+
+    def stops(text: str) -> bool:
+        ids = torch.tensor([[tok.eos_token_id or 0] + lm.encode(tok, text)])
+        return bool(rule(ids, None)[0])
+
+    assert not stops("\n\nда") and stops("\n\nда\n") and stops("да\nнет") and not stops("да нет")
+    with pytest.raises(ValueError, match="stop must be one of eos, line"):
+        lm.generate(None, tok, [[1]], 2, stop="paragraph")
+
+
+def test_leakage_texts_cover_the_default_suite_when_no_tasks_are_named():
+    """An empty `eval.tasks` evaluates the language's default suite; its texts must reach the leakage check."""
+    from lingotune.data.starter import generate
+    from lingotune.eval.runner import leakage_texts
+
+    texts = leakage_texts(EvalConfig(), "ru", None)  # no data root: only the starter held-out questions load
+    held = [q["question"] for q in generate("ru", seed=0).heldout_yesno]
+    assert held and set(held) <= set(texts)

@@ -168,9 +168,11 @@ def test_kshot_demos_are_seeded_and_exclude_the_example():
 
 
 def test_eval_config_forbids_unknown_fields():
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="taks"):
         EvalConfig(taks=["danetqa"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="mode"):
         EvalConfig(mode="sample")
     assert EvalConfig(tasks=["danetqa", " "]).tasks == ["danetqa"]
 

@@ -272,7 +272,7 @@ def test_scaled_embedding_of_gemma3_keeps_its_scale():
 
 def test_packed_loss_is_right_when_the_model_config_uses_a_cache():
     """Real checkpoints ship use_cache=True; a KV cache would silently drop the packed mask."""
-    from conftest import tiny_llama_config
+    from helpers import tiny_llama_config
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)

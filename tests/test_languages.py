@@ -14,7 +14,7 @@ from lingotune import languages
 from lingotune.data import sources, starter
 from lingotune.data.pairs import build_stage1
 from lingotune.data.records import DataError, Record
-from lingotune.eval.config import DEFAULT_SUITES
+from lingotune.eval.config import EvalConfig
 from lingotune.eval.translation import instruction
 from lingotune.eval.yesno import answer_word
 from lingotune.languages import (
@@ -188,7 +188,7 @@ def test_reader_texts_and_suites_are_unchanged(lang, tmp_path):
         write_json(tmp_path / f"test_{name}.json", [{"m_query": "2 + 6?", "response": "8.0"}], jsonl=True)
     (e, t), = sources.read_msvamp(tmp_path, lang)
     assert (e.response, t.response) == ("Answer: 8", f"{answer}: 8")
-    assert DEFAULT_SUITES[lang] == suite
+    assert EvalConfig().task_names(lang) == suite
 
 
 @pytest.mark.parametrize("lang", list(STARTER))
@@ -309,7 +309,7 @@ def test_new_language_yes_no_and_translation_prompts(table):
     english = get_language("en").mt_example
     assert instruction("uk", "en") == (f"{UKRAINIAN.mt_to_en} Приклад: ### {UKRAINIAN.mt_example}### {english}")
     assert instruction("en", "uk") == (f"{UKRAINIAN.mt_from_en} Приклад: ### {english}### {UKRAINIAN.mt_example}")
-    assert DEFAULT_SUITES["uk"] == ["starter_heldout"]
+    assert EvalConfig().task_names("uk") == ["starter_heldout"]
 
 
 def test_missing_text_is_a_one_line_error_naming_language_and_field(table, tmp_path):

@@ -91,7 +91,7 @@ def test_artefacts_load_back_in_the_ecosystem(tiny_llama, tmp_path):
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
 
-    from conftest import tiny_llama_config
+    from helpers import tiny_llama_config
 
     recipe = make_recipe()
     s1, s2 = methods.stages("dpart", recipe)

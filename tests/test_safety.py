@@ -15,23 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_recipe, train_one
+from helpers import fresh_tiny, make_items, make_recipe, train_one
 from lingotune import methods
 from lingotune.checkpoint import Checkpoints
 from lingotune.errors import RunDirError, TrainingError
 from lingotune.rundir import MARKER, check, prepare
 
 
-def _tiny():
-    from conftest import tiny_llama_config
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config())
-
-
 def _lora(recipe, tmp_path, **kw):
-    return train_one(_tiny(), methods.stages("lora", recipe)[0], recipe, tmp_path, **kw)
+    return train_one(fresh_tiny(), methods.stages("lora", recipe)[0], recipe, tmp_path, **kw)
 
 
 def _lora_state(model) -> dict[str, torch.Tensor]:
@@ -248,8 +240,8 @@ def test_resume_with_a_changed_recipe_names_the_fields(tmp_path):
         from lingotune.train import train_stage
 
         torch.manual_seed(0)
-        model, groups = stage.setup(_tiny())
-        return train_stage(model, groups, __import__("helpers").make_items(), steps=6, cfg=r.train, seed=r.seed,
+        model, groups = stage.setup(fresh_tiny())
+        return train_stage(model, groups, make_items(), steps=6, cfg=r.train, seed=r.seed,
                            pad_id=0, stage_dir=tmp_path / "s", log_path=tmp_path / "m.jsonl", log_key={"stage": "s"},
                            fingerprint=training_fields(r), **kw)
 
@@ -271,7 +263,7 @@ def test_resume_with_a_changed_recipe_names_the_fields(tmp_path):
 def test_a_non_finite_gradient_stops_before_the_optimizer_step(tmp_path):
     recipe = make_recipe()
     stage = methods.stages("lora", recipe)[0]
-    model = _tiny()
+    model = fresh_tiny()
 
     def poison(done, loss):
         if done == 2:  # the backward of step 3 yields an inf gradient; its loss is finite
@@ -290,7 +282,7 @@ def test_a_non_finite_gradient_stops_before_the_optimizer_step(tmp_path):
 def test_nothing_non_finite_is_ever_saved(tmp_path):
     from lingotune.methods.base import save_embeddings
 
-    model = _tiny()
+    model = fresh_tiny()
     with torch.no_grad():
         model.get_input_embeddings().weight[5, 3] = float("nan")
     with pytest.raises(TrainingError, match="model.embed_tokens.weight holds NaN"):
@@ -306,7 +298,7 @@ def test_a_diverging_loss_stops_the_stage(tmp_path):
     """Full fine-tuning of the tiny model at lr 1.0: the loss jumps from 4.9 to about 29 at once."""
     recipe = make_recipe(**{"train.full_lr": 1.0, "train.max_grad_norm": 1.0})
     with pytest.raises(TrainingError) as e:
-        train_one(_tiny(), methods.stages("full", recipe)[0], recipe, tmp_path, steps=12)
+        train_one(fresh_tiny(), methods.stages("full", recipe)[0], recipe, tmp_path, steps=12)
     msg = str(e.value)
     assert re.fullmatch(r"train step \d: loss [\d.]+ \(mean of the last 3 steps\) is [\d.]+x the stage's first loss "
                         r"4\.\d+: training diverged .*; the stage is not marked complete", msg), msg
@@ -348,7 +340,7 @@ def test_ctrl_c_in_the_middle_of_a_step_keeps_the_last_complete_state(tmp_path):
 
     stage.loss = Breaks()
     with pytest.raises(TrainingError, match="interrupted; checkpoint at step 3"):
-        train_one(_tiny(), stage, recipe, tmp_path)
+        train_one(fresh_tiny(), stage, recipe, tmp_path)
 
 
 # ----------------------------------------------------------------------------- safe defaults
@@ -419,7 +411,7 @@ def test_an_api_key_never_reaches_an_error_message_or_a_file(tmp_path, monkeypat
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path):
-    model = _tiny()
+    model = fresh_tiny()
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "layers.0" in n).fill_(float("nan"))
     with pytest.raises(TrainingError, match=r"step 1: loss is nan; stopped before the optimizer step; "
@@ -452,8 +444,8 @@ def test_a_really_full_disk_keeps_the_last_checkpoint_and_resume_continues(tmp_p
 
     def go(out, resume=False):
         torch.manual_seed(0)
-        model, groups = stage.setup(_tiny())
-        train_stage(model, groups, __import__("helpers").make_items(), steps=8, cfg=recipe.train, seed=0, pad_id=0,
+        model, groups = stage.setup(fresh_tiny())
+        train_stage(model, groups, make_items(), steps=8, cfg=recipe.train, seed=0, pad_id=0,
                     stage_dir=out, log_path=tmp_path / f"{out.name}.jsonl", log_key={"stage": "train"}, resume=resume)
         return model
 

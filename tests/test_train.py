@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from helpers import make_items, make_recipe, train_one
+from helpers import fresh_tiny, make_items, make_recipe, train_one
 from lingotune import methods
 from lingotune.train import TrainingError, TrainingInterrupted, lr_factor
 
@@ -25,12 +25,7 @@ def _trained_state(model):
 
 @pytest.mark.parametrize("method, fast", [("lora", True), ("dpart", True), ("dpart", False)])
 def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, method, fast):
-    from conftest import tiny_llama_config
-    from transformers import LlamaForCausalLM
-
-    def fresh():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(tiny_llama_config())
+    fresh = fresh_tiny
 
     recipe = make_recipe(**{"train.fast": fast})
     ref_model, ref = _run(fresh(), recipe, tmp_path / "ref", method=method)
@@ -89,14 +84,6 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert lr_factor(55, 100, 10) == pytest.approx(0.55)
 
 
-def _fresh_tiny():
-    from conftest import tiny_llama_config
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config())
-
-
 def _losses(path):
     return [json.loads(l)["loss"] for l in path.read_text().splitlines()]
 
@@ -107,7 +94,7 @@ def test_packed_rows_train_like_padded_rows(tmp_path, method, fast):
     out = {}
     for pack in (False, True):
         recipe = make_recipe(**{"train.pack": pack, "train.fast": fast, "train.batch_size": 4, "method.lora.dropout": 0.0})
-        model, res = _run(_fresh_tiny(), recipe, tmp_path / str(pack), method=method, steps=4)
+        model, res = _run(fresh_tiny(), recipe, tmp_path / str(pack), method=method, steps=4)
         assert ("packed rows" in res.fast_path) == pack
         out[pack] = (model, res, _losses(tmp_path / str(pack) / "metrics.jsonl"))
     (m0, r0, l0), (m1, r1, l1) = out[False], out[True]
@@ -116,7 +103,7 @@ def test_packed_rows_train_like_padded_rows(tmp_path, method, fast):
     plan, items = BatchPlan(len(make_items()), 4, 0), make_items()
     assert r0.tokens == r1.tokens == sum(len(items[i]["input_ids"]) for s in range(4) for i in plan.indices(s))
     torch.testing.assert_close(torch.tensor(l1), torch.tensor(l0), rtol=1e-5, atol=1e-6)
-    a, b, init = m0.state_dict(), m1.state_dict(), _fresh_tiny().state_dict()
+    a, b, init = m0.state_dict(), m1.state_dict(), fresh_tiny().state_dict()
     assert any(k not in init or not torch.equal(a[k], init[k]) for k in a)  # something trained
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
@@ -133,7 +120,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):  # what forward keeps for backward
-            model, res = _run(_fresh_tiny(), recipe, tmp_path / str(ckpt), method="lora", steps=3)
+            model, res = _run(fresh_tiny(), recipe, tmp_path / str(ckpt), method="lora", steps=3)
         assert ("gradient checkpointing" in res.fast_path) == ckpt
         out[f"saved{ckpt}"] = saved[0]
         base = model.get_base_model()
@@ -149,11 +136,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
 def test_stage1_fast_path_memory_follows_touched_rows(tmp_path):
     """Row gradients and lazy Adam state grow with the rows the batches touch, not the vocabulary;
     the frozen head gets no weight gradient, the embedding no dense one."""
-    from conftest import tiny_llama_config
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(vocab_size=4096))
+    model = fresh_tiny(vocab_size=4096)
     recipe = make_recipe(**{"train.batch_size": 2})
     model, res = _run(model, recipe, tmp_path, method="dpart", steps=3)
     assert "row-sparse embeddings, lazy row Adam" in res.fast_path
@@ -179,7 +162,7 @@ def test_packing_falls_back_to_padded_rows_when_the_model_ignores_it(tmp_path, m
 
     from lingotune.train import packing_respected
 
-    model = _fresh_tiny()
+    model = fresh_tiny()
     assert packing_respected(model)
     monkeypatch.setattr(mu, "find_packed_sequence_indices", lambda position_ids: None)
     assert not packing_respected(model)
@@ -187,7 +170,7 @@ def test_packing_falls_back_to_padded_rows_when_the_model_ignores_it(tmp_path, m
     model, res = _run(model, recipe, tmp_path / "a", method="lora", steps=2)
     assert "packed rows" not in res.fast_path
     assert any("padded rows" in n for n in res.fast_path)
-    ref, _ = _run(_fresh_tiny(), make_recipe(**{"train.pack": False, "train.batch_size": 4, "method.lora.dropout": 0.0}),
+    ref, _ = _run(fresh_tiny(), make_recipe(**{"train.pack": False, "train.batch_size": 4, "method.lora.dropout": 0.0}),
                   tmp_path / "b", method="lora", steps=2)
     assert _losses(tmp_path / "a" / "metrics.jsonl") == _losses(tmp_path / "b" / "metrics.jsonl")
 
@@ -195,7 +178,7 @@ def test_packing_falls_back_to_padded_rows_when_the_model_ignores_it(tmp_path, m
 def test_stage1_fast_path_on_a_bf16_model_moves_only_touched_rows(tmp_path):
     """model.dtype: bfloat16 (how a 7B model is held on one GPU): the lazy optimizer keeps fp32
     master rows; untouched rows stay bit-identical, and updates too small for bf16 alone accumulate."""
-    model = _fresh_tiny().to(torch.bfloat16)
+    model = fresh_tiny().to(torch.bfloat16)
     with torch.no_grad():  # values in [1, 2): bf16 spacing 2**-7, so one 3.5e-3 step alone rounds away
         model.get_input_embeddings().weight.copy_(1 + torch.rand_like(model.get_input_embeddings().weight.float()))
     before = model.get_input_embeddings().weight.detach().clone()
@@ -212,3 +195,47 @@ def test_stage1_fast_path_on_a_bf16_model_moves_only_touched_rows(tmp_path):
     assert torch.equal(after[untouched], before[untouched])
     # the accumulated updates show up (each one alone is below the rounding step)
     assert (after[touched] != before[touched]).float().mean() > 0.3
+
+
+def _uneven_items(n: int = 8) -> list[dict]:
+    """Examples whose answers are 1 to 15 tokens long: micro-batches hold very different label counts."""
+    import random
+
+    rng = random.Random(1)
+    items = []
+    for i in range(n):
+        prompt = [rng.randrange(3, 60) for _ in range(rng.randint(4, 8))]
+        answer = [rng.randrange(3, 60) for _ in range(1 + (i * 2) % 15)]
+        items.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    return items
+
+
+@pytest.mark.parametrize("method", ["lora", "dpart"])
+def test_gradient_accumulation_weights_every_label_token_equally(tmp_path, method):
+    """batch_size 2 x grad_accum 4 gives the loss and gradients of batch_size 8 x grad_accum 1 on the same
+    examples: each micro-batch's summed loss is divided by the label tokens of the whole step."""
+    from lingotune.train import _micro_batches, accumulate, prepare_stage
+
+    items, out = _uneven_items(), {}
+    for bs, ga in ((8, 1), (2, 4)):
+        recipe = make_recipe(**{"train.batch_size": bs, "train.grad_accum": ga, "method.lora.dropout": 0.0})
+        stage = methods.stages(method, recipe)[0]
+        torch.manual_seed(0)
+        model, groups = stage.setup(fresh_tiny())
+        run = prepare_stage(model, groups, items, steps=1, cfg=recipe.train, seed=0, pad_id=0,
+                            stage_dir=tmp_path / f"{bs}", log_path=tmp_path / f"{bs}.jsonl", log_key={"stage": "s"},
+                            row_sparse=stage.row_sparse, loss=stage.loss)
+        loss, _ = accumulate(run, 0)
+        if stage.row_sparse:
+            ids, rows = model.get_input_embeddings().gathered_grad()
+            grads = {"rows": rows[ids.argsort()].clone()}
+        else:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        run.cleanup()
+        out[bs] = (loss, grads, [run.loss.count(b) for b in _micro_batches(run, 0)[0]])
+    (l8, g8, _), (l2, g2, units) = out[8], out[2]
+    assert len(set(units)) > 1  # the micro-batches really hold different numbers of label tokens
+    assert l2 == pytest.approx(l8, rel=1e-5)
+    assert set(g2) == set(g8) and g8
+    for k in g8:
+        torch.testing.assert_close(g2[k], g8[k], rtol=1e-4, atol=1e-7)

@@ -229,7 +229,6 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _known_tasks(self):
-        from lingotune.eval.config import DEFAULT_SUITES
         from lingotune.eval.tasks import builtin_tasks, load_task
 
         names = []
@@ -238,7 +237,7 @@ class Recipe(Strict):
                 names.append(load_task(name).name)
             except Exception as e:  # noqa: BLE001 - any reason a task cannot load is a recipe error here
                 raise ValueError(f"eval.tasks[{i}]: {str(e).splitlines()[0]}") from None
-        names = names or DEFAULT_SUITES.get(self.language, [])
+        names = names or self.eval.task_names(self.language)
         unknown = [k for k in self.eval.limits if k not in names and k not in builtin_tasks()]  # a typo
         if unknown:
             raise ValueError(f"eval.limits: {', '.join(map(repr, unknown))} not among the evaluated tasks "

@@ -35,19 +35,6 @@ def progress_bar(console: Console | None = None) -> Progress:
     )
 
 
-def generate_answers(model, tok, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
-    """Greedy answers to single-turn prompts, through the chat template."""
-    model.eval()
-    out = []
-    for p in prompts:
-        enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)
-        with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out.append(tok.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-    return out
-
-
 def sample_prompts(built, n: int) -> list[str]:
     """Target-language prompts from the stage-2 set, taken from its end (a fixed, seeded choice)."""
     seen, out = set(), []
@@ -123,28 +110,14 @@ def check_method(recipe: Recipe, model) -> None:
 def build_data(recipe: Recipe, console: Console):
     """The stage-1 and stage-2 sets, in memory (written to the run directory once it is prepared)."""
     from lingotune.data.build import build_datasets
-
-    console.print(f"[bold]data[/] building for {recipe.language} …")
-    return build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=eval_texts(recipe))
-
-
-def eval_texts(recipe: Recipe) -> list[str] | None:
-    """Every text of the evaluation tasks (all of each task's rows), for the data layer's leakage
-    check; None when the check is off. Tasks whose data is absent contribute nothing."""
-    if not recipe.data.checks.leakage_check:
-        return None
-    from lingotune.eval.tasks import load_examples, load_task
+    from lingotune.eval.runner import leakage_texts
     from lingotune.paths import data_root
 
-    root = data_root(recipe.eval.data_root or recipe.data.root)
-    texts: list[str] = []
-    for name in recipe.eval.tasks:
-        try:
-            rows = load_examples(load_task(name), root, recipe.language)
-        except (OSError, ValueError):
-            continue
-        texts += [v for r in rows for v in r.values() if isinstance(v, str)]
-    return texts
+    console.print(f"[bold]data[/] building for {recipe.language} …")
+    texts = None
+    if recipe.data.checks.leakage_check:
+        texts = leakage_texts(recipe.eval, recipe.language, data_root(recipe.eval.data_root or recipe.data.root))
+    return build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=texts)
 
 
 def load(recipe: Recipe, console: Console):
@@ -159,13 +132,14 @@ def load(recipe: Recipe, console: Console):
 def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
                    console: Console) -> None:
     """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`."""
-    from lingotune.eval import evaluate
+    from lingotune.eval import evaluate, lm
 
     console.print(f"[bold]eval[/] {label} model …")
     results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
     samples = results.setdefault("samples", [{"prompt": p} for p in prompts])
-    for s, a in zip(samples, generate_answers(model, tok, prompts)):
-        s[label] = a
+    answers = lm.generate_chat(model, tok, [[{"role": "user", "content": p}] for p in prompts], 48, desc="samples")
+    for s, a in zip(samples, answers):
+        s[label] = a.strip()
 
 
 def restore_stage(model, stage_dir: Path) -> None:

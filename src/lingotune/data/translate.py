@@ -123,24 +123,12 @@ class CausalTranslator:
                 raise TranslationError(str(e)) from None
         self.net, self.tok = net.eval(), tokenizer
 
-    def prompt(self, text: str, src: str, tgt: str) -> str:
-        return self.tok.apply_chat_template(translation_messages(text, src, tgt), tokenize=False,
-                                            add_generation_prompt=True)
-
     def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
-        import torch
+        from lingotune.eval import lm
 
-        self.tok.padding_side = "left"
-        try:
-            enc = self.tok([self.prompt(t, src, tgt) for t in texts], return_tensors="pt", padding=True,
-                           add_special_tokens=False).to(self.device)
-            with torch.no_grad():
-                out = self.net.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                        pad_token_id=self.tok.pad_token_id)
-        finally:
-            self.tok.padding_side = "right"
-        new = out[:, enc["input_ids"].shape[1]:]
-        return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
+        convs = [translation_messages(t, src, tgt) for t in texts]
+        outs = lm.generate_chat(self.net, self.tok, convs, self.max_new_tokens, batch_size=len(texts), desc="translate")
+        return [o.strip() for o in outs]
 
 
 # --------------------------------------------------------------------------------------------- cache

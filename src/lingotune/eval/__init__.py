@@ -4,8 +4,8 @@
     scores = evaluate(model, tokenizer, EvalConfig(tasks=["danetqa"], limit=100), out_dir, label="dpart")
 """
 
-from lingotune.eval.config import DEFAULT_SUITES, EvalConfig
+from lingotune.eval.config import EvalConfig
 from lingotune.eval.runner import evaluate
 from lingotune.eval.tasks import TaskSpec, builtin_tasks, load_task
 
-__all__ = ["EvalConfig", "evaluate", "TaskSpec", "load_task", "builtin_tasks", "DEFAULT_SUITES"]
+__all__ = ["EvalConfig", "evaluate", "TaskSpec", "load_task", "builtin_tasks"]

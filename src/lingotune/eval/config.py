@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lingotune import languages
-
-
-class _DefaultSuites(Mapping[str, list[str]]):
-    """Language code -> its `Language.eval_suite`, read live from `lingotune.languages.LANGUAGES`."""
-
-    def __getitem__(self, code: str) -> list[str]:
-        return list(languages.LANGUAGES[code].eval_suite)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(languages.LANGUAGES)
-
-    def __len__(self) -> int:
-        return len(languages.LANGUAGES)
-
-
-# Tasks run when `tasks` is empty, per language of the run (each language's `eval_suite`).
-DEFAULT_SUITES: Mapping[str, list[str]] = _DefaultSuites()
 
 
 class EvalConfig(BaseModel):
@@ -63,6 +45,10 @@ class EvalConfig(BaseModel):
     bpc_max_lines: int | None = Field(
         None, ge=1, description="Lines scored by perplexity tasks when `limit` is not set (None = all)."
     )
+
+    def task_names(self, lang: str) -> list[str]:
+        """The tasks this config evaluates for language `lang`: `tasks`, or the language's default suite."""
+        return list(self.tasks) or list(languages.get_language(lang).eval_suite)
 
     @field_validator("tasks")
     @classmethod

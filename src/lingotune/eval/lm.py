@@ -1,5 +1,7 @@
-"""What every task does with the model: chat prompts, batched greedy generation, log-likelihoods.
+"""The one inference surface: chat prompts, batched greedy generation, log-likelihoods.
 
+Evaluation tasks, report samples, the causal-LM translator (and later chat and judges) all call
+these; nothing else batches prompts or calls `model.generate`. Stopping rules are arguments.
 Works on any causal LM with a Hugging Face tokenizer: a base model, a PeftModel or a merged one.
 Generation pads on the LEFT (the tokenizer's side is restored afterwards); forward passes on
 left-padded batches pass explicit position ids so padding does not shift positions.
@@ -84,21 +86,42 @@ def pad_id(tok) -> int:
     return 0 if pid is None else int(pid)
 
 
+class StopAfterLine:
+    """Stopping rule "line": a sequence stops once its new text holds a newline after some non-blank
+    content (the first line of an answer is complete; leading blank lines do not count)."""
+
+    def __init__(self, tok, start: int):
+        self.tok, self.start = tok, start
+
+    def __call__(self, input_ids, scores, **kw):
+        texts = self.tok.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([("\n" in t.lstrip()) for t in texts], device=input_ids.device)
+
+
+STOP_RULES = {"eos": None, "line": StopAfterLine}
+
+
 def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | int, batch_size: int = 8,
-             stop_at_newline: bool = False, desc: str = "generate") -> list[str]:
+             stop: str = "eos", desc: str = "generate") -> list[str]:
     """Greedy continuations (decoded, special tokens dropped) of tokenized prompts, in order.
 
-    Prompts are sorted by length into batches (less padding); `max_new_tokens` may be per prompt
-    (a batch uses the largest of its members).
+    Prompts are sorted by length into left-padded batches (less padding); `max_new_tokens` may be
+    per prompt (a batch uses the largest of its members). `stop`: "eos" (the end-of-sequence token
+    or the budget) or "line" (also once the first non-blank line is complete, see StopAfterLine).
     """
+    from transformers import StoppingCriteriaList
+
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     device = model_device(model)
-    extra = {"stop_strings": ["\n"], "tokenizer": tok} if stop_at_newline else {}
     with inference(model), padding_side(tok, "left"):
         for _, chunk in batches(order, batch_size, desc):
             ids, mask = _pad_left([prompts[i] for i in chunk], pad_id(tok), device)
+            rule = STOP_RULES[stop]
+            extra = {"stopping_criteria": StoppingCriteriaList([rule(tok, ids.shape[1])])} if rule else {}
             gen = model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets[i] for i in chunk),
                 pad_token_id=pad_id(tok), use_cache=True, temperature=None, top_p=None, top_k=None, **extra,
@@ -106,6 +129,13 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
             for row, i in enumerate(chunk):
                 out[i] = tok.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
     return out
+
+
+def generate_chat(model, tok, conversations: list[list[dict]], max_new_tokens: list[int] | int, batch_size: int = 8,
+                  stop: str = "eos", desc: str = "generate") -> list[str]:
+    """Greedy assistant replies to chat conversations (through the tokenizer's chat template)."""
+    prompts = [encode(tok, chat_text(tok, c)) for c in conversations]
+    return generate(model, tok, prompts, max_new_tokens, batch_size, stop, desc)
 
 
 def continuation_logprobs(model, tok, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lingotune.eval.config import DEFAULT_SUITES, EvalConfig
+from lingotune.eval.config import EvalConfig
 from lingotune.eval.multiple_choice import run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
@@ -73,7 +73,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
     """
     safe_name(label, "evaluation label")
     root = data_root(cfg.data_root)
-    names = cfg.tasks or DEFAULT_SUITES.get(lang, [])
+    names = cfg.task_names(lang)
     specs = [load_task(n) for n in names]
     results: dict[str, dict] = {}
     folder = Path(out_dir) / label if out_dir is not None else None
@@ -96,3 +96,17 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
                                   "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in records))
             save_json(folder / "scores.json", results)
     return results
+
+
+def leakage_texts(cfg: EvalConfig, lang: str, root: Path | None) -> list[str]:
+    """Every text of the tasks `cfg` evaluates for `lang` (all rows, not only the evaluated sample), for
+    the data layer's leakage check. Tasks whose data is absent contribute nothing."""
+    texts: list[str] = []
+    for name in cfg.task_names(lang):
+        spec = load_task(name)
+        try:
+            rows = load_examples(spec, root, spec.lang or lang)
+        except (OSError, ValueError):
+            continue
+        texts += [v for r in rows for v in r.values() if isinstance(v, str)]
+    return texts

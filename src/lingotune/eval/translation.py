@@ -61,37 +61,6 @@ def clean(output: str) -> str:
     return ""
 
 
-class _StopAfterLine:
-    """Stops a sequence once its new text has a newline after some non-blank content."""
-
-    def __init__(self, tok, start: int):
-        self.tok, self.start = tok, start
-
-    def __call__(self, input_ids, scores, **kw):
-        texts = self.tok.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
-        return torch.tensor([("\n" in t.lstrip()) for t in texts], device=input_ids.device)
-
-
-def translate(model, tok, sources_msgs: list[list[dict]], budgets: list[int], batch_size: int, desc: str) -> list[str]:
-    from transformers import StoppingCriteriaList
-
-    prompts = [lm.encode(tok, lm.chat_text(tok, m)) for m in sources_msgs]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [""] * len(prompts)
-    device = lm.model_device(model)
-    with lm.inference(model), lm.padding_side(tok, "left"):
-        for _, chunk in lm.batches(order, batch_size, desc):
-            ids, mask = lm._pad_left([prompts[i] for i in chunk], lm.pad_id(tok), device)
-            gen = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets[i] for i in chunk),
-                pad_token_id=lm.pad_id(tok), use_cache=True, temperature=None, top_p=None, top_k=None,
-                stopping_criteria=StoppingCriteriaList([_StopAfterLine(tok, ids.shape[1])]),
-            )
-            for r, i in enumerate(chunk):
-                out[i] = tok.decode(gen[r, ids.shape[1]:], skip_special_tokens=True)
-    return out
-
-
 def comet_checkpoint(explicit: str | None) -> tuple[str | None, str | None]:
     """(checkpoint path, None) or (None, why COMET is skipped)."""
     path = explicit or os.environ.get("LINGOTUNE_COMET")
@@ -118,7 +87,7 @@ def comet_scores(ckpt: str, srcs: list[str], hyps: list[str], refs: list[str], b
 def run_translation(model, tok, spec: TaskSpec, rows: list[dict], cfg) -> tuple[list[dict], dict, dict]:
     msgs = [build_messages(spec, r) for r in rows]
     budgets = [min(cfg.translation_max_new_tokens, 2 * len(lm.encode(tok, r["source"])) + 16) for r in rows]
-    outs = translate(model, tok, msgs, budgets, cfg.batch_size, desc=spec.name)
+    outs = lm.generate_chat(model, tok, msgs, budgets, cfg.batch_size, stop="line", desc=spec.name)
     hyps = [clean(o) for o in outs]
     refs = [r["target"] for r in rows]
     records = [{"id": r["id"], "prompt": m[-1]["content"], "source": r["source"], "output": o, "hypothesis": h,
