@@ -7,14 +7,14 @@ import json
 import pytest
 
 from lingotune import compare as cmp
-from lingotune.compare import mean_ci, paired_permutation
+from lingotune.stats import paired_permutation, t_interval
 
 
-def test_mean_ci_matches_the_t_interval():
-    m, half = mean_ci([1.0, 2.0, 3.0])
+def test_t_interval_over_seeds():
+    m, half = t_interval([1.0, 2.0, 3.0])
     assert m == 2.0
     assert half == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
-    assert mean_ci([5.0]) == (5.0, 0.0)
+    assert t_interval([5.0]) == (5.0, 0.0)
 
 
 def test_paired_permutation_p_values():
@@ -64,6 +64,114 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert rows == {"untouched", "lora", "dpart"}
     assert (out / "report.md").exists() and (out / "table_data.csv").exists() and (out / "loss_data.png").exists()
     sig = summary["significance"]["data"]
-    assert "starter_heldout" in sig and sig["starter_heldout"]["pairs"] == 8
+    assert sig["starter_heldout/accuracy"]["pairs"] == 8
     cell = json.loads((out / "data" / "dpart-s1" / "results.json").read_text())
     assert cell["stages"]["stage1"]["steps"] == 2 and cell["complete"]
+
+
+def test_loglik_yes_no_task_is_in_the_significance_test(tiny_model_dir, tmp_path):
+    """A yes/no task scored by log-likelihood (accuracy_ll, correct_ll; no rate) is tested like any other."""
+    from helpers import make_recipe
+
+    recipe = make_recipe(**{
+        "model.source": str(tiny_model_dir),
+        "data.max_stage1": 8, "data.max_stage2": 4,
+        "method.stage1.steps": 1, "method.stage2.steps": 1,
+        "train.max_len": 64, "train.batch_size": 2,
+        "eval.tasks": ["starter_heldout"], "eval.limit": 4, "eval.n_bootstrap": 0, "eval.mode": "loglik",
+        "output.sample_prompts": 1,
+        "compare.methods": ["lora", "dpart"], "compare.seeds": [0],
+    })
+    out = tmp_path / "grid"
+    sig = cmp.compare(recipe, out)["significance"]["data"]
+    row = sig["starter_heldout/accuracy_ll"]
+
+    def correct(method):
+        path = out / "data" / f"{method}-s0" / "eval" / method / "starter_heldout.jsonl"
+        return {r["id"]: r["correct_ll"] for r in map(json.loads, path.read_text().splitlines())}
+
+    a, b = correct("dpart"), correct("lora")
+    assert row["pairs"] == 4 and row["test"] == "permutation"
+    assert row["delta"] == pytest.approx(100 * sum(a[i] - b[i] for i in a) / 4)
+    assert "| starter_heldout | accuracy_ll ↑ |" in (out / "report.md").read_text()
+
+
+def _cell(out, method, seed, tasks, metrics=True):
+    """A finished grid cell: results.json with the tasks' scores, and per-example JSONL of `correct_ll`."""
+    from lingotune.eval import load_task
+
+    cell = out / "data" / (method if method == "untouched" else f"{method}-s{seed}")
+    (cell / "eval" / method).mkdir(parents=True)
+    evals = {}
+    for task, (base, scores) in tasks.items():
+        if isinstance(scores, list):  # per-example correctness -> accuracy_ll in %
+            recs = [{"id": i, "shots": 0, "correct_ll": bool(c)} for i, c in enumerate(scores)]
+            (cell / "eval" / method / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            scores = {"accuracy_ll": 100 * sum(scores) / len(scores)}
+        evals[task] = {**scores, "ci": {}, "n": 4, "skipped": None}
+        if metrics:
+            evals[task]["metrics"] = load_task(base).describe_metrics(scores)
+    stages = {} if method == "untouched" else {"train": {"trainable_params": 100}}
+    results = {"complete": True, "method": method, "variant": method, "seed": seed, "stages": stages,
+               "train_seconds": 1.0, "evals": {method: evals}}
+    (cell / "results.json").write_text(json.dumps(results))
+
+
+def test_summary_follows_each_tasks_primary_metric_and_its_direction(tmp_path):
+    """Known per-example answers and bits per char: deltas, pooling, and which method the direction favours."""
+    from helpers import make_recipe
+
+    from lingotune.compare_report import summarize
+
+    out = tmp_path / "grid"
+    grid = {  # method, seed -> qa, qb correctness per example; bits per char of two perplexity tasks
+        ("lora", 0): ([1, 0, 0, 0], [1, 1], 3.0, 2.0), ("lora", 1): ([0, 0, 1, 1], [1, 1], 3.2, 2.0),
+        ("dpart", 0): ([1, 1, 1, 0], [0, 1], 2.8, 2.5), ("dpart", 1): ([1, 0, 1, 1], [1, 1], 2.9, 2.3),
+    }
+    for (method, seed), (qa, qb, bpc, bpc2) in grid.items():
+        _cell(out, method, seed, {"qa": ("danetqa", qa), "qb": ("terra", qb),
+                                  "bpc": ("flores_ru_bpc", {"bits_per_char": bpc, "perplexity": 9.0}),
+                                  "bpc2": ("flores_ko_bpc", {"bits_per_char": bpc2})})
+    # the untouched cell as written before results carried declarations: read by its metric names
+    _cell(out, "untouched", 0, {"qa": ("danetqa", [0, 0, 0, 1]), "bpc": ("flores_ru_bpc", {"bits_per_char": 3.5})},
+          metrics=False)
+    recipe = make_recipe(**{"compare.methods": ["lora", "dpart"], "compare.seeds": [0, 1]})
+    summary = summarize(out, recipe)
+    sig = summary["significance"]["data"]
+    assert sig["qa/accuracy_ll"]["delta"] == pytest.approx(37.5)  # seed 0: +2 of 4, seed 1: +1 of 4
+    assert sig["qa/accuracy_ll"]["pairs"] == 8 and sig["qa/accuracy_ll"]["better"] == "dpart"
+    assert sig["qa/accuracy_ll"]["p"] == pytest.approx(0.25, abs=0.02)  # 3 non-zero pairs, all +1
+    assert sig["qb/accuracy_ll"]["delta"] == pytest.approx(-25.0) and sig["qb/accuracy_ll"]["better"] == "lora"
+    pooled = sig["all tasks/accuracy_ll"]
+    assert pooled["pairs"] == 12 and pooled["delta"] == pytest.approx(100 / 6) and pooled["ci"][0] == pytest.approx(100 / 6)
+    # bits per char: lower is better, so a negative delta favours the candidate
+    bpc = sig["bpc/bits_per_char"]
+    assert bpc["delta"] == pytest.approx(-0.25) and bpc["ci"][0] < -0.25 < bpc["ci"][1]
+    assert bpc["higher_is_better"] is False and bpc["better"] == "dpart" and bpc["test"] == "t"
+    assert bpc["p"] == pytest.approx(0.1257, abs=1e-3)  # paired t = -5.0 on 1 degree of freedom
+    assert sig["bpc2/bits_per_char"]["delta"] == pytest.approx(0.4) and sig["bpc2/bits_per_char"]["better"] == "lora"
+    assert not any("perplexity" in k or "f1" in k for k in sig)  # only primary metrics are tested
+    rows = {r["method"]: r for r in summary["datasets"]["data"]}
+    # mean over qa and qb per seed: 62.5 and 75; t(0.975, 1) * sd / sqrt(2) = 12.7062 * 6.25
+    assert rows["lora"]["all tasks/accuracy_ll"] == (68.75, pytest.approx(12.7062 * 6.25, abs=1e-3), 2)
+    assert rows["untouched"]["qa/accuracy_ll"] == (25.0, 0.0, 1) and rows["untouched"]["bpc/bits_per_char"][0] == 3.5
+    assert rows["dpart"]["bpc/perplexity"][0] == 9.0  # declared, not primary: in the table
+    report = (out / "report.md").read_text()
+    assert "| bpc | bits_per_char ↓ | -0.25 |" in report and "| bpc2 | bits_per_char ↓ | +0.40 |" in report
+    line = next(x for x in report.splitlines() if x.startswith("| bpc2 |"))
+    assert line.endswith("| lora |")
+    assert "bpc/bits_per_char ↓" in report and "qa/accuracy_ll ↑" in report
+    assert (out / "bars_data.png").exists() and (out / "table_data.csv").read_text().startswith("dataset,method,bpc/")
+
+
+def test_run_report_marks_direction_and_primary():
+    from lingotune.eval import load_task
+    from lingotune.report import eval_table
+
+    keys = {"bits_per_char": 3.0, "perplexity": 20.0, "tokens": 100}
+    res = {**keys, "ci": {"bits_per_char": [2.9, 3.1]}, "n": 8, "seconds": 1.0, "skipped": None,
+           "metrics": load_task("flores_ru_bpc").describe_metrics(keys)}
+    lines = eval_table({"untouched": {"bpc": res}, "dpart": {"bpc": {**res, "bits_per_char": 2.5, "ci": {}}}})
+    assert "| bpc | **bits_per_char** ↓ | 3.00 [2.90, 3.10] | 2.50 |" in lines
+    assert "| bpc | perplexity ↓ | 20.00 | 20.00 |" in lines
+    assert not any("tokens" in x for x in lines)  # not a declared metric

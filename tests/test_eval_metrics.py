@@ -9,7 +9,7 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from lingotune.eval.metrics import (
-    accuracy, bits_per_char, bootstrap_ci, chrf_metric, corpus_bleu, corpus_chrf, macro_f1, mean_ci, rate,
+    accuracy, bits_per_char, bootstrap_ci, bootstrap_mean_ci, chrf_metric, corpus_bleu, corpus_chrf, macro_f1, rate,
     score_from_stats, sentence_stats,
 )
 
@@ -58,13 +58,13 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
     rng = np.random.default_rng(1)
     small = (rng.random(40) < 0.7) * 100.0
     large = (rng.random(4000) < 0.7) * 100.0
-    lo_s, hi_s = mean_ci(small, n_boot=500, seed=0)
-    lo_l, hi_l = mean_ci(large, n_boot=500, seed=0)
+    lo_s, hi_s = bootstrap_mean_ci(small, n_boot=500, seed=0)
+    lo_l, hi_l = bootstrap_mean_ci(large, n_boot=500, seed=0)
     assert lo_s <= small.mean() <= hi_s
     assert lo_l <= large.mean() <= hi_l
     assert (hi_l - lo_l) < (hi_s - lo_s) / 3
-    assert mean_ci(small, n_boot=500, seed=0) == [lo_s, hi_s]  # seeded
-    assert bootstrap_ci(1, lambda idx: 1.0) is None and mean_ci(small, n_boot=0) is None
+    assert bootstrap_mean_ci(small, n_boot=500, seed=0) == [lo_s, hi_s]  # seeded
+    assert bootstrap_ci(1, lambda idx: 1.0) is None and bootstrap_mean_ci(small, n_boot=0) is None
 
 
 def test_bits_per_char_formula():

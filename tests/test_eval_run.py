@@ -148,6 +148,10 @@ def test_evaluate_end_to_end_tiny(tiny_llama, tok, tmp_path):
         assert key in qa and key in qa["ci"]
     assert 0 <= qa["rate"] <= 100 and "rate_ll" not in qa
     assert qa["accuracy_ll"] in {100 * k / 6 for k in range(7)}
+    # the result carries its declared metrics (qa.yaml declares none: the yes/no defaults, accuracy primary)
+    assert qa["kind"] == "yesno" and qa["metrics"]["accuracy_ll_2shot"] == {
+        "metric": "accuracy", "primary": True, "higher_is_better": True, "shots": 2, "per_example": "correct_ll"}
+    assert set(qa["metrics"]) == {f"{m}{s}" for m in ("accuracy", "rate", "f1", "accuracy_ll", "f1_ll") for s in ("", "_2shot")}
     recs = [json.loads(l) for l in (out / "tiny" / "qa.jsonl").read_text().splitlines()]
     assert len(recs) == 12 and {r["shots"] for r in recs} == {0, 2}
     r0 = recs[0]
@@ -162,7 +166,7 @@ def test_evaluate_end_to_end_tiny(tiny_llama, tok, tmp_path):
     assert set(res["mc"]) >= {"accuracy", "f1", "accuracy_norm"}
     assert res["danetqa"]["skipped"] and "not found" in res["danetqa"]["skipped"]
     saved = json.loads((out / "tiny" / "scores.json").read_text())
-    assert set(saved) == {"qa", "mt", "mc", "danetqa"}
+    assert set(saved) == {"qa", "mt", "mc", "danetqa"} and saved["mt"]["metrics"]["chrf++"]["primary"]
     assert tiny_llama.training is True and tok.padding_side == "right"
 
 

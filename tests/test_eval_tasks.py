@@ -184,3 +184,58 @@ def test_real_kobest_and_ru_files_parse(shared_data):
         ex = load_examples(spec, shared_data, spec.lang)
         assert len(ex) == n
         assert set(e["label"] for e in ex) <= {"yes", "no", 0, 1}
+
+
+HEAD = "name: x\nkind: yesno\nformat: jsonl\nfile: a.jsonl\nprompts: ['{q}']\n"
+
+
+@pytest.mark.parametrize("metrics,message", [
+    ("[{name: accuracy, primary: true}, {name: f1, primary: true}]",
+     "field 'metrics': 2 primary metrics (accuracy, f1); mark exactly one `primary: true`"),
+    ("[{name: accuracy}, {name: f1}]", "field 'metrics': no primary metric; mark one with `primary: true`"),
+    ("[]", "field 'metrics': no primary metric"),
+    ("[{name: bleu, primary: true}]", "field 'metrics': 'bleu' is not a metric of kind 'yesno' (it has accuracy, rate, f1;"),
+    ("[{name: accuracy_ll, primary: true}]", "field 'metrics': 'accuracy_ll' is not a metric of kind 'yesno'"),
+    ("[{name: accuracy, primary: true, higher_is_better: false}]",
+     "field 'metrics': accuracy: higher_is_better must be true"),
+    ("[{name: accuracy, primary: true}, {name: accuracy}]", "field 'metrics': accuracy declared more than once"),
+    ("[accuracy, rate, f1]", "field 'metrics': each metric is a mapping like {name: accuracy, primary: true"),
+    ("[{name: accuracy, primary: true, best: max}]", "field 'metrics.0.best': unknown field"),
+])
+def test_bad_metric_declarations_are_one_line_naming_file_and_field(tmp_path, metrics, message):
+    from lingotune.files import FileFormatError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HEAD + f"metrics: {metrics}\n")
+    with pytest.raises(FileFormatError) as e:
+        load_task(str(bad))
+    assert str(e.value).startswith(f"{bad}: {message}") and "\n" not in str(e.value)
+
+
+def test_declared_metrics_cover_loglik_and_kshot_names(tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text(HEAD + "metrics:\n  - {name: f1, primary: true}\n  - {name: accuracy, higher_is_better: true}\n")
+    spec = load_task(str(task))
+    assert [(m.name, m.primary, m.higher_is_better) for m in spec.metrics] == [("f1", True, True), ("accuracy", False, True)]
+    got = spec.describe_metrics(["accuracy", "rate", "f1", "accuracy_ll", "f1_ll", "accuracy_5shot", "accuracy_ll_5shot",
+                                 "rate_5shot", "n", "ci"])
+    assert list(got) == ["f1", "f1_ll", "accuracy", "accuracy_ll", "accuracy_5shot", "accuracy_ll_5shot"]  # rate undeclared
+    assert got["accuracy_ll_5shot"] == {"metric": "accuracy", "primary": False, "higher_is_better": True, "shots": 5,
+                                        "per_example": "correct_ll"}
+    assert got["f1_ll"]["primary"] and got["f1_ll"]["per_example"] is None
+    # multiple choice: accuracy_norm is its own metric, not a form of accuracy
+    mc = load_task("kobest_copa").describe_metrics(["accuracy", "accuracy_norm", "f1_5shot", "f1_norm_5shot"])
+    assert list(mc) == ["f1_5shot", "accuracy"] and mc["accuracy"]["per_example"] == "correct"
+    # without a declaration: all of the kind's metrics, lower is better for perplexity's
+    task.write_text("name: p\nkind: perplexity\nformat: lines\nfile: a.txt\n")
+    spec = load_task(str(task))
+    assert [(m.name, m.primary, m.higher_is_better) for m in spec.metrics] == [
+        ("bits_per_char", True, False), ("perplexity", False, False), ("nll_per_token", False, False)]
+
+
+def test_builtin_tasks_declare_one_primary_metric():
+    primary = {n: [m.name for m in load_task(n).metrics if m.primary] for n in builtin_tasks()}
+    assert all(len(p) == 1 for p in primary.values())
+    assert primary["danetqa"] == ["accuracy"] and primary["kobest_boolq"] == ["f1"]
+    assert primary["flores_ru_to_en"] == ["chrf++"] and primary["flores_ru_bpc"] == ["bits_per_char"]
+    assert not next(m for m in load_task("flores_ru_bpc").metrics if m.primary).higher_is_better

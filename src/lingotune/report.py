@@ -1,9 +1,14 @@
-"""results.json -> report.md: the tables a reader of the paper expects, and sample answers."""
+"""results.json -> report.md: the tables a reader of the paper expects, and sample answers.
+
+The evaluation table shows each task's declared metrics (`result["metrics"]`, lingotune.eval.declared).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from lingotune.eval.declared import arrow, result_metrics
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -18,8 +23,13 @@ def _millions(n) -> str:
     return "–" if n is None else f"{n / 1e6:.3f}M"
 
 
+def _metric_label(key: str, info: dict) -> str:
+    """`accuracy_ll ↑`, the task's primary metric in bold."""
+    return (f"**{key}**" if info.get("primary") else key) + f" {arrow(info)}"
+
+
 def eval_table(evals: dict) -> list[str]:
-    """One row per (task, metric), one column per evaluated model."""
+    """One row per (task, declared metric), one column per evaluated model."""
     labels = list(evals)
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for label, tasks in evals.items():
@@ -30,14 +40,15 @@ def eval_table(evals: dict) -> list[str]:
                 rows.setdefault((task, "skipped"), {})[label] = str(res["skipped"])[:60]
                 continue
             ci = res.get("ci") or {}
-            for metric, value in res.items():
-                if metric in ("ci", "n", "seconds", "skipped") or not isinstance(value, (int, float)):
+            for metric, info in result_metrics(res).items():
+                value = res.get(metric)
+                if not isinstance(value, (int, float)):
                     continue
                 cell = _fmt(value)
-                if metric in ci and ci[metric]:
+                if ci.get(metric):
                     lo, hi = ci[metric]
                     cell += f" [{_fmt(lo)}, {_fmt(hi)}]"
-                rows.setdefault((task, metric), {})[label] = cell
+                rows.setdefault((task, _metric_label(metric, info)), {})[label] = cell
             rows.setdefault((task, "n / seconds"), {})[label] = f"{res.get('n', '–')} / {_fmt(res.get('seconds'), 1)}"
     lines = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for (task, metric), cells in rows.items():
@@ -60,7 +71,9 @@ def render(results: dict) -> str:
             f"{s.get('tokens')} | {_fmt(s.get('first_loss'), 3)} | {_fmt(s.get('final_loss'), 3)} |"
         )
     if results.get("evals"):
-        out += ["", "## Evaluation", "", "Accuracy and rate in %, with bootstrap 95% confidence intervals in brackets where computed.", ""]
+        out += ["", "## Evaluation", "",
+                ("Each task's declared metrics (↑ higher is better, ↓ lower is better; the primary one in bold). "
+                 "Accuracy, rate and F1 in %, with bootstrap 95% confidence intervals in brackets where computed."), ""]
         out += eval_table(results["evals"])
     samples = results.get("samples") or []
     if samples:

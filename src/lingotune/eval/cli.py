@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lingotune.errors import fail
+from lingotune.eval.declared import result_metrics
 
 console = Console()
 
@@ -22,7 +23,7 @@ def _fmt(v) -> str:
 
 
 def results_table(results: dict, title: str = "") -> Table:
-    """One row per task and metric: value, 95% CI, n, seconds (skipped tasks with their reason)."""
+    """One row per task and declared metric: value, 95% CI, n, seconds (skipped tasks with their reason)."""
     table = Table(title=title or None)
     for col in ("task", "metric", "value", "95% CI", "n", "seconds"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
@@ -30,11 +31,9 @@ def results_table(results: dict, title: str = "") -> Table:
         if res.get("skipped"):
             table.add_row(task, "[yellow]skipped[/yellow]", res["skipped"], "", "0", _fmt(res.get("seconds")))
             continue
-        skip = {"ci", "n", "seconds", "skipped", "lang", "split", "tokens", "chars"}
         first = True
-        for metric, value in res.items():
-            if metric in skip or isinstance(value, str):
-                continue
+        for metric in result_metrics(res):
+            value = res.get(metric)
             ci = res["ci"].get(metric)
             ci_txt = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ("" if value is not None else res.get("comet_skipped", ""))
             table.add_row(task if first else "", metric, _fmt(value), ci_txt, str(res["n"]) if first else "",

@@ -90,7 +90,7 @@ def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], n_boot: int = 1000
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
-def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> list[float] | None:
     """Bootstrap CI of the mean of per-example values (accuracy from 0/100 scores, rate, ...)."""
     arr = np.asarray(values, dtype=np.float64)
     return bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), n_boot, seed)
@@ -100,9 +100,9 @@ def classification_cis(preds: list, golds: list, n_boot: int, seed: int, suffix:
                        with_rate: bool = True, classes: Sequence[Any] | None = None) -> dict[str, list[float] | None]:
     """CIs for accuracy, rate and macro F1 of one set of predictions."""
     correct = np.array([100.0 * (p is not None and p == g) for p, g in zip(preds, golds)])
-    ci = {f"accuracy{suffix}": mean_ci(correct, n_boot, seed)}
+    ci = {f"accuracy{suffix}": bootstrap_mean_ci(correct, n_boot, seed)}
     if with_rate:
-        ci[f"rate{suffix}"] = mean_ci([100.0 * (p is not None) for p in preds], n_boot, seed)
+        ci[f"rate{suffix}"] = bootstrap_mean_ci([100.0 * (p is not None) for p in preds], n_boot, seed)
     cls = sorted(set(golds), key=str) if classes is None else classes
     ci[f"f1{suffix}"] = bootstrap_ci(
         len(golds), lambda idx: macro_f1([preds[i] for i in idx], [golds[i] for i in idx], cls), n_boot, seed)

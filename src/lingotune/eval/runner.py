@@ -2,7 +2,8 @@
 
 Outputs (when `out_dir` is given): out_dir/<label>/<task>.jsonl with one record per example
 (prompt, output, parsed answer, label, ...) and out_dir/<label>/scores.json with every task's
-result, rewritten after each task.
+result, rewritten after each task. A result carries its task's `kind` and `metrics` (result name ->
+declaration, `lingotune.eval.declared.describe`), so it is read without the task file.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
             records += recs
             metrics.update(m)
             cis.update(c)
-    result = {**metrics, "ci": cis, "n": len(rows), "lang": task_lang, "split": spec.split or None}
+    result = {**metrics, "ci": cis, "n": len(rows), "lang": task_lang, "split": spec.split or None,
+              "kind": spec.kind, "metrics": spec.describe_metrics(metrics)}
     return result, records
 
 
 def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, label: str = "model",
              lang: str = "ru") -> dict:
-    """Run `cfg.tasks` (or the default suite of `lang`) and return {task: {metric: value, "ci", "n", "seconds", "skipped"}}.
+    """Run `cfg.tasks` (or the default suite of `lang`) and return {task: {metric: value, "ci", "metrics", "n", "seconds", "skipped"}}.
 
     A task whose data is missing is skipped with its reason in "skipped"; an unknown task name or
     a bad task file raises ValueError before anything runs.

@@ -18,9 +18,10 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lingotune.data.records import DataError
+from lingotune.eval.declared import MetricSpec, check_metrics, describe
 from lingotune.errors import pydantic_line
 from lingotune.files import FileFormatError, read_yaml, safe_name
 from lingotune.languages import get_language
@@ -29,6 +30,21 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 
 
 class TaskSpec(BaseModel):
+    """One evaluation task, as its YAML file describes it.
+
+    `metrics` declares what the task reports, one mapping per metric, exactly one primary:
+
+        metrics:
+          - {name: accuracy, primary: true, higher_is_better: true}
+          - {name: f1, higher_is_better: true}
+
+    Names are the kind's own (`lingotune.eval.declared.KIND_METRICS`); a declared name also covers
+    its log-likelihood form (yes/no `mode: loglik`: accuracy -> accuracy_ll) and its k-shot forms
+    (accuracy_5shot, accuracy_ll_5shot). `higher_is_better` may be left out (the metric's own
+    direction); omitting `metrics` declares all of the kind's metrics (`DEFAULT_PRIMARY` primary).
+    Each result carries the mapping (`describe_metrics`), so readers of results.json need no task file.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Task name: the key in results and the file stem of its outputs.")
@@ -57,7 +73,10 @@ class TaskSpec(BaseModel):
         default_factory=dict,
         description="Raw label -> 'yes'/'no' (yesno) or option index (multiple_choice); compared case-insensitively.",
     )
-    metrics: list[str] = Field(default_factory=list, description="Metrics reported (informational; defaults by kind).")
+    metrics: list[MetricSpec] | None = Field(
+        None, validate_default=True,
+        description="Metrics reported: [{name, primary, higher_is_better}], exactly one primary; null = all of the kind's.",
+    )
     shots: list[int] = Field(default_factory=lambda: [0], description="k-shot settings (demonstrations from train_file).")
     src_lang: str | None = Field(None, description="translation: source language code.")
     tgt_lang: str | None = Field(None, description="translation: target language code.")
@@ -75,6 +94,25 @@ class TaskSpec(BaseModel):
             return v
         word = lambda x: ("yes" if x else "no") if isinstance(x, bool) else x  # noqa: E731
         return {str(k).strip().lower(): word(val) for k, val in v.items()}
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_entries(cls, v: Any) -> Any:
+        bare = [x for x in v if not isinstance(x, dict)] if isinstance(v, list) else []
+        if bare:
+            raise ValueError(f"each metric is a mapping like {{name: accuracy, primary: true, higher_is_better: true}}, "
+                             f"not {bare[0]!r}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[MetricSpec] | None, info: ValidationInfo) -> list[MetricSpec] | None:
+        kind = info.data.get("kind")
+        return check_metrics(kind, v) if kind else v
+
+    def describe_metrics(self, keys) -> dict[str, dict]:
+        """Result name -> declaration for a result of this task (see `lingotune.eval.declared.describe`)."""
+        return describe(self.kind, self.metrics or [], keys)
 
     @model_validator(mode="after")
     def _check(self) -> "TaskSpec":

@@ -1,0 +1,360 @@
+"""The statistics and report of a compare grid: tables (markdown + CSV), plots, significance test.
+
+Reads the grid directory only: each cell's results.json, whose task results carry their declared
+metrics (`result["metrics"]`, see `lingotune.eval.declared`), and the per-example JSONL. Tables
+show every declared metric; the significance test and the bar plots use each task's primary one,
+and whether a delta is an improvement follows its `higher_is_better`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from lingotune.eval.declared import arrow, result_metrics
+from lingotune.recipe import Recipe
+from lingotune.stats import paired_permutation, paired_t_pvalue, t_interval
+
+UNTOUCHED = "untouched"
+POOLED = "all tasks"  # "all tasks/<result name>": the mean over tasks (tables), the pooled test (significance)
+
+
+def load_cells(out_dir: Path) -> list[dict]:
+    """The complete cells of a grid: results.json plus _dataset, _dir and _variant."""
+    cells = []
+    for p in sorted(out_dir.glob("*/*/results.json")):
+        r = json.loads(p.read_text())
+        if r.get("complete"):
+            r["_dataset"] = p.parent.parent.name
+            r["_dir"] = str(p.parent)
+            r["_variant"] = r.get("variant", r.get("method"))
+            cells.append(r)
+    return cells
+
+
+def task_results(cell: dict) -> dict[str, dict]:
+    """The cell's evaluated (not skipped) task results, under its own label."""
+    evals = cell["evals"].get(cell["_variant"], {})
+    return {t: r for t, r in evals.items() if isinstance(r, dict) and not r.get("skipped")}
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _value(cell: dict, task: str, key: str) -> float | None:
+    return _number(task_results(cell).get(task, {}).get(key))
+
+
+def _per_example(cell: dict, task: str, info: dict) -> dict:
+    """(example id) -> 1/0 from the cell's per-example JSONL: the metric's correctness field at its shots."""
+    path = Path(cell["_dir"]) / "eval" / cell["_variant"] / f"{task}.jsonl"
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if info["per_example"] in rec and rec.get("shots", 0) == info["shots"]:
+                out[rec["id"]] = 1.0 if rec[info["per_example"]] else 0.0
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def collect(cells: list[dict]) -> tuple[dict, dict]:
+    """values: dataset -> variant -> task -> result name -> {seed: value};
+    meta: dataset -> task -> result name -> declaration (declared order)."""
+    values: dict = {}
+    meta: dict = {}
+    for c in cells:
+        d, v = c["_dataset"], c["_variant"]
+        for task, res in task_results(c).items():
+            for key, info in result_metrics(res).items():
+                x = _number(res.get(key))
+                if x is not None:
+                    values.setdefault(d, {}).setdefault(v, {}).setdefault(task, {}).setdefault(key, {})[c["seed"]] = x
+                    meta.setdefault(d, {}).setdefault(task, {}).setdefault(key, info)
+    return values, meta
+
+
+def _stat(vals: list[float]) -> tuple:
+    mean, half = t_interval(vals)
+    return round(mean, 3), round(half, 3), len(vals)
+
+
+def _means(by_task: dict, meta: dict) -> dict:
+    """'all tasks/<name>': per seed, the mean over the tasks whose primary metric has that result name (2+ tasks)."""
+    groups: dict = {}
+    for t, keys in by_task.items():
+        for key, seeds in keys.items():
+            if meta[t][key]["primary"]:
+                groups.setdefault(key, []).append(seeds)
+    out = {}
+    for key, per_task in groups.items():
+        common = sorted(set.intersection(*(set(s) for s in per_task)))
+        if len(per_task) > 1 and common:
+            out[f"{POOLED}/{key}"] = _stat([sum(s[seed] for s in per_task) / len(per_task) for seed in common])
+    return out
+
+
+def _rows(d: str, by_variant: dict, meta: dict, variants: list[str], times: dict, params: dict) -> list[dict]:
+    rows = []
+    for v in variants:
+        row: dict = {"dataset": d, "method": v}
+        for t, keys in by_variant[v].items():
+            row.update({f"{t}/{key}": _stat(list(seeds.values())) for key, seeds in keys.items()})
+        row.update(_means(by_variant[v], meta))
+        tm = times.get(v)
+        row["train seconds"] = (round(sum(tm) / len(tm), 1), 0.0, 1) if tm else None
+        row["trainable params"] = (sum(params.get(v, {}).values()), 0.0, 1)
+        rows.append(row)
+    return rows
+
+
+def _columns(rows: list[dict], meta: dict) -> list[str]:
+    """Task columns (tasks sorted, metrics in declared order), then means, time and parameters."""
+    present = {k for r in rows for k in r}
+    cols = [f"{t}/{key}" for t in sorted(meta) for key in meta[t] if f"{t}/{key}" in present]
+    cols += sorted(k for k in present if k.startswith(f"{POOLED}/"))
+    return cols + ["train seconds", "trainable params"]
+
+
+def _col_arrow(col: str, meta: dict) -> str:
+    task, _, key = col.partition("/")
+    info = meta.get(task, {}).get(key) or next((m[key] for m in meta.values() if key in m), None)
+    return f"{col} {arrow(info)}" if info else col
+
+
+def _cell_text(v) -> str:
+    if v is None:
+        return "–"
+    mean, half, n = v
+    if isinstance(mean, int) or float(mean).is_integer() and half == 0 and mean > 1000:
+        return f"{int(mean):,}"
+    return f"{mean:.2f}" + (f" ± {half:.2f}" if n > 1 else "")
+
+
+def md_table(rows: list[dict], cols: list[str], meta: dict) -> list[str]:
+    out = ["| method | " + " | ".join(_col_arrow(c, meta) for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        out.append(f"| {r['method']} | " + " | ".join(_cell_text(r.get(c)) for c in cols) + " |")
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "method"] + [x for c in cols for x in (c, c + " ci95", c + " n")])
+        for r in rows:
+            vals = []
+            for c in cols:
+                v = r.get(c)
+                vals += list(v) if v else ["", "", ""]
+            w.writerow([r["dataset"], r["method"]] + vals)
+
+
+# ----------------------------------------------------------------------------- significance
+
+
+def _row(per_seed: list[float], pairs: int, p: float, test: str) -> dict:
+    mean, half = t_interval(per_seed)
+    return {"delta": mean, "ci": [mean - half, mean + half], "pairs": pairs, "p": p, "test": test}
+
+
+def _example_diffs(by: dict, seeds: list, cand: str, base: str, task: str, info: dict) -> dict:
+    """seed -> candidate − baseline correctness per example both answered."""
+    out = {}
+    for s in seeds:
+        a, b = _per_example(by[(cand, s)], task, info), _per_example(by[(base, s)], task, info)
+        common = sorted(set(a) & set(b), key=str)
+        if common:
+            out[s] = [a[i] - b[i] for i in common]
+    return out
+
+
+def _example_row(diffs: dict) -> dict | None:
+    """Delta in points (mean over seeds, t-interval) with a sign-flip permutation p over (seed, example) pairs."""
+    if not diffs:
+        return None
+    flat = [x for d in diffs.values() for x in d]
+    return _row([100 * sum(d) / len(d) for d in diffs.values()], len(flat), paired_permutation(flat), "permutation")
+
+
+def _seed_row(by: dict, seeds: list, cand: str, base: str, task: str, key: str) -> dict | None:
+    """Delta per seed (t-interval) with a paired t-test over seeds."""
+    a = [_value(by[(cand, s)], task, key) for s in seeds]
+    b = [_value(by[(base, s)], task, key) for s in seeds]
+    if any(x is None for x in a + b):
+        return None
+    return _row([x - y for x, y in zip(a, b)], len(a), paired_t_pvalue(a, b), "t")
+
+
+def significance(cells: list[dict], dataset: str, cand: str, base: str) -> dict:
+    """Candidate − baseline on each task's primary metric, keyed 'task/result name'.
+
+    Metrics scored per example (accuracy: `correct`, `correct_ll`) are paired by seed and example,
+    and pooled over tasks as 'all tasks/<name>'; the others (F1, chrF++, bits per char) by seed.
+    `better` names the method the metric's direction favours (None for no difference).
+    """
+    by = {(c["_variant"], c["seed"]): c for c in cells if c["_dataset"] == dataset}
+    seeds = sorted({s for (v, s) in by if v == cand} & {s for (v, s) in by if v == base})
+    if not seeds:
+        return {}
+    first = task_results(by[(cand, seeds[0])])
+    out, pooled, infos = {}, {}, {}
+    for t in sorted(first):
+        for key, info in result_metrics(first[t]).items():
+            if not info["primary"]:
+                continue
+            if info.get("per_example"):
+                diffs = _example_diffs(by, seeds, cand, base, t, info)
+                row = _example_row(diffs)
+                pooled.setdefault(key, []).append(diffs)
+                infos[key] = info
+            else:
+                row = _seed_row(by, seeds, cand, base, t, key)
+            if row:
+                out[f"{t}/{key}"] = _direction(row, info, cand, base)
+    for key, parts in pooled.items():
+        merged: dict = {}
+        for diffs in parts:
+            for s, d in diffs.items():
+                merged.setdefault(s, []).extend(d)
+        if sum(1 for p in parts if p) > 1:
+            out[f"{POOLED}/{key}"] = _direction(_example_row(merged), infos[key], cand, base)
+    return out
+
+
+def _direction(row: dict, info: dict, cand: str, base: str) -> dict:
+    hib = info["higher_is_better"]
+    better = None if row["delta"] == 0 else cand if (row["delta"] > 0) == hib else base
+    return {**row, "higher_is_better": hib, "better": better}
+
+
+def significance_md(sig: dict, cand: str, base: str) -> list[str]:
+    how = ("Delta = candidate − baseline on each task's primary metric (↑ higher is better, ↓ lower is better), "
+           "mean over seeds with its 95% t-interval. Metrics scored per example (accuracy): delta in points, p from "
+           "a paired sign-flip permutation test over (seed, example) pairs. Corpus-level metrics (F1, chrF++, bits "
+           "per char): p from a paired t-test over seeds. *better* is the method the metric's direction favours.")
+    lines = ["", f"### {cand} vs {base}", "", how, "",
+             "| task | metric | delta | 95% CI | pairs (examples or seeds) | p | better |", "|---|---|---|---|---|---|---|"]
+    for name, s in sig.items():
+        task, _, key = name.partition("/")
+        lines.append(f"| {task} | {key} {arrow(s)} | {s['delta']:+.2f} | [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}] | "
+                     f"{s['pairs']} | {s['p']:.3f} | {s['better'] or '–'} |")
+    return lines
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _costs(cells: list[dict]) -> tuple[dict, dict]:
+    """params: variant -> stage -> trainable parameters; times: dataset -> variant -> [train seconds]."""
+    params: dict = {}
+    times: dict = {}
+    for c in cells:
+        if c["stages"]:
+            v = c["_variant"]
+            params[v] = {name: s["trainable_params"] for name, s in c["stages"].items()}
+            times.setdefault(c["_dataset"], {}).setdefault(v, []).append(c.get("train_seconds", 0))
+    return params, times
+
+
+def _params_md(order: list[str], params: dict) -> list[str]:
+    lines = ["", "## Trainable parameters (Table 6 shape)", "", "| method | stages | total |", "|---|---|---|"]
+    for v in order:
+        if v in params:
+            lines.append(f"| {v} | " + ", ".join(f"{k}: {n:,}" for k, n in params[v].items()) + f" | {sum(params[v].values()):,} |")
+    return lines
+
+
+def summarize(out_dir: Path, recipe: Recipe) -> dict:
+    """Write report.md, table_<dataset>.csv and the plots of a grid; return the summary (tables, significance)."""
+    cells = load_cells(out_dir)
+    cmp = recipe.compare
+    order = [UNTOUCHED] + list(cmp.methods)
+    values, meta = collect(cells)
+    params, times = _costs(cells)
+    summary: dict = {"datasets": {}, "params": params, "significance": {}}
+    lines = ["# lingotune compare", "",
+             (f"Model `{recipe.model.source}`, language `{recipe.language}`, seeds {cmp.seeds}. Cells are mean over "
+              "seeds ± half-width of the 95% t-interval over seeds; ↑ higher is better, ↓ lower is better.")]
+    for d, by_variant in values.items():
+        variants = [v for v in order if v in by_variant]
+        rows = _rows(d, by_variant, meta[d], variants, times.get(d, {}), params)
+        cols = _columns(rows, meta[d])
+        summary["datasets"][d] = rows
+        write_csv(out_dir / f"table_{d}.csv", rows, cols)
+        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d])
+        sig = summary["significance"][d] = significance(cells, d, cmp.candidate, cmp.baseline)
+        if sig:
+            lines += significance_md(sig, cmp.candidate, cmp.baseline)
+        plots = plot(out_dir, d, by_variant, meta[d], variants, cells)
+        lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += _params_md(order, params)
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _loss_plot(plt, path: Path, dataset: str, variants: list[str], cells: list[dict]) -> None:
+    """Training-loss curves per method and seed (stages concatenated)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for v in variants:
+        for c in cells:
+            log = Path(c["_dir"]) / "metrics.jsonl"
+            if c["_dataset"] != dataset or c["_variant"] != v or not c["stages"] or not log.exists():
+                continue
+            xs, ys, offset, last_stage = [], [], 0, None
+            for rec in (json.loads(x) for x in log.read_text().splitlines()):
+                if rec["stage"] != last_stage and xs:
+                    offset = xs[-1]
+                last_stage = rec["stage"]
+                xs.append(offset + rec["step"])
+                ys.append(rec["loss"])
+            ax.plot(xs, ys, label=f"{v} s{c['seed']}", alpha=0.7)
+    ax.set_xlabel("step (stages concatenated)")
+    ax.set_ylabel("training loss")
+    if ax.lines:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bar_plot(plt, path: Path, panels: list, by_variant: dict, variants: list[str]) -> None:
+    """Bars with 95% t-intervals per method, one panel per (task, result name, declaration)."""
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (t, key, info) in zip(axes.flat, panels):
+        stats = [t_interval(list(vals.values())) if (vals := by_variant[v].get(t, {}).get(key)) else (0.0, 0.0)
+                 for v in variants]
+        ax.bar(range(len(variants)), [m for m, _ in stats], yerr=[h for _, h in stats], capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{t}: {key} {arrow(info)}", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(out_dir: Path, dataset: str, by_variant: dict, meta: dict, variants: list[str], cells: list[dict]) -> list[Path]:
+    """loss_<dataset>.png, and bars_<dataset>.png of each task's primary metric (when any); the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out_dir / f"loss_{dataset}.png"]
+    _loss_plot(plt, paths[0], dataset, variants, cells)
+    panels = [(t, key, info) for t in sorted(meta) for key, info in meta[t].items() if info["primary"]]
+    if panels:
+        paths.append(out_dir / f"bars_{dataset}.png")
+        _bar_plot(plt, paths[1], panels, by_variant, variants)
+    return paths
