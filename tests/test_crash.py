@@ -104,21 +104,27 @@ def reference(tiny_model_dir, tmp_path_factory):
     return get
 
 
-CASES = [  # (precision, stage, where, seed of the drawn step)
-    ("fp32", "stage1", "step", 1),
-    ("fp32", "stage2", "checkpoint", 2),
-    ("bf16", "stage2", "step", 3),
+CASES = [  # (precision, kills: (stage, where) in order, seed of the drawn steps)
+    ("fp32", [("stage1", "step"), ("stage2", "step")], 1),  # killed in stage 1, resumed, killed again in stage 2
+    ("fp32", [("stage2", "checkpoint")], 2),
+    ("bf16", [("stage1", "checkpoint"), ("stage2", "step")], 3),
 ]
 
 
-@pytest.mark.parametrize("precision, stage, where, seed", CASES, ids=[f"{p}-{s}-{w}" for p, s, w, _ in CASES])
-def test_kill_9_then_resume_gives_the_uninterrupted_result(precision, stage, where, seed, reference, tiny_model_dir,
-                                                           tmp_path):
+def _draw(rng: random.Random, where: str) -> int:
+    return rng.choice(range(2, STEPS + 1, 2)) if where == "checkpoint" else rng.randint(1, STEPS)
+
+
+@pytest.mark.parametrize("precision, kills, seed", CASES,
+                         ids=["-".join([p] + [f"{s}@{w}" for s, w in k]) for p, k, _ in CASES])
+def test_kill_9_then_resume_gives_the_uninterrupted_result(precision, kills, seed, reference, tiny_model_dir, tmp_path):
     rng = random.Random(seed)
-    step = rng.choice(range(2, STEPS + 1, 2)) if where == "checkpoint" else rng.randint(1, STEPS)
     out = tmp_path / "r"
-    killed = _lingotune(_args(tiny_model_dir, out, precision), {"where": where, "stage": stage, "step": step})
-    assert killed.returncode == -9, f"not killed at {stage} step {step}: {killed.stderr[-1500:]}"
+    for i, (stage, where) in enumerate(kills):
+        step = _draw(rng, where)
+        args = _args(tiny_model_dir, out, precision) + (["--resume"] if i else [])
+        killed = _lingotune(args, {"where": where, "stage": stage, "step": step})
+        assert killed.returncode == -9, f"not killed at {stage} {where} {step}: {killed.stderr[-1500:]}"
     resumed = _lingotune(_args(tiny_model_dir, out, precision) + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     stages, metrics, tensors = _record(out)
@@ -128,7 +134,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(precision, stage, whe
     if precision == "fp32":
         assert stages == ref_stages and metrics == ref_metrics
         for k in tensors:
-            assert torch.equal(tensors[k], ref_tensors[k]), f"{k} differs after kill at {stage} step {step}"
+            assert torch.equal(tensors[k], ref_tensors[k]), f"{k} differs after kills {kills} (seed {seed})"
     else:
         assert [m[2] for m in metrics] == pytest.approx([m[2] for m in ref_metrics], rel=1e-6)
         for k in tensors:

@@ -21,7 +21,7 @@ def test_alpaca_json_array_sources_point_at_record_lines(tmp_path):
     p = tmp_path / "a.json"
     p.write_text(json.dumps([{"instruction": "Add.", "input": "2+2", "output": "4"},
                              {"instruction": "Say hi.", "input": "", "output": "hi"}], indent=2))
-    recs = formats.read_alpaca(p)
+    recs = formats.read_file(p, "alpaca")
     assert [r.prompt for r in recs] == ["Add.\n\n2+2", "Say hi."]
     assert [r.response for r in recs] == ["4", "hi"]
     assert recs[0].source == f"{p}:2" and recs[1].source == f"{p}:7"
@@ -37,7 +37,7 @@ def test_alpaca_jsonl_and_limit(tmp_path):
 def test_openorca_keeps_system(tmp_path):
     p = write_jsonl(tmp_path / "o.jsonl", [{"id": "x1", "system_prompt": "Be brief.", "question": "Q?", "response": "A."},
                                            {"id": "x2", "system_prompt": "", "question": "Q2?", "response": "A2."}])
-    recs = formats.read_openorca(p)
+    recs = formats.read_file(p, "openorca")
     assert recs[0].system == "Be brief." and recs[0].id == "x1" and recs[1].system is None
 
 
@@ -47,16 +47,16 @@ def test_sharegpt_first_exchange_or_all(tmp_path):
                                           {"from": "gpt", "value": "a2"}]}
     msgs = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}
     p = write_jsonl(tmp_path / "s.jsonl", [convo, msgs])
-    first = formats.read_sharegpt(p)
+    first = formats.read_file(p, "sharegpt")
     assert [(r.prompt, r.response, r.system) for r in first] == [("u1", "a1", "S"), ("hello", "hi", None)]
-    every = formats.read_sharegpt(p, all_turns=True)
+    every = formats.read_file(p, "sharegpt", all_turns=True)
     assert [(r.prompt, r.response) for r in every] == [("u1", "a1"), ("u2", "a2"), ("hello", "hi")]
     assert every[0].id == "c#0" and every[1].id == "c#1"
 
 
 def test_prompt_completion(tmp_path):
     p = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "p", "completion": "c"}])
-    assert formats.read_prompt_completion(p)[0].response == "c"
+    assert formats.read_file(p, "prompt_completion")[0].response == "c"
 
 
 def test_malformed_json_line_names_file_and_line(tmp_path):
@@ -76,16 +76,16 @@ def test_malformed_json_array_names_line(tmp_path):
 def test_missing_field_names_field_and_line(tmp_path):
     p = write_jsonl(tmp_path / "m.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "a"}])
     with pytest.raises(DataError, match=r"m.jsonl:2: field 'output' is missing"):
-        formats.read_alpaca(p)
+        formats.read_file(p, "alpaca")
 
 
 def test_wrong_type_names_field(tmp_path):
     p = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "completion": 5}])
     with pytest.raises(DataError, match=r"t.jsonl:1: field 'completion' must be a string, got int"):
-        formats.read_prompt_completion(p)
+        formats.read_file(p, "prompt_completion")
     p2 = write_jsonl(tmp_path / "r.jsonl", [{"messages": [{"role": "robot", "content": "x"}]}])
     with pytest.raises(DataError, match=r"field 'messages\[0\].role'"):
-        formats.read_sharegpt(p2)
+        formats.read_file(p2, "sharegpt")
 
 
 def test_unknown_layout_and_missing_file(tmp_path):

@@ -13,7 +13,6 @@ Nothing that is not finite is ever written: `assert_finite` guards every save.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lingotune.errors import TrainingError, one_line
+from lingotune.errors import TrainingError, one_line, write_reason
 
 _PREFIX = "step-"
 _KEYS = ("params", "optimizer", "scheduler", "rng")
@@ -33,15 +32,6 @@ def assert_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TrainingError(f"{what}: {name} holds NaN or inf values; not saved")
-
-
-def write_reason(e: BaseException) -> str:
-    """Why a write failed, in a few words (a full disk reads the same from OSError and torch.save)."""
-    if isinstance(e, OSError):
-        if e.errno == errno.ENOSPC:
-            return "no space left on device"
-        return e.strerror or one_line(e)
-    return f"{one_line(e)} (is the disk full?)"
 
 
 def _sha256(path: Path) -> str:

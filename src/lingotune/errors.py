@@ -8,6 +8,8 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A problem the user can fix; the message is one line naming the file, line, field or option."""
@@ -33,6 +35,15 @@ def one_line(text: object) -> str:
     return str(text).strip()
 
 
+def write_reason(e: BaseException) -> str:
+    """Why a write failed, in a few words (a full disk reads the same from OSError and torch.save)."""
+    if isinstance(e, OSError):
+        if e.errno == errno.ENOSPC:
+            return "no space left on device"
+        return e.strerror or one_line(e)
+    return f"{one_line(e)} (is the disk full?)"
+
+
 def fail(message: str):
     """Print `error: <message>` on stderr as one line (no markup, no wrapping) and exit with code 2."""
     import typer
@@ -50,8 +61,6 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from pydantic import ValidationError
-
-        from lingotune.checkpoint import write_reason
 
         try:
             return fn(*args, **kwargs)

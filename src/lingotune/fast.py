@@ -2,7 +2,7 @@
 
 - `SparseEmbedding` + `LazyRowAdam`: train input-embedding rows with gradients and optimizer
   state only for the rows that occur in the batches (never a vocab x hidden gradient).
-- `label_only_loss`: apply the output head only where a label exists (answer tokens).
+- `label_only_logits`: apply the output head only where a label exists (answer tokens).
 - `pack_examples` / `collate_packed`: several examples per row, attention kept inside each.
 
 Lazy Adam semantics of `LazyRowAdam` (per-row step counts; see its docstring and
@@ -260,17 +260,6 @@ def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits, target[keep]
-
-
-def label_only_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                    position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """(mean cross-entropy, number of labelled tokens), computing logits only where a label exists.
-
-    Equals `model(input_ids, attention_mask=..., labels=labels).loss`.
-    """
-    logits, target = label_only_logits(model, input_ids, attention_mask, labels, position_ids)
-    n = int(target.numel())
-    return F.cross_entropy(logits.float(), target, reduction="sum") / max(n, 1), n
 
 
 # --------------------------------------------------------------------------- packing

@@ -235,22 +235,6 @@ def read_file(path: str | Path, fmt: str = "auto", lang: str = "en", limit: int 
     return records_from_rows(iter_rows(path), fmt, lang, limit, id_field, all_turns)
 
 
-def read_alpaca(path, lang="en", limit=None) -> list[Record]:
-    return read_file(path, "alpaca", lang, limit)
-
-
-def read_openorca(path, lang="en", limit=None) -> list[Record]:
-    return read_file(path, "openorca", lang, limit)
-
-
-def read_sharegpt(path, lang="en", limit=None, all_turns=False) -> list[Record]:
-    return read_file(path, "sharegpt", lang, limit, all_turns=all_turns)
-
-
-def read_prompt_completion(path, lang="en", limit=None) -> list[Record]:
-    return read_file(path, "prompt_completion", lang, limit)
-
-
 # --------------------------------------------------------------------------------------------- Hugging Face
 
 def _datasets():
