@@ -115,10 +115,10 @@ def test_causal_prompt_building_and_generation(tiny_llama):
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>")  # <unk> decodes as text
     tok.chat_template = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
-    from lingotune.eval import lm
+    from lingotune import inference
 
     t = tr.CausalTranslator("tiny", net=tiny_llama, tokenizer=tok, max_new_tokens=3)
-    prompt = lm.chat_text(tok, tr.translation_messages("Good morning", "en", "ru"))
+    prompt = inference.chat_text(tok, tr.translation_messages("Good morning", "en", "ru"))
     assert "from English into Russian" in prompt and prompt.rstrip().endswith("Good morning\n<assistant>")
     texts = ["Good morning", "Hi", "t5 t6 t7 t8 t9"]
     out = t.translate(texts, "en", "ru")  # one left-padded batch

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lingotune.eval import EvalConfig, evaluate, load_task
-from lingotune.eval import lm
+from lingotune import inference
 from lingotune.eval.perplexity import line_ids, score_texts
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
@@ -49,25 +49,25 @@ def tok():
 
 
 def test_tiny_tokenizer_roundtrip(tok):
-    ids = lm.encode(tok, "<|im_start|>user\nда?<|im_end|>")
+    ids = inference.encode(tok, "<|im_start|>user\nда?<|im_end|>")
     assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
     assert tok.decode(ids, skip_special_tokens=True) == "user\nда?"
 
 
 def test_generate_left_pads_and_matches_unbatched(tiny_llama, tok):
-    prompts = [lm.encode(tok, lm.chat_text(tok, [{"role": "user", "content": q}])) for q in ["hi?", "a much longer question?"]]
-    batched = lm.generate(tiny_llama, tok, prompts, 6, batch_size=2)
-    single = [lm.generate(tiny_llama, tok, [p], 6, batch_size=1)[0] for p in prompts]
+    prompts = [inference.encode(tok, inference.chat_text(tok, [{"role": "user", "content": q}])) for q in ["hi?", "a much longer question?"]]
+    batched = inference.generate(tiny_llama, tok, prompts, 6, batch_size=2)
+    single = [inference.generate(tiny_llama, tok, [p], 6, batch_size=1)[0] for p in prompts]
     assert batched == single
     assert tok.padding_side == "right"  # restored
     assert tiny_llama.training is True  # restored (a fresh module is in training mode)
 
 
 def test_loglik_cached_equals_pairs_and_unpadded(tiny_llama, tok):
-    ctxs = [lm.encode(tok, "<|im_start|>user\nis it?<|im_end|>\n<|im_start|>assistant\n"), lm.encode(tok, "ab")]
-    conts = [lm.encode(tok, "да"), lm.encode(tok, "Нет"), lm.encode(tok, "a")]
-    shared = lm.shared_continuation_logprobs(tiny_llama, tok, ctxs, conts, batch_size=2)
-    pairs = lm.continuation_logprobs(tiny_llama, tok, [(c, k) for c in ctxs for k in conts], batch_size=3)
+    ctxs = [inference.encode(tok, "<|im_start|>user\nis it?<|im_end|>\n<|im_start|>assistant\n"), inference.encode(tok, "ab")]
+    conts = [inference.encode(tok, "да"), inference.encode(tok, "Нет"), inference.encode(tok, "a")]
+    shared = inference.shared_continuation_logprobs(tiny_llama, tok, ctxs, conts, batch_size=2)
+    pairs = inference.continuation_logprobs(tiny_llama, tok, [(c, k) for c in ctxs for k in conts], batch_size=3)
     assert [x for row in shared for x in row] == pytest.approx(pairs, abs=1e-4)
     # against a plain unpadded forward pass
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_generation_parsing_with_a_scripted_model(tok, tmp_path, monkeypatch):
     """Accuracy/rate on answers we control: yes, no and an unparsed one."""
     task, _, _ = _write_data(tmp_path)
     answers = iter(["Да, это так", "Нет.", "Может быть", "да", "нет", "да"])
-    monkeypatch.setattr(lm, "generate", lambda model, tok, prompts, *a, **k: [next(answers) for _ in prompts])
+    monkeypatch.setattr(inference, "generate", lambda model, tok, prompts, *a, **k: [next(answers) for _ in prompts])
     res = evaluate(torch.nn.Linear(1, 1), tok, EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0,
                                                           data_root=str(tmp_path)), lang="ru")
     # labels: yes, no, yes, no, yes, no; answers: yes, no, None, yes, no, yes
@@ -233,7 +233,7 @@ def test_bundled_russian_bits_per_char(bundled, shared_data):
 
 def test_per_task_limits_override_the_global_limit(tok, tmp_path, monkeypatch):
     task, _, _ = _write_data(tmp_path)
-    monkeypatch.setattr(lm, "generate", lambda model, tok, prompts, *a, **k: ["да" for _ in prompts])
+    monkeypatch.setattr(inference, "generate", lambda model, tok, prompts, *a, **k: ["да" for _ in prompts])
     cfg = EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0, data_root=str(tmp_path), limit=5, limits={"qa": 2})
     assert evaluate(torch.nn.Linear(1, 1), tok, cfg, lang="ru")["qa"]["n"] == 2
     cfg = EvalConfig(tasks=[str(task)], shots=[0], n_bootstrap=0, data_root=str(tmp_path), limit=5)
@@ -241,15 +241,15 @@ def test_per_task_limits_override_the_global_limit(tok, tmp_path, monkeypatch):
 
 
 def test_stop_rule_line_ends_a_reply_after_its_first_non_blank_line(tok):
-    rule = lm.StopAfterLine(tok, start=1)
+    rule = inference.StopAfterLine(tok, start=1)
 
     def stops(text: str) -> bool:
-        ids = torch.tensor([[tok.eos_token_id or 0] + lm.encode(tok, text)])
+        ids = torch.tensor([[tok.eos_token_id or 0] + inference.encode(tok, text)])
         return bool(rule(ids, None)[0])
 
     assert not stops("\n\nда") and stops("\n\nда\n") and stops("да\nнет") and not stops("да нет")
     with pytest.raises(ValueError, match="stop must be one of eos, line"):
-        lm.generate(None, tok, [[1]], 2, stop="paragraph")
+        inference.generate(None, tok, [[1]], 2, stop="paragraph")
 
 
 def test_leakage_texts_cover_the_default_suite_when_no_tasks_are_named():

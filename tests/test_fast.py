@@ -8,14 +8,8 @@ import math
 import pytest
 import torch
 
-from lingotune.fast import (
-    LazyRowAdam,
-    SparseEmbedding,
-    collate_packed,
-    install_sparse_embedding,
-    pack_examples,
-    remove_sparse_embedding,
-)
+from lingotune.data.batches import collate_packed, pack_examples
+from lingotune.fast import LazyRowAdam, SparseEmbedding, install_sparse_embedding, remove_sparse_embedding
 from lingotune.models import untie
 
 VOCAB, HIDDEN = 128, 32

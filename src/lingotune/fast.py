@@ -1,9 +1,9 @@
-"""Building blocks of lingotune's fast training path.
+"""Row-sparse embedding training: lingotune's fast path for a stage that trains the input embeddings.
 
 - `SparseEmbedding` + `LazyRowAdam`: train input-embedding rows with gradients and optimizer
   state only for the rows that occur in the batches (never a vocab x hidden gradient).
-- `label_only_logits`: apply the output head only where a label exists (answer tokens).
-- `pack_examples` / `collate_packed`: several examples per row, attention kept inside each.
+(The other fast-path pieces live where they belong: label-only logits in `lingotune.losses`,
+packed rows in `lingotune.data.batches`.)
 
 Lazy Adam semantics of `LazyRowAdam` (per-row step counts; see its docstring and
 docs/benchmarks.md). Rows never touched keep their values bit for bit.
@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-IGNORE = -100
-
 
 # --------------------------------------------------------------------------- sparse embedding
 
@@ -237,78 +234,3 @@ class LazyRowAdam(torch.optim.Optimizer):
     def state_numel(self) -> int:
         """Elements held in optimizer state (grows with touched rows, not with the vocabulary)."""
         return sum(v.numel() for st in self.state.values() for v in st.values())
-
-
-# --------------------------------------------------------------------------- label-only loss
-
-
-def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) at the labelled positions only: the output head is applied nowhere else.
-
-    For packed rows from `collate_packed`, pass attention_mask=None and the position_ids.
-    """
-    base = _base(model)
-    body = base.get_decoder()
-    # use_cache=False: with a KV cache transformers would not apply the packed (block-diagonal) mask
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, target[keep]
-
-
-# --------------------------------------------------------------------------- packing
-
-
-def pack_examples(examples: list[dict], max_len: int) -> list[dict]:
-    """Pack tokenized examples ({input_ids, labels}) several to a row of at most max_len tokens.
-
-    First-fit in the given order (deterministic); an example longer than max_len is cut to
-    max_len. Each row: input_ids, labels, position_ids (restarting at 0 for each example) and
-    seq_lens. The first label of every example is set to -100, so no token is trained to
-    predict across a boundary (unpacked, that label is never used either). Transformers (>=4.56,
-    SDPA/eager/flex) turns position_ids that restart into a block-diagonal causal mask when the
-    model is called with attention_mask=None, so attention never crosses examples.
-    """
-    if max_len < 2:
-        raise ValueError(f"pack_examples: max_len must be >= 2, got {max_len}")
-    rows: list[dict] = []
-    for i, ex in enumerate(examples):
-        ids, labels = list(ex["input_ids"])[:max_len], list(ex["labels"])[:max_len]
-        if len(ids) != len(labels):
-            raise ValueError(f"pack_examples: example {i}: input_ids and labels differ in length")
-        if not ids:
-            continue
-        labels[0] = IGNORE
-        row = next((r for r in rows if len(r["input_ids"]) + len(ids) <= max_len), None)
-        if row is None:
-            row = {"input_ids": [], "labels": [], "position_ids": [], "seq_lens": []}
-            rows.append(row)
-        row["input_ids"] += ids
-        row["labels"] += labels
-        row["position_ids"] += list(range(len(ids)))
-        row["seq_lens"].append(len(ids))
-    return rows
-
-
-def collate_packed(rows: list[dict], pad_id: int) -> dict:
-    """Tensors for packed rows, padded to the longest row; attention_mask is None on purpose.
-
-    The padding forms its own segment (positions restart at 0, labels -100), so it never
-    attends into, or is attended by, real tokens.
-    """
-    width = max(len(r["input_ids"]) for r in rows)
-    out = {"input_ids": [], "labels": [], "position_ids": []}
-    for r in rows:
-        pad = width - len(r["input_ids"])
-        out["input_ids"].append(r["input_ids"] + [pad_id] * pad)
-        out["labels"].append(r["labels"] + [IGNORE] * pad)
-        out["position_ids"].append(r["position_ids"] + list(range(pad)))
-    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
-    batch["attention_mask"] = None
-    return batch

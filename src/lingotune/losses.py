@@ -17,7 +17,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from lingotune.data.batches import IGNORE
+
 
 
 class Loss(Protocol):
@@ -38,8 +39,6 @@ class CausalLM:
 
     def __call__(self, model, batch: dict, label_only: bool) -> torch.Tensor:
         if label_only:
-            from lingotune.fast import label_only_logits
-
             logits, target = label_only_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                                batch.get("position_ids"))
         else:
@@ -51,4 +50,25 @@ class CausalLM:
                                ignore_index=IGNORE, reduction="sum")
 
 
+
 LOSSES = {"causal_lm": CausalLM}
+
+
+def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) at the labelled positions only: the output head is applied nowhere else.
+
+    For packed rows from `collate_packed`, pass attention_mask=None and the position_ids.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = base.get_decoder()
+    # use_cache=False: with a KV cache transformers would not apply the packed (block-diagonal) mask
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, target[keep]

@@ -132,12 +132,13 @@ def load(recipe: Recipe, console: Console):
 def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
                    console: Console) -> None:
     """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`."""
-    from lingotune.eval import evaluate, lm
+    from lingotune import inference
+    from lingotune.eval import evaluate
 
     console.print(f"[bold]eval[/] {label} model …")
     results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
     samples = results.setdefault("samples", [{"prompt": p} for p in prompts])
-    answers = lm.generate_chat(model, tok, [[{"role": "user", "content": p}] for p in prompts], 48, desc="samples")
+    answers = inference.generate_chat(model, tok, [[{"role": "user", "content": p}] for p in prompts], 48, desc="samples")
     for s, a in zip(samples, answers):
         s[label] = a.strip()
 

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from lingotune.checkpoint import Checkpoints
-from lingotune.data.batches import BatchPlan, collate
+from lingotune.data.batches import BatchPlan, make_batch
 from lingotune.errors import TrainingError, TrainingInterrupted
 from lingotune.losses import CausalLM
 from lingotune.models import bf16_supported, count_parameters
@@ -87,20 +87,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# ----------------------------------------------------------------------------- batches
-
-
-def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device) -> dict:
-    """Padded rows (one example each), or packed rows of at most max_len tokens.
-
-    Packed rows carry position_ids that restart at every example and attention_mask=None, which
-    transformers turns into a block-diagonal causal mask: no attention across examples, and the
-    summed loss over the label tokens is the same as unpacked.
-    """
-    from lingotune.fast import collate_packed, pack_examples
-
-    batch = collate_packed(pack_examples(items, max_len), pad_id) if pack else collate(items, pad_id)
-    return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+# ----------------------------------------------------------------------------- packing and checkpointing
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Tokenize chat examples with a loss mask, and batch them in a seeded order.
+"""Tokenize chat examples with a loss mask, batch them (padded or packed rows), in a seeded order.
 
 The answer span is found the robust way: tokenize the prompt (every message but the last, plus
 the generation prompt) and the whole conversation separately through the chat template; the
@@ -77,6 +77,72 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :k] = torch.tensor(x["labels"])
         mask[i, :k] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- packed rows
+
+
+def pack_examples(examples: list[dict], max_len: int) -> list[dict]:
+    """Pack tokenized examples ({input_ids, labels}) several to a row of at most max_len tokens.
+
+    First-fit in the given order (deterministic); an example longer than max_len is cut to
+    max_len. Each row: input_ids, labels, position_ids (restarting at 0 for each example) and
+    seq_lens. The first label of every example is set to -100, so no token is trained to
+    predict across a boundary (unpacked, that label is never used either). Transformers (>=4.56,
+    SDPA/eager/flex) turns position_ids that restart into a block-diagonal causal mask when the
+    model is called with attention_mask=None, so attention never crosses examples.
+    """
+    if max_len < 2:
+        raise ValueError(f"pack_examples: max_len must be >= 2, got {max_len}")
+    rows: list[dict] = []
+    for i, ex in enumerate(examples):
+        ids, labels = list(ex["input_ids"])[:max_len], list(ex["labels"])[:max_len]
+        if len(ids) != len(labels):
+            raise ValueError(f"pack_examples: example {i}: input_ids and labels differ in length")
+        if not ids:
+            continue
+        labels[0] = IGNORE
+        row = next((r for r in rows if len(r["input_ids"]) + len(ids) <= max_len), None)
+        if row is None:
+            row = {"input_ids": [], "labels": [], "position_ids": [], "seq_lens": []}
+            rows.append(row)
+        row["input_ids"] += ids
+        row["labels"] += labels
+        row["position_ids"] += list(range(len(ids)))
+        row["seq_lens"].append(len(ids))
+    return rows
+
+
+def collate_packed(rows: list[dict], pad_id: int) -> dict:
+    """Tensors for packed rows, padded to the longest row; attention_mask is None on purpose.
+
+    The padding forms its own segment (positions restart at 0, labels -100), so it never
+    attends into, or is attended by, real tokens.
+    """
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": [], "labels": [], "position_ids": []}
+    for r in rows:
+        pad = width - len(r["input_ids"])
+        out["input_ids"].append(r["input_ids"] + [pad_id] * pad)
+        out["labels"].append(r["labels"] + [IGNORE] * pad)
+        out["position_ids"].append(r["position_ids"] + list(range(pad)))
+    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+    batch["attention_mask"] = None
+    return batch
+
+
+def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device) -> dict:
+    """Padded rows (one example each), or packed rows of at most max_len tokens, on `device`.
+
+    Packed rows carry position_ids that restart at every example and attention_mask=None, which
+    transformers turns into a block-diagonal causal mask: no attention across examples, and the
+    summed loss over the label tokens is the same as unpacked.
+    """
+    batch = collate_packed(pack_examples(items, max_len), pad_id) if pack else collate(items, pad_id)
+    return {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- the seeded plan
 
 
 @dataclass

@@ -78,13 +78,50 @@ def load_source(spec: SourceSpec, lang: str, root: Path | None, seed: int = 0) -
     return pairs, [t for _, t in pairs]
 
 
+def _drop_leaks(items: list, leak: LeakageIndex | None, drop, rep: ValidationReport) -> list:
+    if leak:
+        items, n = drop(items, leak)
+        rep.leakage_dropped += n
+        rep.kept -= n
+    return items
+
+
+def _check_source(i: int, spec: SourceSpec, pairs: list, recs: list[Record], lang: str, ck, leak,
+                  seen: tuple[set, set]) -> tuple[list, list[Record], dict, ValidationReport]:
+    """Validate one source's pairs and stage-2 records, drop leaks; (pairs, records, report entry, counts)."""
+    translation = spec.format in TRANSLATION_FORMATS or spec.mode == "translate"
+    opts = dict(script_check=ck.script_check, threshold=ck.script_threshold, min_letters=ck.min_letters,
+                strict=ck.strict, drop_duplicates=ck.drop_duplicates)
+    entry = {"index": i, "format": spec.format, "path": spec.path or spec.target or "", "use": spec.uses,
+             "pairs_read": len(pairs), "stage2_read": len(recs)}
+    rep = ValidationReport()
+    if spec.uses in ("pairs", "both") and pairs:
+        pairs, r = validate_pairs(pairs, lang, check_target_prompt=not translation, seen=seen[0], **opts)
+        rep.add(r)
+        pairs = _drop_leaks(pairs, leak, drop_leaked_pairs, rep)
+        entry["pairs"] = len(pairs)
+    else:
+        pairs = []
+    if spec.uses in ("stage2", "both") and recs:
+        if spec.format != "starter" and spec.format not in SINGLE and spec.uses == "both":
+            recs = [t for _, t in pairs]  # the target sides of the pairs, already validated with them
+        else:
+            recs, r = validate_records(recs, spec.lang or lang, check_prompt=not translation, seen=seen[1], **opts)
+            rep.add(r)
+            recs = _drop_leaks(recs, leak, drop_leaked_records, rep)
+        entry["stage2"] = len(recs)
+    else:
+        recs = []
+    entry["validation"] = rep.to_dict()
+    return pairs, recs, entry, rep
+
+
 def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] | None = None) -> BuiltData:
     """Read every source, validate, drop leaks, build stage-1 pairs and stage-2 instructions. Deterministic."""
     root = data_root(cfg.root)
     ck = cfg.checks
     leak = LeakageIndex(eval_texts, n=ck.leakage_ngram) if (ck.leakage_check and eval_texts) else None
-    seen_pairs: set = set()
-    seen_stage2: set = set()
+    seen: tuple[set, set] = (set(), set())
     all_pairs: list[sources.Pair] = []
     all_stage2: list[Record] = []
     total = ValidationReport()
@@ -94,43 +131,14 @@ def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] 
             pairs, recs = load_source(spec, lang, root, seed)
         except DataError as e:
             raise DataError(f"data.sources[{i}] ({spec.format}): {e}") from None
-        translation = spec.format in TRANSLATION_FORMATS or spec.mode == "translate"
-        opts = dict(script_check=ck.script_check, threshold=ck.script_threshold, min_letters=ck.min_letters,
-                    strict=ck.strict, drop_duplicates=ck.drop_duplicates)
-        entry = {"index": i, "format": spec.format, "path": spec.path or spec.target or "", "use": spec.uses,
-                 "pairs_read": len(pairs), "stage2_read": len(recs)}
-        rep = ValidationReport()
-        if spec.uses in ("pairs", "both") and pairs:
-            pairs, r = validate_pairs(pairs, lang, check_target_prompt=not translation, seen=seen_pairs, **opts)
-            rep.add(r)
-            if leak:
-                pairs, n = drop_leaked_pairs(pairs, leak)
-                rep.leakage_dropped += n
-                rep.kept -= n
-            all_pairs += pairs
-            entry["pairs"] = len(pairs)
-        if spec.uses in ("stage2", "both") and recs:
-            if spec.format != "starter" and spec.format not in SINGLE and spec.uses == "both":
-                recs = [t for _, t in pairs]  # the target sides of the pairs, already validated with them
-            else:
-                recs, r = validate_records(recs, spec.lang or lang, check_prompt=not translation, seen=seen_stage2, **opts)
-                if leak:
-                    recs, n = drop_leaked_records(recs, leak)
-                    r.leakage_dropped += n
-                    r.kept -= n
-                rep.add(r)
-            all_stage2 += recs
-            entry["stage2"] = len(recs)
-        entry["validation"] = rep.to_dict()
+        pairs, recs, entry, rep = _check_source(i, spec, pairs, recs, lang, ck, leak, seen)
+        all_pairs += pairs
+        all_stage2 += recs
         per_source.append(entry)
         total.add(rep)
     p = cfg.pairs
-    stage1 = build_stage1(all_pairs, lang, seed, p.instruction, p.both_share, p.single_kind)
-    stage2 = build_stage2(all_stage2, lang, seed)
-    if cfg.max_stage1 is not None:
-        stage1 = stage1[:cfg.max_stage1]
-    if cfg.max_stage2 is not None:
-        stage2 = stage2[:cfg.max_stage2]
+    stage1 = build_stage1(all_pairs, lang, seed, p.instruction, p.both_share, p.single_kind)[:cfg.max_stage1]
+    stage2 = build_stage2(all_stage2, lang, seed)[:cfg.max_stage2]
     report = {
         "lang": lang, "seed": seed, "root": str(root) if root else None,
         "stage1": len(stage1), "stage2": len(stage2),

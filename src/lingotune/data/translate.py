@@ -124,10 +124,10 @@ class CausalTranslator:
         self.net, self.tok = net.eval(), tokenizer
 
     def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
-        from lingotune.eval import lm
+        from lingotune import inference
 
         convs = [translation_messages(t, src, tgt) for t in texts]
-        outs = lm.generate_chat(self.net, self.tok, convs, self.max_new_tokens, batch_size=len(texts), desc="translate")
+        outs = inference.generate_chat(self.net, self.tok, convs, self.max_new_tokens, batch_size=len(texts), desc="translate")
         return [o.strip() for o in outs]
 
 

@@ -9,7 +9,7 @@ its token log-probabilities (`pred`) and by that sum divided by its length in ch
 
 from __future__ import annotations
 
-from lingotune.eval import lm
+from lingotune import inference
 from lingotune.eval.metrics import accuracy, classification_cis, macro_f1
 from lingotune.eval.tasks import TaskSpec, draw_demos, render, suffix, template_fields
 
@@ -32,15 +32,15 @@ def run_multiple_choice(model, tok, spec: TaskSpec, rows: list[dict], lang: str,
         demos = draw_demos(list(train), k, cfg.seed, row["id"])
         prefix = "".join(mc_context(spec, d, lang) + mc_choices(spec, d, lang)[d["label"]] + "\n\n" for d in demos)
         context = prefix + mc_context(spec, row, lang)
-        ctx_ids = lm.encode(tok, context)
+        ctx_ids = inference.encode(tok, context)
         if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
             ctx_ids = [tok.bos_token_id] + ctx_ids
         choices = mc_choices(spec, row, lang)
         for j, c in enumerate(choices):
-            pairs.append((ctx_ids, lm.encode(tok, c)))
+            pairs.append((ctx_ids, inference.encode(tok, c)))
             owners.append((n, j))
         records.append({"id": row["id"], "shots": k, "prompt": context, "choices": choices, "label": row["label"]})
-    scores = lm.continuation_logprobs(model, tok, pairs, cfg.batch_size, desc=f"{spec.name} {k}-shot")
+    scores = inference.continuation_logprobs(model, tok, pairs, cfg.batch_size, desc=f"{spec.name} {k}-shot")
     per = [[None] * len(r["choices"]) for r in records]
     for (n, j), s in zip(owners, scores):
         per[n][j] = s

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from lingotune.eval import lm
+from lingotune import inference
 from lingotune.eval.metrics import bits_per_char, bootstrap_ci
 
 
@@ -32,7 +32,7 @@ def line_ids(tok, text: str) -> list[int]:
 def score_texts(model, tok, texts: list[str], batch_size: int = 8, desc: str = "perplexity") -> list[tuple[float, int, int]]:
     """(NLL nats, scored tokens, characters) per text."""
     ids = [line_ids(tok, t) for t in texts]
-    nlls = lm.token_nlls(model, tok, ids, batch_size, desc)
+    nlls = inference.token_nlls(model, tok, ids, batch_size, desc)
     return [(nll, n, len(t)) for (nll, n), t in zip(nlls, texts)]
 
 

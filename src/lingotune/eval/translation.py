@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lingotune.eval import lm
+from lingotune import inference
 from lingotune.eval.metrics import bleu_metric, bootstrap_ci, chrf_metric, score_from_stats, sentence_stats
 from lingotune.eval.tasks import TaskSpec, render
 from lingotune.languages import get_language
@@ -86,8 +86,8 @@ def comet_scores(ckpt: str, srcs: list[str], hyps: list[str], refs: list[str], b
 
 def run_translation(model, tok, spec: TaskSpec, rows: list[dict], cfg) -> tuple[list[dict], dict, dict]:
     msgs = [build_messages(spec, r) for r in rows]
-    budgets = [min(cfg.translation_max_new_tokens, 2 * len(lm.encode(tok, r["source"])) + 16) for r in rows]
-    outs = lm.generate_chat(model, tok, msgs, budgets, cfg.batch_size, stop="line", desc=spec.name)
+    budgets = [min(cfg.translation_max_new_tokens, 2 * len(inference.encode(tok, r["source"])) + 16) for r in rows]
+    outs = inference.generate_chat(model, tok, msgs, budgets, cfg.batch_size, stop="line", desc=spec.name)
     hyps = [clean(o) for o in outs]
     refs = [r["target"] for r in rows]
     records = [{"id": r["id"], "prompt": m[-1]["content"], "source": r["source"], "output": o, "hypothesis": h,

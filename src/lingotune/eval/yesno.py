@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 
-from lingotune.eval import lm
+from lingotune import inference
 from lingotune.eval.metrics import accuracy, classification_cis, macro_f1, rate
 from lingotune.eval.tasks import TaskSpec, draw_demos, render, suffix, template_fields
 from lingotune.languages import get_language, parse_yes_no
@@ -71,15 +71,15 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
     texts, records = [], []
     for row in rows:
         demos = draw_demos(list(train), k, cfg.seed, row["id"])
-        text = lm.chat_text(tok, build_messages(spec, row, lang, cfg.seed, demos))
+        text = inference.chat_text(tok, build_messages(spec, row, lang, cfg.seed, demos))
         texts.append(text)
         records.append({"id": row["id"], "shots": k, "prompt": text, "label": row["label"]})
-    ids = [lm.encode(tok, t) for t in texts]
+    ids = [inference.encode(tok, t) for t in texts]
     golds = [r["label"] for r in records]
     metrics, cis = {}, {}
     classes = ["no", "yes"]
     if cfg.mode in ("generate", "both"):
-        outs = lm.generate(model, tok, ids, cfg.max_new_tokens, cfg.batch_size, desc=f"{spec.name} {k}-shot")
+        outs = inference.generate(model, tok, ids, cfg.max_new_tokens, cfg.batch_size, desc=f"{spec.name} {k}-shot")
         preds = [parse_yes_no(o, lang) for o in outs]
         for r, o, p in zip(records, outs, preds):
             r.update(output=o, parsed=p, correct=p == r["label"])
@@ -88,7 +88,7 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
         cis.update(classification_cis(preds, golds, cfg.n_bootstrap, cfg.seed, suffix=sfx, classes=classes))
     if cfg.mode in ("loglik", "both"):
         variants = [(a, w) for a, word in (("yes", language.yes[0]), ("no", language.no[0])) for w in _spellings(word)]
-        scores = lm.shared_continuation_logprobs(model, tok, ids, [lm.encode(tok, w) for _, w in variants],
+        scores = inference.shared_continuation_logprobs(model, tok, ids, [inference.encode(tok, w) for _, w in variants],
                                                  cfg.batch_size, desc=f"{spec.name} {k}-shot ll")
         per = [{a: [s for (a2, _), s in zip(variants, row) if a2 == a] for a in ("yes", "no")} for row in scores]
         preds = []

@@ -1,4 +1,4 @@
-"""The one inference surface: chat prompts, batched greedy generation, log-likelihoods.
+"""The one inference surface (`lingotune.inference`): chat prompts, batched greedy generation, log-likelihoods.
 
 Evaluation tasks, report samples, the causal-LM translator (and later chat and judges) all call
 these; nothing else batches prompts or calls `model.generate`. Stopping rules are arguments.
