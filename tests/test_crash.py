@@ -34,13 +34,16 @@ if kill:
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if kill["where"] == "step":
+    if kill["where"] in ("step", "sigint"):
         real_accumulate = train.accumulate
 
         def accumulate(run, step):
             out = real_accumulate(run, step)
             if run.name == kill["stage"] and step + 1 == kill["step"]:
-                die()  # gradients computed, optimizer step not taken
+                if kill["where"] == "sigint":
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of a step
+                else:
+                    die()  # gradients computed, optimizer step not taken
             return out
 
         train.accumulate = accumulate
@@ -140,3 +143,17 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(precision, kills, see
         for k in tensors:
             torch.testing.assert_close(tensors[k], ref_tensors[k], rtol=0, atol=1e-6)
     assert not list(out.rglob("*.tmp")), "a half-written checkpoint was left behind"
+
+
+def test_ctrl_c_checkpoints_the_step_exits_130_and_resume_matches(reference, tiny_model_dir, tmp_path):
+    out = tmp_path / "r"
+    cut = _lingotune(_args(tiny_model_dir, out, "fp32"), {"where": "sigint", "stage": "stage2", "step": 3})
+    assert cut.returncode == 130, cut.stderr[-1500:]
+    errors = [line for line in cut.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stage2: interrupted; checkpoint at step 3 in" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in cut.stderr
+    assert _lingotune(_args(tiny_model_dir, out, "fp32") + ["--resume"]).returncode == 0
+    stages, metrics, tensors = _record(out)
+    ref_stages, ref_metrics, ref_tensors = reference("fp32")
+    assert stages == ref_stages and metrics == ref_metrics
+    assert all(torch.equal(tensors[k], ref_tensors[k]) for k in ref_tensors)

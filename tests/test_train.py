@@ -39,8 +39,8 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, method, fas
     model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True, method=method)
     assert res.resumed_from == 5 and res.steps == ref.steps == 6
     assert res.first_loss == ref.first_loss and res.tokens == ref.tokens  # the whole stage, not the resumed part
-    assert res.seconds >= json.loads(next((tmp_path / "cut").glob("*/checkpoint/step-00000005/meta.json")).read_text())[
-        "stats"]["seconds"]
+    before = json.loads(next((tmp_path / "cut").glob("*/checkpoint/step-00000005/meta.json")).read_text())
+    assert res.seconds + 0.005 >= before["stats"]["seconds"] > 0  # the first 5 steps' time is counted too
     assert ("row-sparse embeddings, lazy row Adam" in res.fast_path) == (method == "dpart" and fast)
     a, b = _trained_state(ref_model), _trained_state(model)
     assert a and set(a) == set(b)

@@ -63,7 +63,6 @@ def _cell(model0, tok, r: Recipe, method: str, built, cell_dir: Path, prompts: l
     model = copy.deepcopy(model0)
     t = time.perf_counter()
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console)
-    res["train_seconds"] = round(sum(s.get("seconds", 0) for s in res["stages"].values()), 2)
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True

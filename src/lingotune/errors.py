@@ -44,14 +44,14 @@ def write_reason(e: BaseException) -> str:
     return f"{one_line(e)} (is the disk full?)"
 
 
-def fail(message: str):
-    """Print `error: <message>` on stderr as one line (no markup, no wrapping) and exit with code 2."""
+def fail(message: str, code: int = 2):
+    """Print `error: <message>` on stderr as one line (no markup, no wrapping) and exit with `code`."""
     import typer
     from rich.console import Console
     from rich.markup import escape
 
     Console(stderr=True).print("[red]error:[/] " + escape(one_line(message)), highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def user_errors(fn):
@@ -64,6 +64,8 @@ def user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as e:  # Ctrl-C: checkpointed; the shell's code for an interrupt
+            fail(str(e), 130)
         except (UserError, FileNotFoundError, ValueError) as e:  # ValueError: unknown language, bad option value
             if isinstance(e, ValidationError):
                 fail(pydantic_line(e))

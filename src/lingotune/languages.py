@@ -32,6 +32,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from lingotune.errors import UserError
+
 # Starter-data templates per fact kind ("currency", "language", "city", "number"); see the module doc.
 QATemplates = dict[str, tuple[tuple[str, str], ...]]
 
@@ -236,8 +238,8 @@ LANGUAGES: dict[str, Language] = {
 }
 
 
-class UnknownLanguageError(ValueError):
-    pass
+class UnknownLanguageError(UserError, ValueError):
+    """A language code lingotune has no `Language` entry for."""
 
 
 def get_language(code: str) -> Language:

@@ -181,6 +181,7 @@ def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_
                 "artefacts": stage.save(model, stage_dir), "complete": True,
             }
             files.save_json(run_dir / "results.json", results)
+    results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     return model
 
 
@@ -229,7 +230,6 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
 
     if do_eval and only_stage is None:
         evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
-    results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
     files.save_json(run_dir / "results.json", results)
 

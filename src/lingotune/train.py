@@ -307,6 +307,13 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     return run
 
 
+def fingerprint_hash(fields: dict | None) -> str | None:
+    """sha256 of the recipe's training fields (sorted JSON): what a checkpoint was trained with."""
+    import hashlib
+
+    return None if fields is None else hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def _fingerprint_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
@@ -317,7 +324,7 @@ def _restore(run: StageRun) -> None:
     if loaded is None:
         return
     state, meta = loaded
-    if run.fingerprint is not None and meta.get("recipe") is not None and meta["recipe"] != run.fingerprint:
+    if run.fingerprint is not None and meta.get("recipe_hash") not in (None, fingerprint_hash(run.fingerprint)):
         fields = ", ".join(_fingerprint_diff(meta["recipe"], run.fingerprint))
         raise TrainingError(f"{run.name}: the checkpoint was trained with a different recipe ({fields}); "
                             "resume with the same recipe, or start again with --overwrite")
@@ -392,7 +399,8 @@ def train_step(run: StageRun, step: int) -> tuple[float, int, float]:
 
 
 def _save(run: StageRun, done: int) -> None:
-    meta = {"stage": run.name, "recipe": run.fingerprint, "stats": dict(run.stats)}
+    meta = {"stage": run.name, "recipe": run.fingerprint, "recipe_hash": fingerprint_hash(run.fingerprint),
+            "stats": dict(run.stats)}
     run.checkpoints.save(done, run.tracked, run.optimizer, run.scheduler, meta)
     run.saved = done
 

@@ -57,15 +57,6 @@ def bleu_metric():
     return BLEU()
 
 
-def corpus_chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """chrF++ (sacrebleu CHRF(word_order=2)) of a corpus with one reference per sentence."""
-    return chrf_metric().corpus_score(list(hyps), [list(refs)]).score
-
-
-def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    return bleu_metric().corpus_score(list(hyps), [list(refs)]).score
-
-
 def sentence_stats(metric, hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
     """Per-sentence sufficient statistics of a sacrebleu metric (rows sum to corpus statistics)."""
     return np.array(metric._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.float64)

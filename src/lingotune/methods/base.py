@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -72,7 +73,25 @@ def add_lora(model, lora_cfg):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, cfg)
+
+
+def lora_groups(model, lora_cfg, lr: float, embeddings: tuple[str, float] | None = None):
+    """Freeze everything and add LoRA: (model, groups) with the adapters at `lr` and, when
+    `embeddings` = (tie, lr) is given, the input embeddings beside them."""
+    freeze_all(model)
+    model = add_lora(model, lora_cfg)
+    groups = [{"name": "lora", "params": lora_params(model), "lr": lr}]
+    if embeddings:
+        tie, emb_lr = embeddings
+        groups.append({"name": "embeddings", "params": [prepare_embeddings(model.get_base_model(), tie)], "lr": emb_lr})
+    return model, groups
+
+
+def save_adapter_and_embeddings(model, out_dir: Path) -> dict[str, str]:
+    return {"adapter": save_adapter(model, out_dir), "embeddings": save_embeddings(model, out_dir)}
 
 
 def check_lora_targets(model, lora_cfg) -> None:

@@ -5,28 +5,17 @@ LoRA trains at `lr`, the input embeddings at `embedding_lr`, together, on the sa
 
 from __future__ import annotations
 
-from lingotune.methods.base import (
-    Stage, add_lora, check_lora_targets, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
-)
+from lingotune.methods.base import Stage, check_lora_targets, lora_groups, save_adapter_and_embeddings
 
 
 def stages(recipe) -> list[Stage]:
-    m, t = recipe.method, recipe.train
-    tie = recipe.model.tie
+    m, t, tie = recipe.method, recipe.train, recipe.model.tie
 
     def setup(model):
-        freeze_all(model)
-        model = add_lora(model, m.lora)
-        w = prepare_embeddings(model.get_base_model(), tie)
-        return model, [
-            {"name": "lora", "params": lora_params(model), "lr": t.lr},
-            {"name": "embeddings", "params": [w], "lr": t.embedding_lr},
-        ]
+        return lora_groups(model, m.lora, t.lr, (tie, t.embedding_lr))
 
-    def save(model, out):
-        return {"adapter": save_adapter(model, out), "embeddings": save_embeddings(model, out)}
-
-    return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "LoRA + embeddings", "tie": tie})]
+    return [Stage("train", m.single.data, m.single.steps, setup, save_adapter_and_embeddings,
+                  {"trains": "LoRA + embeddings", "tie": tie})]
 
 
 def check(recipe, model) -> None:

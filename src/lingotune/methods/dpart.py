@@ -9,13 +9,13 @@ or keep training at `embedding_lr`, as `method.stage2_embeddings` says.
 from __future__ import annotations
 
 from lingotune.methods.base import (
-    Stage, add_lora, check_lora_targets, freeze_all, lora_params, prepare_embeddings, save_adapter, save_embeddings,
+    Stage, check_lora_targets, freeze_all, lora_groups, prepare_embeddings, save_adapter_and_embeddings, save_embeddings,
 )
 
 
 def stages(recipe) -> list[Stage]:
-    m, t = recipe.method, recipe.train
-    tie = recipe.model.tie
+    m, t, tie = recipe.method, recipe.train, recipe.model.tie
+    also_embeddings = m.stage2_embeddings == "trainable"
 
     def setup1(model):
         freeze_all(model)
@@ -23,25 +23,16 @@ def stages(recipe) -> list[Stage]:
         return model, [{"name": "embeddings", "params": [w], "lr": t.embedding_lr}]
 
     def setup2(model):
-        freeze_all(model)
-        model = add_lora(model, m.lora)
-        groups = [{"name": "lora", "params": lora_params(model), "lr": t.lr}]
-        if m.stage2_embeddings == "trainable":
-            w = prepare_embeddings(model.get_base_model(), tie)
-            groups.append({"name": "embeddings", "params": [w], "lr": t.embedding_lr})
-        return model, groups
+        return lora_groups(model, m.lora, t.lr, (tie, t.embedding_lr) if also_embeddings else None)
 
     def save1(model, out):
         return {"embeddings": save_embeddings(model, out)}
 
-    def save2(model, out):
-        return {"adapter": save_adapter(model, out), "embeddings": save_embeddings(model, out)}
-
     return [
         Stage("stage1", m.stage1.data, m.stage1.steps, setup1, save1, {"trains": "input embeddings", "tie": tie},
               row_sparse=True),
-        Stage("stage2", m.stage2.data, m.stage2.steps, setup2, save2,
-              {"trains": "LoRA" + (" + embeddings" if m.stage2_embeddings == "trainable" else ""), "tie": tie}),
+        Stage("stage2", m.stage2.data, m.stage2.steps, setup2, save_adapter_and_embeddings,
+              {"trains": "LoRA" + (" + embeddings" if also_embeddings else ""), "tie": tie}),
     ]
 
 

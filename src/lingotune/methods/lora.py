@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from lingotune.methods.base import Stage, add_lora, check_lora_targets, freeze_all, lora_params, save_adapter
+from lingotune.methods.base import Stage, check_lora_targets, lora_groups, save_adapter
 
 
 def stages(recipe) -> list[Stage]:
     m, t = recipe.method, recipe.train
 
     def setup(model):
-        freeze_all(model)
-        model = add_lora(model, m.lora)
-        return model, [{"name": "lora", "params": lora_params(model), "lr": t.lr}]
+        return lora_groups(model, m.lora, t.lr)
 
     def save(model, out):
         return {"adapter": save_adapter(model, out)}
