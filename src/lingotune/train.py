@@ -275,9 +275,13 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     single = accelerator.num_processes == 1
     optimizer, grads, notes = make_optimizer(model, groups, cfg, _row_sparse_allowed(model, cfg, row_sparse, single))
     label_only = cfg.fast and single  # label-only logits call the decoder directly, bypassing a DDP wrapper
-    notes += ["label-only logits"] * label_only + ["bf16 autocast"] * (accelerator.mixed_precision == "bf16")
+    if label_only:
+        notes.append("label-only logits")
+    if accelerator.mixed_precision == "bf16":
+        notes.append("bf16 autocast")
     pack = cfg.pack and packing_respected(accelerator.unwrap_model(model))
-    notes += ["packed rows"] if pack else ["padded rows: this model ignores packed position_ids"] * cfg.pack
+    if cfg.pack:
+        notes.append("packed rows" if pack else "padded rows: this model ignores packed position_ids")
     base = accelerator.unwrap_model(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     if cfg.gradient_checkpointing:
