@@ -15,6 +15,8 @@ from lingotune.data import sources, starter
 from lingotune.data.pairs import build_stage1
 from lingotune.data.records import DataError, Record
 from lingotune.eval.config import EvalConfig
+from lingotune.eval.copy import build_messages as copy_messages
+from lingotune.eval.tasks import load_task
 from lingotune.eval.translation import instruction
 from lingotune.eval.yesno import answer_word
 from lingotune.languages import (
@@ -322,6 +324,7 @@ def test_missing_text_is_a_one_line_error_naming_language_and_field(table, tmp_p
         (DataError, "tatoeba", lambda: sources.read_tatoeba(tmp_path, "de")),
         (ValueError, "mt_to_en", lambda: instruction("de", "en")),
         (ValueError, "mt_from_en", lambda: instruction("en", "de")),
+        (ValueError, "copy_instruction", lambda: copy_messages(load_task("cp_sent_ru"), {"id": 0, "text": "Hallo."}, "de")),
     ]
     write_json(tmp_path / "x.json", {"data": []})
     for error, field, call in cases:

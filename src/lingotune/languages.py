@@ -14,6 +14,7 @@ What an entry needs:
   (MSVAMP file name), tatoeba (Tatoeba file code).
 - for translation evaluation (`lingotune.eval.translation`): mt_example and, for a non-English language,
   mt_example_label, mt_to_en and mt_from_en.
+- for copy evaluation (`lingotune.eval.copy`, Darumeru's cp_sent / cp_para): copy_instruction.
 - for starter data (`lingotune.data.starter`): cldr (a locale Babel has), num2words, starter_qa,
   starter_yesno and starter_statement, with the kinds English has and as many `starter_qa` templates per
   kind, in the same order (the same index means the same question in every language). Templates are
@@ -66,6 +67,8 @@ class Language:
     mt_example_label: str = ""  # the word for "Example:" in this language ("Пример:")
     mt_to_en: str = ""  # "You are a helpful assistant, read the text and translate it into English." in it
     mt_from_en: str = ""  # the same instruction, but "... translate it into <this language>", in it
+    # --- copy evaluation (lingotune.eval.copy): "Repeat the text below exactly ...; reply with the text only." in it
+    copy_instruction: str = ""
     # Default evaluation tasks (task names or YAML paths) when a run names none.
     eval_suite: tuple[str, ...] = ("starter_heldout",)
     # --- starter data (lingotune.data.starter)
@@ -95,6 +98,8 @@ LANGUAGES: dict[str, Language] = {
         passage_label="Passage", question_label="Question", answer_label="Answer",
         mt_example=("Albert Einstein was one of the best theoretical physicists in 1905, he put forward the theory of "
                     "general and special relativity."),
+        copy_instruction=("Repeat the text below exactly as it is, without changing, adding or leaving out anything. "
+                          "Reply with the text only."),
         eval_suite=("starter_heldout",),
         cldr="en", num2words="en",
         starter_qa={
@@ -133,6 +138,8 @@ LANGUAGES: dict[str, Language] = {
         mt_example_label="Пример:",
         mt_to_en="Ты - полезный помощник, прочитай текст и переведи его на английский.",
         mt_from_en="Ты - полезный помощник, прочитай текст и переведи его на русский.",
+        copy_instruction=("Повтори текст ниже в точности, ничего не меняя, не добавляя и не пропуская. "
+                          "В ответе напиши только этот текст."),
         eval_suite=("danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en",
                     "flores_ru_bpc", "starter_heldout"),
         cldr="ru", num2words="ru",
@@ -171,6 +178,7 @@ LANGUAGES: dict[str, Language] = {
         mt_example_label="مثال:",
         mt_to_en="مساعد شخصي اقرأ النص بإمعان وترجمه الى الانكليزية.",
         mt_from_en="مساعد شخصي اقرأ النص بإمعان وترجمه الى العربية.",
+        copy_instruction="كرّر النص التالي كما هو تمامًا، دون تغيير أو إضافة أو حذف أي شيء. اكتب النص فقط في إجابتك.",
         eval_suite=("idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout",),
         cldr="ar", num2words="ar",
         starter_qa={
@@ -208,6 +216,7 @@ LANGUAGES: dict[str, Language] = {
         mt_example_label="예시:",
         mt_to_en="당신은 유용한 도우미입니다. 글을 잘 읽고 영어로 번역하세요.",
         mt_from_en="당신은 유용한 도우미입니다. 글을 잘 읽고 한국어로 번역하세요.",
+        copy_instruction="아래 글을 아무것도 바꾸거나 더하거나 빼지 말고 그대로 반복하세요. 답에는 그 글만 쓰세요.",
         eval_suite=("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic",
                     "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout"),
         cldr="ko", num2words="ko",

@@ -31,6 +31,11 @@ class EvalConfig(BaseModel):
         256, ge=8, le=2048,
         description="Cap on new tokens for a translation (the budget is 2x the source's tokens + 16, capped here).",
     )
+    copy_max_new_tokens: int = Field(
+        2048, ge=16, le=8192,
+        description="Cap on new tokens for a copy task's reply (the budget is 2x the source's tokens + 16, capped here; "
+        "a Korean FLORES paragraph is up to 1016 tokens for SmolLM2's tokenizer).",
+    )
     mode: Literal["generate", "loglik", "both"] = Field(
         "generate", description="Yes/no scoring: greedy generation (accuracy, rate), log-likelihood of the yes/no words (accuracy_ll), or both."
     )

@@ -7,7 +7,7 @@ metric takes in a result:
 - a k-shot setting appends `_{k}shot` (accuracy_5shot, accuracy_ll_5shot, f1_norm_5shot).
 `describe` writes that mapping into each task's result (`result["metrics"]`): per result name,
 the metric it comes from, primary, higher_is_better, shots and the per-example JSONL field of 0/1
-correctness (`correct`, `correct_ll`; null for corpus-level metrics). `lingotune compare` and the
+correctness (`correct`, `correct_ll`, a copy task's `lcs`; null for the others). `lingotune compare` and the
 reports read it from results.json alone, never from the task file.
 """
 
@@ -24,12 +24,13 @@ KIND_METRICS: dict[str, dict[str, bool]] = {
     "multiple_choice": {"accuracy": True, "f1": True, "accuracy_norm": True, "f1_norm": True},
     "translation": {"chrf++": True, "bleu": True, "comet": True},
     "perplexity": {"bits_per_char": False, "perplexity": False, "nll_per_token": False},
+    "copy": {"len": True, "lcs": True},
 }
 # the primary metric when a task file declares none
 DEFAULT_PRIMARY = {"yesno": "accuracy", "multiple_choice": "accuracy", "translation": "chrf++",
-                   "perplexity": "bits_per_char"}
+                   "perplexity": "bits_per_char", "copy": "lcs"}
 # the per-example record field holding each example's correctness, where a metric has one
-PER_EXAMPLE = {("yesno", "accuracy"): "correct", ("multiple_choice", "accuracy"): "correct"}
+PER_EXAMPLE = {("yesno", "accuracy"): "correct", ("multiple_choice", "accuracy"): "correct", ("copy", "lcs"): "lcs"}
 # scoring modes that rename a kind's metrics (and their per-example field): mode -> infix
 MODES = {"yesno": {"generate": "", "loglik": "_ll"}}
 

@@ -3,7 +3,8 @@
 Accuracy counts an unparsed answer as wrong; rate is the share of answers that start with
 yes or no (the DParT paper's two numbers). Macro F1 is averaged over the gold classes, an
 unparsed answer counting as a miss for its gold class. chrF++ is sacrebleu's CHRF(word_order=2)
-and BLEU sacrebleu's BLEU, both corpus-level.
+and BLEU sacrebleu's BLEU, both corpus-level. Copy tasks score each reply against its source
+(`length_ratio`, `lcs_match`; see lingotune.eval.copy).
 
 Confidence intervals: percentile bootstrap over examples (seeded). For chrF++ and BLEU each
 resample recomputes the *corpus* score from per-sentence n-gram statistics (what sacrebleu's
@@ -43,6 +44,42 @@ def macro_f1(preds: Sequence[Any], golds: Sequence[Any], classes: Sequence[Any] 
         fn = sum(p != c and g == c for p, g in zip(preds, golds))
         f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
     return 100.0 * sum(f1s) / len(f1s)
+
+
+def length_ratio(source: str, output: str) -> float:
+    """Copy tasks' `len`: min(output/source, source/output) in characters; 0.0 when either is empty."""
+    if not source or not output:
+        return 0.0
+    return min(len(output) / len(source), len(source) / len(output))
+
+
+def lcs_length(a: str, b: str) -> int:
+    """Length of the longest common (not necessarily contiguous) subsequence of two strings.
+
+    Bit-parallel (Hyyro 2004): bit i of `v` is 0 where a[i] is matched so far; one pass over b
+    with a few big-integer operations per character, so paragraphs score in milliseconds.
+    """
+    masks: dict[str, int] = {}
+    for i, ch in enumerate(a):
+        masks[ch] = masks.get(ch, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for ch in b:
+        u = v & masks.get(ch, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def lcs_match(source: str, output: str, percent: int = 99) -> int:
+    """Copy tasks' `lcs`: 1 when LCS(source, output) >= percent% of max(len(source), len(output)), else 0.
+
+    Dividing by the longer side fails a truncated copy (all its characters are in the source) and a
+    padded one (the whole source plus chatter) alike; integer arithmetic keeps exactly 99% a pass.
+    """
+    if not source or not output:
+        return 0
+    longest = max(len(source), len(output))
+    return int(100 * lcs_length(source, output) >= percent * longest)
 
 
 def chrf_metric():

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lingotune.eval.config import EvalConfig
+from lingotune.eval.copy import run_copy
 from lingotune.eval.multiple_choice import run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
@@ -50,6 +51,8 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
         records, metrics, cis = run_translation(model, tok, spec, rows, cfg)
     elif spec.kind == "perplexity":
         records, metrics, cis = run_perplexity(model, tok, spec, rows, cfg)
+    elif spec.kind == "copy":
+        records, metrics, cis = run_copy(model, tok, spec, rows, cfg, task_lang)
     else:
         shots = cfg.shots if cfg.shots is not None and spec.train_file else spec.shots
         train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []

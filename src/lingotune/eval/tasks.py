@@ -49,7 +49,7 @@ class TaskSpec(BaseModel):
 
     name: str = Field(description="Task name: the key in results and the file stem of its outputs.")
     lang: str | None = Field(None, description="Language of the task (ISO code); null = the run's language.")
-    kind: Literal["yesno", "translation", "perplexity", "multiple_choice"] = Field(description="How the task is scored.")
+    kind: Literal["yesno", "translation", "perplexity", "multiple_choice", "copy"] = Field(description="How the task is scored.")
     description: str = Field("", description="One line on what the task is and where it comes from.")
     format: Literal["jsonl", "tsv", "lines", "parallel", "starter"] = Field(
         description="Reader: jsonl (one object a line), tsv (with a header), lines (one text a line), "
@@ -57,6 +57,10 @@ class TaskSpec(BaseModel):
     )
     file: str | None = Field(None, description="Data file relative to the data root (the source side for `parallel`).")
     target_file: str | None = Field(None, description="`parallel` only: the line-aligned target-side file.")
+    group_lines: int | None = Field(
+        None, ge=2, description="`lines` only: one row per `group_lines` consecutive non-blank lines joined by a space "
+        "(paragraphs; the last row holds the remainder); null = one row a line."
+    )
     train_file: str | None = Field(None, description="File the k-shot demonstrations are drawn from (same format).")
     split: str = Field("", description="Which split `file` is (val, dev, devtest, test), for the record.")
     rename: dict[str, str] = Field(default_factory=dict, description="Rename fields after reading (e.g. '1' -> option1).")
@@ -122,6 +126,8 @@ class TaskSpec(BaseModel):
             raise ValueError("field 'file' is required unless format is 'starter'")
         if self.format == "parallel" and not self.target_file:
             raise ValueError("format 'parallel' needs field 'target_file'")
+        if self.group_lines is not None and self.format != "lines":
+            raise ValueError(f"'group_lines' needs format 'lines', not {self.format!r}")
         if self.kind == "yesno":
             if not self.prompts:
                 raise ValueError("kind 'yesno' needs at least one entry in 'prompts'")
@@ -216,6 +222,15 @@ def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def group_lines(lines: list[str], size: int | None) -> list[str]:
+    """The lines unchanged (size None), or paragraphs: the non-blank lines, stripped, `size` at a time in file
+    order, joined by one space; the last paragraph holds what remains (1012 lines by 5: 202 of 5 and one of 2)."""
+    if size is None:
+        return lines
+    kept = [t.strip() for t in lines if t.strip()]
+    return [" ".join(kept[i:i + size]) for i in range(0, len(kept), size)]
+
+
 def _read_starter(lang: str) -> list[dict]:
     mod = importlib.import_module("lingotune.data.starter")  # lazily: written by another part of lingotune
     return [dict(r) for r in mod.generate(lang, seed=0).heldout_yesno]
@@ -232,7 +247,7 @@ def read_rows(spec: TaskSpec, root: Path | None, lang: str, which: str = "file")
     elif spec.format == "tsv":
         rows = _read_tsv(path)
     elif spec.format == "lines":
-        rows = [{"text": t} for t in _read_lines(path)]
+        rows = [{"text": t} for t in group_lines(_read_lines(path), spec.group_lines)]
     else:  # parallel
         src, tgt = _read_lines(path), _read_lines(data_path(root, spec.target_file))
         if len(src) != len(tgt):
