@@ -164,6 +164,12 @@ CASES = [
     ("eval-label-escapes", "eval --model {model} --tasks starter_heldout --label ../x --out in", None,
      "evaluation label '../x'"),
     ("eval-unknown-task", "eval --model {model} --tasks nosuch", None, "unknown task 'nosuch'"),
+    ("vocab-corpus-wrong-script", "vocab extend --model {model} --lang ru --corpus in/en.txt --out v",
+     lambda m: _parallel(3, 3), "corpus: no text in the Cyrillic script of language 'ru'"),
+    ("vocab-corpus-missing", "vocab extend --model {model} --lang ru --corpus in/none.txt --out v", None,
+     "in/none.txt: file not found"),
+    ("vocab-out-not-ours", "vocab extend --model {model} --lang ru --corpus in/ru.txt --out in",
+     lambda m: _parallel(3, 3), "in: exists and is not a lingotune run directory"),
 ]
 
 

@@ -170,10 +170,14 @@ def _print_schema(model, prefix: str = "") -> None:
 
 def _mount() -> None:
     from lingotune.data.cli import app as data_app
+    from lingotune.vocab_cli import app as vocab_app
     from lingotune.eval.cli import eval_command
+    from lingotune.propagate import propagate_command
 
     app.add_typer(data_app, name="data", help="Build, translate, generate and inspect training data.")
+    app.add_typer(vocab_app, name="vocab", help="Adapt the vocabulary to a language (LEP) and inspect its cost.")
     app.command("eval")(user_errors(eval_command))
+    app.command("propagate")(user_errors(propagate_command))
 
 
 _mount()

@@ -139,8 +139,9 @@ def materialize_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
-def resolve(source: str) -> str:
-    """A path or hub id that `from_pretrained` can read, materializing bundled models."""
+def resolve(source: str, marker: str = "config.json") -> str:
+    """A path or hub id that `from_pretrained` can read, materializing bundled models. A local
+    directory must hold `marker` (a model's config.json; a tokenizer's tokenizer_config.json)."""
     if source == "bundled":
         source = BUNDLED_DEFAULT
     if source.startswith("bundled:"):
@@ -149,8 +150,8 @@ def resolve(source: str) -> str:
         return str(materialize_gguf(gguf, cache_dir() / "models" / f"{name}-{_gguf_fingerprint(gguf)}"))
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"model {source!r}: directory has no config.json")
+        if not (path / marker).exists():
+            raise ModelLoadError(f"model {source!r}: directory has no {marker}")
         return str(path)
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise ModelLoadError(f"model {source!r}: no such directory")
@@ -160,7 +161,7 @@ def resolve(source: str) -> str:
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    where = resolve(source)
+    where = resolve(source, "tokenizer_config.json")
     try:
         with _quiet():
             tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)

@@ -16,6 +16,7 @@ from lingotune.data.config import DataConfig
 from lingotune.errors import UserError, pydantic_line
 from lingotune.eval.config import EvalConfig
 from lingotune.languages import LANGUAGES
+from lingotune.vocab import VocabConfig
 from lingotune.files import FileFormatError, read_yaml, safe_name
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
@@ -65,16 +66,18 @@ class LoraSettings(Strict):
 
 class StageSteps(Strict):
     steps: int = Field(..., ge=1, description="Optimizer steps in this stage.")
-    data: list[Literal["stage1", "stage2"]] | None = Field(
+    data: list[Literal["stage1", "stage2", "text"]] | None = Field(
         None, min_length=1,
         description="Datasets this stage trains on: 'stage1' (DParT bilingual pairs), 'stage2' (target-language "
-        "instructions). Default: the stage's own set (stage1, stage2; both for the single stage).",
+        "instructions), 'text' (plain target-language text, loss on every token). Default: the stage's own set "
+        "(stage1, stage2; both for the single stage; text for lep).",
     )
 
 
 class MethodConfig(Strict):
-    name: Literal["dpart", "lora", "full", "combined"] = Field(
-        "dpart", description="dpart (embeddings, then LoRA), lora, full (all weights), combined (embeddings + LoRA in one stage)."
+    name: Literal["dpart", "lora", "full", "combined", "lep"] = Field(
+        "dpart", description="dpart (embeddings, then LoRA), lora, full (all weights), combined (embeddings + LoRA in "
+        "one stage), lep (input embeddings and output head on plain text; LEP's embedding step).",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (dpart stage 2, lora, combined).")
     stage2_embeddings: Literal["frozen", "trainable"] = Field(
@@ -86,6 +89,9 @@ class MethodConfig(Strict):
     stage2: StageSteps = Field(
         default_factory=lambda: StageSteps(steps=60, data=["stage2"]), description="DParT stage 2 (LoRA)."
     )
+    lep: StageSteps = Field(
+        default_factory=lambda: StageSteps(steps=60), description="LEP's one stage (embeddings and head, on `text`)."
+    )
     single: StageSteps | None = Field(
         None,
         description="The one stage of lora/full/combined. Default: as many steps as DParT's two stages together, "
@@ -96,7 +102,8 @@ class MethodConfig(Strict):
     def _single_default(self):
         if self.single is None:
             object.__setattr__(self, "single", StageSteps(steps=self.stage1.steps + self.stage2.steps))
-        for name, default in (("stage1", ["stage1"]), ("stage2", ["stage2"]), ("single", ["stage1", "stage2"])):
+        for name, default in (("stage1", ["stage1"]), ("stage2", ["stage2"]), ("single", ["stage1", "stage2"]),
+                              ("lep", ["text"])):
             stage = getattr(self, name)
             if stage.data is None:
                 object.__setattr__(stage, "data", default)
@@ -216,6 +223,7 @@ class Recipe(Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="Where training data comes from and how pairs are built.")
     method: MethodConfig = Field(default_factory=MethodConfig, description="Which weights train in which stage.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Hyper-parameters shared by every method and stage.")
+    vocab: VocabConfig = Field(default_factory=VocabConfig, description="Vocabulary adaptation before training (LEP).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation before and after training.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="The run directory and what goes in it.")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="`lingotune compare`: the grid of methods x seeds.")

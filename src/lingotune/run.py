@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lingotune import files, methods, rundir
 from lingotune.checkpoint import Checkpoints
-from lingotune.data.batches import full_length, tokenize_all
+from lingotune.data.batches import full_length, tokenize_all, tokenize_texts
 from lingotune.errors import RunDirError, TrainingError, UserError
 from lingotune.models import load_model, resolve
 from lingotune.recipe import Recipe, RecipeError, changed_training_fields, dump_recipe, parse_recipe, training_fields
@@ -81,20 +81,37 @@ def select_stages(recipe: Recipe, only_stage: str | None, results: dict) -> list
 
 
 def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple[list[dict], int]]:
-    """stage name -> (tokenized examples, number cut away by max_len); a one-line error when a stage has none."""
+    """stage name -> (tokenized examples, number cut away by max_len); a one-line error when a stage has none.
+
+    Chat examples (stage1, stage2) get their loss mask from `train.loss_on`; plain text (`text`) is
+    trained on every token, in windows of `train.max_len`."""
     out = {}
     for stage in stages:
-        examples = [ex for key in stage.data for ex in getattr(built, key)]
-        items, dropped = tokenize_all(examples, tok, recipe.train.max_len, recipe.train.loss_on)
-        if not examples:
+        chats = [ex for key in stage.data if key != "text" for ex in getattr(built, key)]
+        texts = built.text if "text" in stage.data else []
+        items, dropped = tokenize_all(chats, tok, recipe.train.max_len, recipe.train.loss_on)
+        more, cut = tokenize_texts(texts, tok, recipe.train.max_len)
+        if not chats and not texts:
+            hint = "a source used as text" if "text" in stage.data else "data.sources and data.max_stage1/max_stage2"
             raise TrainingError(f"{stage.name}: the data section yields no examples for {'+'.join(stage.data)} "
-                                "(check data.sources and data.max_stage1/max_stage2)")
-        if not items:
-            shortest = min(full_length(ex, tok) for ex in examples[:500])
-            raise TrainingError(f"train.max_len: {recipe.train.max_len} tokens cuts every one of the {len(examples)} "
+                                f"(check {hint})")
+        if not items and chats and not more:
+            shortest = min(full_length(ex, tok) for ex in chats[:500])
+            raise TrainingError(f"train.max_len: {recipe.train.max_len} tokens cuts every one of the {len(chats)} "
                                 f"{stage.name} examples before its answer (the shortest needs {shortest}); raise it")
-        out[stage.name] = (items, dropped)
+        out[stage.name] = (items + more, dropped + cut)
     return out
+
+
+def adapt_vocabulary(recipe: Recipe, tok, built):
+    """(adapted tokenizer, report) per the recipe's `vocab:` section, or (None, None)."""
+    from lingotune import vocab
+    from lingotune.data.formats import read_texts
+    from lingotune.paths import data_root
+
+    root = data_root(recipe.data.root)
+    texts = [t for rel in recipe.vocab.corpus for t in read_texts(root / rel if root else rel)] or built.text
+    return vocab.adapt(recipe.vocab, tok, recipe.language, texts)
 
 
 def check_method(recipe: Recipe, model) -> None:
@@ -178,7 +195,7 @@ def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_
             results["stages"][stage.name] = {
                 **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
                 "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
-                "artefacts": stage.save(model, stage_dir), "complete": True,
+                "artefacts": stage.save(model, stage_dir, tok), "complete": True,
             }
             files.save_json(run_dir / "results.json", results)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
@@ -211,7 +228,8 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     resolve(recipe.model.source)  # a wrong model path fails here, before any work
     built = build_data(recipe, console)
     model, tok, load_seconds = load(recipe, console)
-    tokenized = tokenize_stages(recipe, stages, built, tok)
+    new_tok, vocab_report = adapt_vocabulary(recipe, tok, built)
+    tokenized = tokenize_stages(recipe, stages, built, new_tok or tok)
     check_method(recipe, model)
 
     rundir.prepare(run_dir, action, "run")  # from here on, the run directory is written
@@ -226,6 +244,13 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
         files.save_json(run_dir / "results.json", results)
 
+    if new_tok is not None:  # the untouched model was evaluated with its own tokenizer; train and evaluate the new one
+        from lingotune.vocab import init_new_rows
+
+        results["vocab"] = {**vocab_report, "init": init_new_rows(model, tok, new_tok)}
+        tok = new_tok
+        with files.atomic_dir(run_dir / "tokenizer") as tmp:
+            tok.save_pretrained(tmp)
     model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console)
 
     if do_eval and only_stage is None:

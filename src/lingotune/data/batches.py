@@ -65,6 +65,23 @@ def tokenize_all(examples: list[Example], tok, max_len: int, loss_on: str) -> tu
     return out, dropped
 
 
+def tokenize_texts(texts: list[str], tok, max_len: int) -> tuple[list[dict], int]:
+    """Plain texts as training items with the loss on every token: each text (with the tokenizer's own
+    special tokens, then end-of-sequence) cut into windows of `max_len` tokens; windows of one token
+    (nothing to predict) are dropped and counted."""
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    items, dropped = [], 0
+    for text in texts:
+        ids = tok(text)["input_ids"] + eos
+        for i in range(0, len(ids), max_len):
+            window = ids[i:i + max_len]
+            if len(window) < 2:
+                dropped += 1
+                continue
+            items.append({"input_ids": window, "labels": list(window)})
+    return items, dropped
+
+
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest item on the right; padding has attention 0 and label IGNORE."""
     n = max(len(x["input_ids"]) for x in items)

@@ -7,6 +7,7 @@ source. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +26,19 @@ class BuiltData:
     stage1: list[Example]
     stage2: list[Example]
     report: dict = field(default_factory=dict)
+    text: list[str] = field(default_factory=list)  # plain target-language text (sources used as `text`)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        from lingotune.files import save_json
+        from lingotune.files import atomic_write_text, save_json
 
         out = Path(out_dir)
-        return {"stage1": formats.write_examples(self.stage1, out / "stage1.jsonl"),
-                "stage2": formats.write_examples(self.stage2, out / "stage2.jsonl"),
-                "report": save_json(out / "data_report.json", self.report)}
+        paths = {"stage1": formats.write_examples(self.stage1, out / "stage1.jsonl"),
+                 "stage2": formats.write_examples(self.stage2, out / "stage2.jsonl"),
+                 "report": save_json(out / "data_report.json", self.report)}
+        if self.text:
+            paths["text"] = atomic_write_text(out / "text.jsonl", "".join(
+                json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in self.text))
+        return paths
 
 
 def _resolve(root: Path | None, rel: str) -> Path:
@@ -45,6 +51,9 @@ def _resolve(root: Path | None, rel: str) -> Path:
 def load_source(spec: SourceSpec, lang: str, root: Path | None, seed: int = 0) -> tuple[list[sources.Pair], list[Record]]:
     """(pairs, stage-2 records) of one source, before validation."""
     fmt, lim = spec.format, spec.limit
+    if fmt == "text":
+        path = _resolve(root, spec.path)
+        return [], [Record("", t, None, None, lang, f"{path}:{i}") for i, t in enumerate(formats.read_texts(path)[:lim], 1)]
     if fmt == "starter":
         from lingotune.data import starter
 
@@ -87,14 +96,16 @@ def _drop_leaks(items: list, leak: LeakageIndex | None, drop, rep: ValidationRep
 
 
 def _check_source(i: int, spec: SourceSpec, pairs: list, recs: list[Record], lang: str, ck, leak,
-                  seen: tuple[set, set]) -> tuple[list, list[Record], dict, ValidationReport]:
-    """Validate one source's pairs and stage-2 records, drop leaks; (pairs, records, report entry, counts)."""
+                  seen: tuple[set, set, set]) -> tuple[list, list[Record], list[str], dict, ValidationReport]:
+    """Validate one source's pairs, stage-2 records or texts, drop leaks; (pairs, records, texts, report
+    entry, counts)."""
     translation = spec.format in TRANSLATION_FORMATS or spec.mode == "translate"
     opts = dict(script_check=ck.script_check, threshold=ck.script_threshold, min_letters=ck.min_letters,
                 strict=ck.strict, drop_duplicates=ck.drop_duplicates)
     entry = {"index": i, "format": spec.format, "path": spec.path or spec.target or "", "use": spec.uses,
              "pairs_read": len(pairs), "stage2_read": len(recs)}
     rep = ValidationReport()
+    loaded = recs
     if spec.uses in ("pairs", "both") and pairs:
         pairs, r = validate_pairs(pairs, lang, check_target_prompt=not translation, seen=seen[0], **opts)
         rep.add(r)
@@ -112,8 +123,21 @@ def _check_source(i: int, spec: SourceSpec, pairs: list, recs: list[Record], lan
         entry["stage2"] = len(recs)
     else:
         recs = []
+    texts = _texts(spec, loaded, lang, ck, leak, seen[2], rep, opts) if spec.uses == "text" else []
+    if texts:
+        entry["text"] = len(texts)
     entry["validation"] = rep.to_dict()
-    return pairs, recs, entry, rep
+    return pairs, recs, texts, entry, rep
+
+
+def _texts(spec: SourceSpec, recs: list[Record], lang: str, ck, leak, seen: set, rep: ValidationReport,
+           opts: dict) -> list[str]:
+    """A source's target-language records as plain texts (prompt and answer), validated like records."""
+    recs, r = validate_records(recs, spec.lang or lang, check_prompt=spec.format not in TRANSLATION_FORMATS,
+                               seen=seen, **opts)
+    rep.add(r)
+    recs = _drop_leaks(recs, leak, drop_leaked_records, rep)
+    return [f"{r.prompt.strip()}\n\n{r.response.strip()}" if r.prompt.strip() else r.response.strip() for r in recs]
 
 
 def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] | None = None) -> BuiltData:
@@ -121,9 +145,10 @@ def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] 
     root = data_root(cfg.root)
     ck = cfg.checks
     leak = LeakageIndex(eval_texts, n=ck.leakage_ngram) if (ck.leakage_check and eval_texts) else None
-    seen: tuple[set, set] = (set(), set())
+    seen: tuple[set, set, set] = (set(), set(), set())
     all_pairs: list[sources.Pair] = []
     all_stage2: list[Record] = []
+    all_text: list[str] = []
     total = ValidationReport()
     per_source = []
     for i, spec in enumerate(cfg.sources):
@@ -131,9 +156,10 @@ def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] 
             pairs, recs = load_source(spec, lang, root, seed)
         except DataError as e:
             raise DataError(f"data.sources[{i}] ({spec.format}): {e}") from None
-        pairs, recs, entry, rep = _check_source(i, spec, pairs, recs, lang, ck, leak, seen)
+        pairs, recs, texts, entry, rep = _check_source(i, spec, pairs, recs, lang, ck, leak, seen)
         all_pairs += pairs
         all_stage2 += recs
+        all_text += texts
         per_source.append(entry)
         total.add(rep)
     p = cfg.pairs
@@ -141,9 +167,9 @@ def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] 
     stage2 = build_stage2(all_stage2, lang, seed)[:cfg.max_stage2]
     report = {
         "lang": lang, "seed": seed, "root": str(root) if root else None,
-        "stage1": len(stage1), "stage2": len(stage2),
+        "stage1": len(stage1), "stage2": len(stage2), "text": len(all_text),
         "stage1_kinds": dict(Counter(e.meta["kind"] for e in stage1)),
         "validation": total.to_dict(), "leakage_dropped": total.leakage_dropped,
         "duplicates": total.duplicates, "sources": per_source,
     }
-    return BuiltData(stage1, stage2, report)
+    return BuiltData(stage1, stage2, report, all_text)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 Format = Literal["starter", "alpaca", "openorca", "sharegpt", "prompt_completion", "parallel_text", "hf_disk", "hub",
-                 "paired", "xquad", "gsm8k", "msvamp", "mt_bench", "ifeval", "mintaka", "flores", "tatoeba"]
+                 "paired", "xquad", "gsm8k", "msvamp", "mt_bench", "ifeval", "mintaka", "flores", "tatoeba", "text"]
 SINGLE = {"alpaca", "openorca", "sharegpt", "prompt_completion", "hf_disk", "hub"}
 TWO_FILES = {"paired", "parallel_text"}
 # Default location of each shared set under the data root ({lang} = target language).
@@ -48,8 +48,9 @@ class Strict(BaseModel):
 class SourceSpec(Strict):
     format: Format = Field(description="Layout of the source: starter (the project's own data), a single-file "
                            "format (alpaca, openorca, sharegpt, prompt_completion, hf_disk, hub), two files "
-                           "(paired, parallel_text) or a shared set (xquad, gsm8k, msvamp, mt_bench, ifeval, mintaka, "
-                           "flores, tatoeba).")
+                           "(paired, parallel_text), a shared set (xquad, gsm8k, msvamp, mt_bench, ifeval, mintaka, "
+                           "flores, tatoeba), or plain target-language text (text: .txt one text a line, or JSON/JSONL "
+                           "with a 'text' field).")
     path: str | None = Field(None, description="File or folder (hub: the dataset id). Relative paths resolve against the "
                              "data root. Shared sets default to their folder under the root.")
     en: str | None = Field(None, description="paired / parallel_text: the English file.")
@@ -64,9 +65,10 @@ class SourceSpec(Strict):
     all_turns: bool = Field(False, description="sharegpt: keep every user->assistant exchange, not only the first.")
     limit: int | None = Field(None, ge=1, description="Use at most this many records/pairs of the source (first N; "
                               "starter: the number of training pairs, default 400).")
-    use: Literal["pairs", "stage2", "both"] | None = Field(None, description="pairs: stage-1 DParT pairs; stage2: "
-                                                           "target-language instructions for stage 2; both. Default: "
-                                                           "both, or stage2 for single-file formats.")
+    use: Literal["pairs", "stage2", "both", "text"] | None = Field(
+        None, description="pairs: stage-1 DParT pairs; stage2: target-language instructions for stage 2; both; text: "
+        "the source's target-language records as plain text (the `text` set, e.g. LEP's embedding training). "
+        "Default: both, stage2 for single-file formats, text for format text.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -77,11 +79,13 @@ class SourceSpec(Strict):
                              f"(for pairs use format 'paired' with a translation, see `lingotune data translate`)")
         if self.format in TWO_FILES and not (self.en and self.target):
             raise ValueError(f"format {self.format} needs 'en' and 'target' files")
+        if self.format == "text" and (not self.path or self.use not in (None, "text")):
+            raise ValueError("format text needs 'path' and is used as text only")
         return self
 
     @property
     def uses(self) -> str:
-        return self.use or ("stage2" if self.format in SINGLE else "both")
+        return self.use or ("text" if self.format == "text" else "stage2" if self.format in SINGLE else "both")
 
 
 class PairConfig(Strict):

@@ -5,10 +5,10 @@ A method is a list of `Stage`s; the one training loop (lingotune.train) runs the
 
 from __future__ import annotations
 
-from lingotune.methods import combined, dpart, full, lora
+from lingotune.methods import combined, dpart, full, lep, lora
 from lingotune.methods.base import Stage
 
-METHODS = {"dpart": dpart, "lora": lora, "full": full, "combined": combined}
+METHODS = {"dpart": dpart, "lora": lora, "full": full, "combined": combined, "lep": lep}
 
 
 def stages(name: str, recipe) -> list[Stage]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,7 @@ import torch
 from lingotune.checkpoint import assert_finite
 from lingotune.losses import CausalLM, Loss
 from lingotune.models import is_tied, untie
-from lingotune.files import atomic_write_bytes
+from lingotune.files import atomic_dir, atomic_write_bytes
 
 
 @dataclass
@@ -26,7 +24,8 @@ class Stage:
     steps: optimizer steps.
     setup(model) -> (model, param_groups): freezes/wraps the model and says what trains at which LR.
         Each group is a dict with "name", "params" and "lr".
-    save(model, out_dir) -> dict of artefact names to paths written.
+    save(model, out_dir, tokenizer=None) -> dict of artefact names to paths written (a whole-model
+        artefact is written with its tokenizer, so transformers loads it unchanged).
     row_sparse: the stage trains the input embeddings alone, so the loop may train them row by row
         (only the rows a batch uses get gradients and optimizer state; see lingotune.fast).
     loss: the training loss (a `lingotune.losses.Loss`); next-token cross-entropy by default.
@@ -90,7 +89,7 @@ def lora_groups(model, lora_cfg, lr: float, embeddings: tuple[str, float] | None
     return model, groups
 
 
-def save_adapter_and_embeddings(model, out_dir: Path) -> dict[str, str]:
+def save_adapter_and_embeddings(model, out_dir: Path, tokenizer=None) -> dict[str, str]:
     return {"adapter": save_adapter(model, out_dir), "embeddings": save_embeddings(model, out_dir)}
 
 
@@ -107,20 +106,6 @@ def check_lora_targets(model, lora_cfg) -> None:
 
 def lora_params(model) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path):
-    """Yield a temporary folder next to `path`; once the block succeeds it replaces `path` whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _trained(model) -> dict[str, torch.Tensor]:
@@ -147,10 +132,12 @@ def save_adapter(model, out_dir: Path) -> str:
     return str(path)
 
 
-def save_model(model, out_dir: Path) -> str:
-    """The whole model as a transformers directory (written atomically)."""
+def save_model(model, out_dir: Path, tokenizer=None) -> str:
+    """The whole model as a transformers directory, with its tokenizer when given (written atomically)."""
     path = out_dir / "model"
     assert_finite(dict(model.named_parameters()), str(path))
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return str(path)

@@ -25,7 +25,7 @@ def stages(recipe) -> list[Stage]:
     def setup2(model):
         return lora_groups(model, m.lora, t.lr, (tie, t.embedding_lr) if also_embeddings else None)
 
-    def save1(model, out):
+    def save1(model, out, tokenizer=None):
         return {"embeddings": save_embeddings(model, out)}
 
     return [

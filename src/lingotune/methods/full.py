@@ -22,9 +22,9 @@ def stages(recipe) -> list[Stage]:
                 params.append(p)
         return model, [{"name": "all", "params": params, "lr": t.full_lr}]
 
-    def save(model, out):
+    def save(model, out, tokenizer=None):
         if not recipe.output.save_full_model:
             return {}
-        return {"model": save_model(model, out)}
+        return {"model": save_model(model, out, tokenizer)}
 
     return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "all weights"})]

@@ -11,7 +11,7 @@ def stages(recipe) -> list[Stage]:
     def setup(model):
         return lora_groups(model, m.lora, t.lr)
 
-    def save(model, out):
+    def save(model, out, tokenizer=None):
         return {"adapter": save_adapter(model, out)}
 
     return [Stage("train", m.single.data, m.single.steps, setup, save, {"trains": "LoRA"})]

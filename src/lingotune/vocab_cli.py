@@ -1,0 +1,92 @@
+"""`lingotune vocab ...`: adapt a tokenizer to a language and see what it costs per character.
+
+    lingotune vocab extend --model bundled --lang ru --corpus ru.txt --add 5000 --out runs/vocab-ru [--init-model]
+    lingotune vocab inspect --model bundled --tokenizer runs/vocab-ru
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lingotune.errors import user_errors
+
+app = typer.Typer(help="Vocabulary adaptation (LEP): extend a tokenizer, initialise new rows, inspect.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+
+def read_corpus(paths: list[Path]) -> list[str]:
+    """Texts of corpus files: one text a line (.txt and anything else), or the `text` field of JSON/JSONL rows."""
+    from lingotune.data.formats import read_texts
+
+    return [t for p in paths for t in read_texts(p)]
+
+
+@app.command()
+@user_errors
+def extend(
+    model: str = typer.Option("bundled", help="Model whose tokenizer is extended: 'bundled', a local directory or a hub id."),
+    lang: str = typer.Option(..., "--lang", "-l", help="Target language: new tokens are text in its script."),
+    corpus: list[Path] = typer.Option(..., help="Target-language text: .txt (one text a line) or JSON/JSONL with a 'text' field. Repeatable."),
+    add: int = typer.Option(5000, min=1, help="New tokens to learn (fewer when the corpus runs out of pairs)."),
+    min_count: int = typer.Option(2, min=1, help="A pair must occur at least this often in the corpus."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: the tokenizer, vocab_report.json (and the model)."),
+    init_model: bool = typer.Option(False, help="Also write the model resized to the new vocabulary, new rows set to the "
+                                    "mean of the old rows that spell them (a Hugging Face model directory)."),
+    overwrite: bool = typer.Option(False, help="Replace an output directory lingotune made earlier."),
+):
+    """Learn new merges for a language on top of the tokenizer (scenario `extend`): English ids stay the same."""
+    from lingotune import files, rundir, vocab
+    from lingotune.languages import get_language
+    from lingotune.models import load_model, load_tokenizer
+
+    get_language(lang)
+    action = rundir.check(out, kind="run", resume=False, overwrite=overwrite)
+    texts = read_corpus(corpus)
+    tok = load_tokenizer(model)
+    new, report = vocab.extend(tok, texts, lang, add, min_count)
+    net = None
+    if init_model:
+        net, _ = load_model(model)
+        report["init"] = vocab.init_new_rows(net, tok, new)
+    report.update(source=model, corpus=[str(p) for p in corpus], corpus_texts=len(texts))
+    rundir.prepare(out, action, "run")
+    with files.atomic_dir(out / "model") as tmp:
+        new.save_pretrained(tmp)
+        if net is not None:
+            net.save_pretrained(tmp)
+    files.save_json(out / "vocab_report.json", report)
+    console.print(f"{report['new_tokens']} new tokens ({report['merges']} merges) in {report['seconds']} s: "
+                  f"vocabulary {report['vocab_before']} -> {report['vocab_after']}; written to {out / 'model'}")
+
+
+@app.command()
+@user_errors
+def inspect(
+    model: str = typer.Option("bundled", help="The original tokenizer's model: 'bundled', a local directory or a hub id."),
+    tokenizer: list[str] = typer.Option([], help="Adapted tokenizers (directories) to compare. Repeatable."),
+    langs: str = typer.Option("en,ru,ar,ko", help="Languages (FLORES-200 devtest files under the data root)."),
+    data_root: Optional[str] = typer.Option(None, help="Data root (default: ../shared/data or $LINGOTUNE_DATA)."),
+):
+    """Characters per token on FLORES-200 devtest, per language, for the original and adapted tokenizers."""
+    from lingotune.data.inspect import flores_stats
+    from lingotune.models import load_tokenizer
+    from lingotune.paths import require_data_root
+
+    root = require_data_root(data_root)
+    names = [x.strip() for x in langs.split(",") if x.strip()]
+    toks = [(model, load_tokenizer(model))] + [(t, load_tokenizer(t)) for t in tokenizer]
+    table = Table(title="characters per token, FLORES-200 devtest")
+    table.add_column("tokenizer")
+    table.add_column("vocabulary", justify="right")
+    for lang in names:
+        table.add_column(lang, justify="right")
+    for name, tok in toks:
+        stats = flores_stats(root, names, tok)
+        table.add_row(name, f"{len(tok):,}", *(f"{1 / s.tokens_per_char:.2f}" for s in stats))
+    console.print(table)
