@@ -96,3 +96,48 @@ def test_dpart_on_an_adapted_vocabulary_trains_the_new_rows_in_stage_1(tiny_mode
     init_new_rows(start, load_tokenizer(str(tiny_model_dir)), load_tokenizer(str(tmp_path / "r" / "tokenizer")))
     moved = (emb[n_old:] != start.get_input_embeddings().weight[n_old:]).any(dim=1)
     assert moved.any()  # new tokens occur in the stage-1 pairs, and their rows trained
+
+
+def test_lep_run_propagates_into_the_instruct_model_and_evaluates_both(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--out", "r", "--set", f"model.source={tiny_model_dir}", *SMALL,
+            "--set", "data.sources=[{format: starter, use: text, limit: 60}]", "--set", "vocab.scenario=extend",
+            "--set", "vocab.add=20", "--set", f"propagate.instruct={tiny_model_dir}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert set(results["evals"]) == {"untouched", "lep", "instruct", "propagated"}
+    prop = results["propagation"]
+    assert prop["mode"] == "conversion" and prop["vocab_size"] == results["vocab"]["vocab_after"]
+    out = tmp_path / "r" / "propagated"
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) == prop["vocab_size"] and tok.chat_template
+
+
+def test_propagation_needs_the_lep_method():
+    from helpers import make_recipe
+    from lingotune.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="method.name must be 'lep', not 'dpart'"):
+        make_recipe(**{"propagate.instruct": "bundled"})
+
+
+def test_text_sources_build_the_text_set(tmp_path):
+    """Plain text files (one text a line, or a JSONL field) become the `text` set; wrong-script and
+    repeated texts are dropped and counted like records."""
+    from lingotune.data.build import build_datasets
+    from lingotune.data.config import DataConfig
+
+    (tmp_path / "a.txt").write_text("Кошка сидела на ковре и смотрела на дверь.\nThis line is English text only.\n"
+                                    "Кошка сидела на ковре и смотрела на дверь.\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"passage": "Москва и Санкт-Петербург большие города России."},
+                                                 ensure_ascii=False) + "\n", encoding="utf-8")
+    cfg = DataConfig.model_validate({"root": str(tmp_path), "sources": [
+        {"format": "text", "path": "a.txt"}, {"format": "text", "path": "b.jsonl", "text_field": "passage"}]})
+    built = build_datasets(cfg, "ru", seed=0)
+    assert built.text == ["Кошка сидела на ковре и смотрела на дверь.", "Москва и Санкт-Петербург большие города России."]
+    v = built.report["sources"][0]["validation"]
+    assert v["wrong_script"] == 1 and v["duplicates"] == 1 and built.report["text"] == 2
+    assert not built.stage1 and not built.stage2

@@ -64,18 +64,21 @@ def test_extend_keeps_english_ids_and_every_new_token_is_reachable(base_tok, ext
     assert report["new_tokens"] == len(added) == 60 and len(new) == len(base_tok) + 60
     check = check_extension(base_tok, new, ENGLISH + ["Digits 0123 and symbols #$% stay."], added)
     assert check["lines_changed"] == 0 and check["unreachable"] == []
-    for token in added:  # as text too: the token's own text, alone, is that one token
+    for token in added:  # as text too: a token of whole characters, alone, is that one token
         text = new.convert_tokens_to_string([token])
-        assert new(text, add_special_tokens=False)["input_ids"] == [new.convert_tokens_to_ids(token)], token
+        if "\ufffd" not in text:
+            assert new(text, add_special_tokens=False)["input_ids"] == [new.convert_tokens_to_ids(token)], token
     assert chars_per_token(new, RUSSIAN) > 1.5 * chars_per_token(base_tok, RUSSIAN)
 
 
 def test_new_tokens_are_text_of_the_target_script(base_tok, extended):
     from lingotune.languages import letter_script
 
-    for token in _added(base_tok, extended[0]):
-        letters = [letter_script(c) for c in extended[0].convert_tokens_to_string([token]) if c.isalpha()]
-        assert letters and sum(s == "Cyrillic" for s in letters) / len(letters) >= 0.5, token
+    for token in _added(base_tok, extended[0]):  # tokens of whole characters; part-characters are checked by bytes
+        text = extended[0].convert_tokens_to_string([token])
+        letters = [letter_script(c) for c in text.replace("\ufffd", "") if c.isalpha()]
+        if "\ufffd" not in text:
+            assert letters and sum(s == "Cyrillic" for s in letters) / len(letters) >= 0.5, token
 
 
 def test_the_chat_template_and_special_tokens_are_kept(base_tok, extended):
@@ -194,3 +197,34 @@ def test_vocab_extend_command_writes_a_loadable_model_and_tokenizer(tiny_model_d
     assert tok(ENGLISH[0])["input_ids"] == old(ENGLISH[0])["input_ids"]
     report = __import__("json").loads((tmp_path / "v" / "vocab_report.json").read_text())
     assert report["new_tokens"] == 20 and report["init"]["set_to_mean"] == 20
+
+
+@pytest.mark.parametrize("raw, script, ok", [
+    ("привет".encode(), "Cyrillic", True),
+    ("п".encode()[:1], "Cyrillic", True),  # D0: the first byte of U+0400..U+043F, all Cyrillic
+    ("안".encode()[:2], "Hangul", True),  # EC 95: the first bytes of U+C540..U+C57F, all Hangul syllables
+    ("안".encode()[:1], "Hangul", True),  # EC: U+C000..U+CFFF, all Hangul syllables
+    ("힣".encode()[:1], "Hangul", False),  # ED: its completions include unassigned code points and surrogates
+    ("안".encode()[1:], "Hangul", False),  # starts inside a character: 95 88 also ends the box drawing '═'
+    ("é".encode()[:1], "Cyrillic", False),  # C3: Latin-1 letters
+    (" 12".encode(), "Cyrillic", False),  # no letter of the script at all
+    ("Москва is".encode(), "Cyrillic", True),  # 6 of 8 letters Cyrillic
+    ("the Мо".encode(), "Cyrillic", False),  # 2 of 5 letters Cyrillic
+])
+def test_only_bytes_that_occur_in_the_script_alone_become_tokens(raw, script, ok):
+    from lingotune.vocab import only_in_script
+
+    assert only_in_script(raw, script, 0.5) is ok
+
+
+def test_extend_learns_hangul_syllables_through_their_partial_bytes(base_tok):
+    """Hangul syllables are 3 bytes: their first two bytes must merge first (not text yet), then the third."""
+    korean = ["고양이가 매트 위에 앉아서 문을 바라보았다.", "우리는 일요일에 빵과 우유를 사러 시장에 갔다.",
+              "번역은 어휘가 작을 때 어렵다.", "서울과 부산은 한국의 큰 도시이다."] * 10
+    new, report = extend(base_tok, korean, "ko", n_new=60)
+    added = _added(base_tok, new)
+    assert report["new_tokens"] == 60
+    assert check_extension(base_tok, new, ENGLISH, added) == {"lines": len(ENGLISH), "lines_changed": 0,
+                                                              "new_tokens": 60, "unreachable": []}
+    whole = [t for t in added if "\ufffd" not in new.convert_tokens_to_string([t])]
+    assert len(whole) >= 20 and chars_per_token(new, korean) > 2 * chars_per_token(base_tok, korean)

@@ -31,9 +31,11 @@ from __future__ import annotations
 import copy as copying
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
 from lingotune.errors import RunDirError, UserError
 from lingotune.files import atomic_dir, save_json
@@ -190,6 +192,19 @@ def merged_tokenizer(adapted_tok, instruct_tok):
 
 
 # ----------------------------------------------------------------------------- the models
+
+
+class PropagateConfig(BaseModel):
+    """The recipe's `propagate:` section: after training, carry the trained rows into an instruct model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruct: str | None = Field(None, description="The target instruct model (same family and hidden size as "
+                                 "model.source): a hub id, a local directory or 'bundled'. null: no propagation.")
+    mode: Literal["conversion", "overlap", "swap"] = Field("conversion", description="How the map W is fitted "
+                                                           "(conversion: the paper's best).")
+    copy_rows: Literal["special", "single", "none"] = Field("special", description="Which rows take the instruct "
+                                                            "model's own row (see lingotune.propagate: copy).")
 
 
 def check_options(mode: str, copy: str) -> None:

@@ -16,6 +16,7 @@ from lingotune.data.config import DataConfig
 from lingotune.errors import UserError, pydantic_line
 from lingotune.eval.config import EvalConfig
 from lingotune.languages import LANGUAGES
+from lingotune.propagate import PropagateConfig
 from lingotune.vocab import VocabConfig
 from lingotune.files import FileFormatError, read_yaml, safe_name
 
@@ -224,6 +225,8 @@ class Recipe(Strict):
     method: MethodConfig = Field(default_factory=MethodConfig, description="Which weights train in which stage.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Hyper-parameters shared by every method and stage.")
     vocab: VocabConfig = Field(default_factory=VocabConfig, description="Vocabulary adaptation before training (LEP).")
+    propagate: PropagateConfig = Field(default_factory=PropagateConfig,
+                                       description="After training, propagate the trained rows into an instruct model (LEP).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation before and after training.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="The run directory and what goes in it.")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="`lingotune compare`: the grid of methods x seeds.")
@@ -252,6 +255,13 @@ class Recipe(Strict):
                              f"({', '.join(names) or 'none'}) nor the built-in ones")
         return self
 
+    @model_validator(mode="after")
+    def _propagation_needs_lep(self):
+        if self.propagate.instruct and self.method.name != "lep":
+            raise ValueError(f"propagate.instruct: propagation carries trained embeddings, so method.name must be "
+                             f"'lep', not {self.method.name!r}")
+        return self
+
     def run_dir(self) -> Path:
         return Path(self.output.dir.format(method=self.method.name, language=self.language, seed=self.seed))
 
@@ -261,7 +271,7 @@ class RecipeError(UserError, ValueError):
 
 
 # Fields that do not change what training computes: they may differ when a run is resumed.
-NOT_TRAINING = ("name", "eval.", "output.", "compare.", "train.checkpoint_every", "train.log_every",
+NOT_TRAINING = ("name", "eval.", "output.", "compare.", "propagate.", "train.checkpoint_every", "train.log_every",
                 "train.keep_checkpoints", "train.max_loss_ratio")
 
 

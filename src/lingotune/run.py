@@ -202,6 +202,45 @@ def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_
     return model
 
 
+def check_instruct(recipe: Recipe, model) -> None:
+    """Before anything is written: the instruct model exists, matches the base's family and hidden size,
+    and has a chat template (its config and tokenizer only; the weights load after training)."""
+    from transformers import AutoConfig
+
+    from lingotune.models import load_tokenizer
+    from lingotune.propagate import PropagationError
+
+    where = resolve(recipe.propagate.instruct)
+    config = AutoConfig.from_pretrained(where)
+    if (config.model_type, config.hidden_size) != (model.config.model_type, model.config.hidden_size):
+        raise PropagationError(f"propagate.instruct: {config.model_type} with hidden size {config.hidden_size}, but "
+                               f"model.source is {model.config.model_type} with {model.config.hidden_size}")
+    tok = load_tokenizer(recipe.propagate.instruct)
+    if tok.init_kwargs.get("lingotune_fallback_template"):
+        raise PropagationError("propagate.instruct: its tokenizer has no chat template (is it an instruct model?)")
+
+
+def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: list[str], results: dict,
+                            console: Console, do_eval: bool) -> None:
+    """LEP step 4: the instruct model with the adapted vocabulary and rows, evaluated beside the instruct model."""
+    from lingotune.propagate import propagate, save_propagation
+
+    cfg = recipe.propagate
+    console.print(f"[bold]propagate[/] into {cfg.instruct} ({cfg.mode}) …")
+    base, _ = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    instruct, instruct_tok = load_model(cfg.instruct, dtype=recipe.model.dtype)
+    if do_eval and "instruct" not in results["evals"]:
+        evaluate_model(instruct, instruct_tok, recipe, run_dir, "instruct", prompts, results, console)
+    t0 = time.perf_counter()
+    done = propagate(base, model, tok, instruct, instruct_tok, mode=cfg.mode, copy=cfg.copy_rows)
+    sources = {"base": recipe.model.source, "adapted": str(run_dir), "instruct": cfg.instruct}
+    results["propagation"] = {**save_propagation(done, run_dir / "propagated", sources, overwrite=True),
+                              "seconds": round(time.perf_counter() - t0, 2), "dir": str(run_dir / "propagated")}
+    if do_eval:
+        evaluate_model(done.model, done.tokenizer, recipe, run_dir, "propagated", prompts, results, console)
+    files.save_json(run_dir / "results.json", results)
+
+
 def new_results(recipe: Recipe, previous: dict | None) -> dict:
     results = dict(previous or {})
     results.update({
@@ -231,6 +270,8 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     new_tok, vocab_report = adapt_vocabulary(recipe, tok, built)
     tokenized = tokenize_stages(recipe, stages, built, new_tok or tok)
     check_method(recipe, model)
+    if recipe.propagate.instruct:
+        check_instruct(recipe, model)
 
     rundir.prepare(run_dir, action, "run")  # from here on, the run directory is written
     files.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
@@ -255,6 +296,8 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
 
     if do_eval and only_stage is None:
         evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
+    if recipe.propagate.instruct and only_stage is None:
+        propagate_into_instruct(model, tok, recipe, run_dir, prompts, results, console, do_eval)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
     files.save_json(run_dir / "results.json", results)
 

@@ -251,10 +251,14 @@ def extend(tok, texts, lang: str, n_new: int, min_count: int = 2, threshold: flo
     added: list[str] = []
     why = Counter()
 
+    to_bytes = byte_level_decoder(tok)
+
     def accept(a: str, b: str) -> bool:
         merged = a + b
-        text = _decoded(tok, merged)
-        if any(m in merged[1:] for m in _MARKERS) or "\ufffd" in text or script_share_of_letters(text, script) < threshold:
+        raw = bytes(to_bytes[c] for c in merged) if to_bytes else None
+        ok = only_in_script(raw, script, threshold) if raw is not None else \
+            script_share_of_letters(_decoded(tok, merged), script) >= threshold
+        if any(m in merged[1:] for m in _MARKERS) or not ok:
             why["not the script"] += 1
             return False
         ranks[(a, b)] = len(ranks)
@@ -273,6 +277,63 @@ def extend(tok, texts, lang: str, n_new: int, min_count: int = 2, threshold: flo
               "merges": len(merges), "new_tokens": len(added), "refused": dict(why),
               "vocab_before": len(tok), "vocab_after": len(new_tok), "seconds": round(time.perf_counter() - t0, 2)}
     return new_tok, report
+
+
+def byte_level_decoder(tok) -> dict[str, int] | None:
+    """Byte-level BPE (GPT-2 style): the map from a token's characters back to its bytes; None otherwise."""
+    pre = _model_json(tok).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre])
+    if not any(step.get("type") == "ByteLevel" for step in steps):
+        return None
+    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {b: chr(b) for b in visible}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return {c: b for b, c in chars.items()}
+
+
+def only_in_script(raw: bytes, script: str, threshold: float) -> bool:
+    """Whether bytes `raw` can only occur inside text of `script`: the whole characters in it are letters
+    of the script (a share >= threshold of its letters; at least one), or it ends in part of a character
+    whose every completion is in the script (a Hangul syllable is 3 bytes: its first two must be
+    mergeable on the way to the whole). A token that starts inside a character is refused: its bytes
+    end characters of other scripts too."""
+    if not raw or 0x80 <= raw[0] < 0xC0:
+        return False
+    n = next((k for k in range(len(raw), max(len(raw) - 4, -1), -1) if _complete(raw[:k])), None)
+    if n is None:
+        return False
+    text, tail = raw[:n].decode("utf-8"), raw[n:]
+    letters = [letter_script(ch) for ch in text if ch.isalpha()]
+    tail_ok = bool(tail) and _tail_in_script(tail, script)
+    if tail and not tail_ok:
+        return False
+    share = sum(s == script for s in letters) / len(letters) if letters else 1.0
+    return share >= threshold and (tail_ok or any(s == script for s in letters))
+
+
+def _complete(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _tail_in_script(tail: bytes, script: str) -> bool:
+    """A character's first bytes: are all code points they can start inside one range of `script`?"""
+    from lingotune.languages import SCRIPT_RANGES
+
+    need = 2 if tail[0] >= 0xC0 and tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4
+    if len(tail) >= need or tail[0] < 0xC0 or any(not 0x80 <= b < 0xC0 for b in tail[1:]):
+        return False
+    lo, hi = tail + b"\x80" * (need - len(tail)), tail + b"\xbf" * (need - len(tail))
+    try:
+        first, last = ord(lo.decode("utf-8")), ord(hi.decode("utf-8"))
+    except UnicodeDecodeError:  # overlong or surrogate completions: not text any script writes
+        return False
+    return any(a <= first and last <= b for a, b in SCRIPT_RANGES[script])
 
 
 def script_share_of_letters(text: str, script: str) -> float:

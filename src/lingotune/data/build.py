@@ -53,7 +53,7 @@ def load_source(spec: SourceSpec, lang: str, root: Path | None, seed: int = 0) -
     fmt, lim = spec.format, spec.limit
     if fmt == "text":
         path = _resolve(root, spec.path)
-        return [], [Record("", t, None, None, lang, f"{path}:{i}") for i, t in enumerate(formats.read_texts(path)[:lim], 1)]
+        return [], [Record("", t, None, None, lang, f"{path}:{i}") for i, t in enumerate(formats.read_texts(path, spec.text_field)[:lim], 1)]
     if fmt == "starter":
         from lingotune.data import starter
 
@@ -134,7 +134,7 @@ def _texts(spec: SourceSpec, recs: list[Record], lang: str, ck, leak, seen: set,
            opts: dict) -> list[str]:
     """A source's target-language records as plain texts (prompt and answer), validated like records."""
     recs, r = validate_records(recs, spec.lang or lang, check_prompt=spec.format not in TRANSLATION_FORMATS,
-                               seen=seen, **opts)
+                               seen=seen, prompt_required=spec.format != "text", **opts)
     rep.add(r)
     recs = _drop_leaks(recs, leak, drop_leaked_records, rep)
     return [f"{r.prompt.strip()}\n\n{r.response.strip()}" if r.prompt.strip() else r.response.strip() for r in recs]

@@ -59,6 +59,8 @@ class SourceSpec(Strict):
                              "(default: the recipe's language).")
     align: Literal["index", "id"] = Field("index", description="paired: align records by position or by `id_field`.")
     id_field: str = Field("id", min_length=1, description="Field holding a record's id (paired with align: id).")
+    text_field: str = Field("text", min_length=1, description="format text, JSON/JSONL files: the field holding "
+                            "each row's text (e.g. 'passage').")
     mode: Literal["qa", "translate"] = Field("qa", description="qa: question -> target-language answer; translate: "
                                              "English text -> its translation (ifeval, flores, tatoeba always translate).")
     split: str = Field("train", min_length=1, description="hf_disk / hub: the split to read.")

@@ -42,12 +42,12 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Plain texts of a file: one a line (.txt and anything else), or the `text` field of each JSON/JSONL row."""
+def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
+    """Plain texts of a file: one a line (.txt and anything else), or `text_field` of each JSON/JSONL row."""
     path = Path(path)
     if path.suffix not in (".json", ".jsonl"):
         return [line for line in read_text(path).splitlines() if line.strip()]
-    return [t for where, row in iter_rows(path) if (t := field(row, "text", where).strip())]
+    return [t for where, row in iter_rows(path) if (t := field(row, text_field, where).strip())]
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:

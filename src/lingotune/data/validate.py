@@ -98,10 +98,10 @@ class _Checker:
                                           f"({share:.0%} of its letters; declared language {lang})", "wrong_script")
         return True
 
-    def target(self, t: Record, check_prompt: bool = True) -> bool:
+    def target(self, t: Record, check_prompt: bool = True, prompt_required: bool = True) -> bool:
         if not t.response.strip():
             return self.problem(t.source, "field 'response' is empty", "empty_answer")
-        if not t.prompt.strip():
+        if prompt_required and not t.prompt.strip():
             return self.problem(t.source, "field 'prompt' is empty", "empty_answer")
         lang = t.lang or self.lang
         if not self.script(t, "response", lang) or (check_prompt and not self.script(t, "prompt", lang)):
@@ -134,10 +134,12 @@ def validate_pairs(pairs: list[Pair], lang: str, script_check: bool = True, chec
 
 def validate_records(records: list[Record], lang: str, script_check: bool = True, threshold: float = 0.5,
                      min_letters: int = 10, strict: bool = False, drop_duplicates: bool = True,
-                     check_prompt: bool = True, seen: set | None = None) -> tuple[list[Record], ValidationReport]:
-    """Target-language records worth training on, and the counts of those dropped."""
+                     check_prompt: bool = True, seen: set | None = None,
+                     prompt_required: bool = True) -> tuple[list[Record], ValidationReport]:
+    """Target-language records worth training on, and the counts of those dropped (plain texts: records
+    with the text as response and no prompt, `prompt_required=False`)."""
     c = _Checker(lang, script_check, threshold, min_letters, strict, drop_duplicates, seen)
-    kept = [r for r in records if c.target(r, check_prompt)]
+    kept = [r for r in records if c.target(r, check_prompt, prompt_required)]
     c.report.records_in, c.report.kept = len(records), len(kept)
     return kept, c.report
 
