@@ -32,6 +32,26 @@ class Record:
 
 
 @dataclass
+class PrefRecord:
+    """One preference pair: a prompt, the preferred (chosen) and the dispreferred (rejected) answer.
+
+    Stored as the standard prompt/chosen/rejected JSONL (plus system, id, lang, source, kind); `kind`
+    says how the pair was built ("cross-lingual", "label", "on-policy", or "file")."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    system: str | None = None
+    id: str | None = None
+    lang: str | None = None
+    source: str = ""  # "file:line" or the builder that made it
+    kind: str = "file"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class Example:
     messages: list[dict[str, str]]
     meta: dict[str, Any] = field(default_factory=dict)

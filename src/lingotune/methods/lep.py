@@ -2,14 +2,16 @@
 
 One stage trains only the input embeddings and the output head, everything else frozen, on plain
 target-language text (the `text` set) with the loss on every token, at `embedding_lr`. A tied
-model trains its one shared matrix. Usually run on a vocabulary adapted to the language (the
-recipe's `vocab:` section); the stage saves the whole model with its tokenizer, which
-`lingotune propagate` takes as the adapted base model.
+model follows `model.tie`, as every method does: `tied` trains its one shared matrix, `untie`
+(the default) gives the head its own copy first and trains both. Usually run on a vocabulary
+adapted to the language (the recipe's `vocab:` section); the stage saves the whole model with its
+tokenizer, which `lingotune propagate` takes as the adapted base model.
 """
 
 from __future__ import annotations
 
 from lingotune.methods.base import Stage, freeze_all, save_model
+from lingotune.models import untie
 
 
 def stages(recipe) -> list[Stage]:
@@ -17,6 +19,8 @@ def stages(recipe) -> list[Stage]:
 
     def setup(model):
         freeze_all(model)
+        if recipe.model.tie == "untie":
+            untie(model)
         emb = model.get_input_embeddings().weight
         emb.requires_grad_(True)
         groups = [{"name": "embeddings", "params": [emb], "lr": t.embedding_lr}]
@@ -29,4 +33,5 @@ def stages(recipe) -> list[Stage]:
     def save(model, out, tokenizer=None):
         return {"model": save_model(model, out, tokenizer)}
 
-    return [Stage("embeddings", m.lep.data, m.lep.steps, setup, save, {"trains": "input embeddings and output head"})]
+    return [Stage("embeddings", m.lep.data, m.lep.steps, setup, save,
+                  {"trains": "input embeddings and output head", "tie": recipe.model.tie})]
