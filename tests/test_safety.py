@@ -257,6 +257,35 @@ def test_resume_with_a_changed_recipe_names_the_fields(tmp_path):
     go(make_recipe(**{"eval.limit": 5, "train.checkpoint_every": 3}), resume=True)  # evaluation may change
 
 
+def test_a_checkpoint_of_an_older_lingotune_resumes_despite_new_recipe_fields(tmp_path):
+    """A newer lingotune adds recipe fields (with defaults that keep the old behaviour): they are not a change."""
+    from lingotune.recipe import training_fields
+    from lingotune.train import train_stage
+
+    recipe = make_recipe()
+    stage = methods.stages("lora", recipe)[0]
+
+    def go(**kw):
+        torch.manual_seed(0)
+        model, groups = stage.setup(fresh_tiny())
+        return train_stage(model, groups, make_items(), steps=6, cfg=recipe.train, seed=0, pad_id=0,
+                           stage_dir=tmp_path / "s", log_path=tmp_path / "m.jsonl", log_key={"stage": "s"},
+                           fingerprint=training_fields(recipe), **kw)
+
+    def stop(done, loss):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingError):
+        go(on_step=stop)
+    for meta_path in (tmp_path / "s" / "checkpoint").glob("step-*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta["recipe"] = {k: v for k, v in meta["recipe"].items() if not k.startswith("method.pref.")}
+        meta["recipe"]["method.retired_field"] = 1  # and one the newer lingotune no longer has
+        meta_path.write_text(json.dumps(meta))
+    assert go(resume=True).resumed_from == 4
+
+
 # ----------------------------------------------------------------------------- guards
 
 

@@ -18,7 +18,8 @@ console = Console()
 err = Console(stderr=True)
 
 SMOKE = [
-    "method.stage1.steps=4", "method.stage2.steps=4", "method.single=null",
+    "method.stage1.steps=4", "method.stage2.steps=4", "method.single=null", "method.lep.steps=4",
+    "method.pref.sft.steps=4", "method.pref.dpo.steps=4", "method.pref.orpo.steps=4",
     "eval.limit=4", "eval.limits={}", "output.sample_prompts=2", "train.checkpoint_every=2",
 ]
 
@@ -170,14 +171,18 @@ def _print_schema(model, prefix: str = "") -> None:
 
 def _mount() -> None:
     from lingotune.data.cli import app as data_app
+    from lingotune.prefs_cli import build_prefs_command
     from lingotune.vocab_cli import app as vocab_app
     from lingotune.eval.cli import eval_command
     from lingotune.propagate import propagate_command
+    from lingotune.eval.judge_cli import judge_command
 
+    data_app.command("build-prefs")(user_errors(build_prefs_command))
     app.add_typer(data_app, name="data", help="Build, translate, generate and inspect training data.")
     app.add_typer(vocab_app, name="vocab", help="Adapt the vocabulary to a language (LEP) and inspect its cost.")
     app.command("eval")(user_errors(eval_command))
     app.command("propagate")(user_errors(propagate_command))
+    app.command("judge")(user_errors(judge_command))
 
 
 _mount()

@@ -5,14 +5,21 @@ these; nothing else batches prompts or calls `model.generate`. Stopping rules ar
 Works on any causal LM with a Hugging Face tokenizer: a base model, a PeftModel or a merged one.
 Generation pads on the LEFT (the tokenizer's side is restored afterwards); forward passes on
 left-padded batches pass explicit position ids so padding does not shift positions.
+
+An `ApiModel` (a model behind an OpenAI-compatible endpoint, `lingotune.api.ChatClient`) goes through the
+same `generate_chat` / `generate` calls, with its `ApiTokenizer`; it has no log-likelihoods, so the
+scoring functions refuse it (`ApiModelError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Iterator, Sequence
 
 import torch
+
+from lingotune.errors import UserError
 
 
 def model_device(model) -> torch.device:
@@ -114,6 +121,8 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
     if stop not in STOP_RULES:
         raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if isinstance(model, ApiModel):
+        return model.generate([model.conversation(tok, p) for p in prompts], budgets, batch_size, stop, desc)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     device = model_device(model)
@@ -133,7 +142,11 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
 
 def generate_chat(model, tok, conversations: list[list[dict]], max_new_tokens: list[int] | int, batch_size: int = 8,
                   stop: str = "eos", desc: str = "generate") -> list[str]:
-    """Greedy assistant replies to chat conversations (through the tokenizer's chat template)."""
+    """Greedy assistant replies to chat conversations (through the tokenizer's chat template; an `ApiModel`
+    sends each conversation to its endpoint as it is)."""
+    if isinstance(model, ApiModel):
+        budgets = [max_new_tokens] * len(conversations) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        return model.generate(conversations, budgets, batch_size, stop, desc)
     prompts = [encode(tok, chat_text(tok, c)) for c in conversations]
     return generate(model, tok, prompts, max_new_tokens, batch_size, stop, desc)
 
@@ -141,6 +154,7 @@ def generate_chat(model, tok, conversations: list[list[dict]], max_new_tokens: l
 def continuation_logprobs(model, tok, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,
                           desc: str = "log-likelihood") -> list[float]:
     """Sum of log P(continuation tokens | context) for each (context ids, continuation ids) pair."""
+    refuse_api(model, "log-likelihoods")
     device = model_device(model)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     out = [0.0] * len(pairs)
@@ -180,6 +194,7 @@ def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: l
 
     Each context batch runs once; its KV cache then scores each continuation and is cropped back.
     """
+    refuse_api(model, "log-likelihoods")
     device = model_device(model)
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     out = [[0.0] * len(conts) for _ in contexts]
@@ -209,6 +224,7 @@ def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: l
 
 def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: str = "perplexity") -> list[tuple[float, int]]:
     """(sum of NLL in nats, number of scored tokens) per token sequence; the first token is context only."""
+    refuse_api(model, "token NLLs (perplexity)")
     device = model_device(model)
     out: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -227,3 +243,93 @@ def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: st
             for r, i in enumerate(chunk):
                 out[i] = (float(nll[r].sum()), max(len(texts[i]) - 1, 0))
     return out
+
+
+# --------------------------------------------------------------------------------------------- API models
+
+def cut_after_first_line(text: str) -> str:
+    """`text` up to and including the newline that ends its first non-blank line (stop rule "line" applied
+    to a finished reply: what `StopAfterLine` leaves of a local model's generation)."""
+    start = len(text) - len(text.lstrip())
+    end = text.find("\n", start)
+    return text if end < 0 else text[:end + 1]
+
+
+class ApiTokenizer:
+    """The tokenizer an `ApiModel` goes with, so that callers build prompts exactly as for a local model.
+
+    Its chat template is the conversation itself as JSON (`ApiModel.conversation` reads it back) and its
+    tokens are the text's characters. A budget computed from a token count (translation's "2 x the source's
+    tokens + 16") thus becomes a character count: generous for an endpoint, which counts its own tokens.
+    """
+
+    padding_side = "left"
+    pad_token_id = bos_token_id = eos_token_id = None
+    chat_template = "(the conversation as JSON)"
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = False, **kw):
+        text = json.dumps(list(messages), ensure_ascii=False)
+        return self(text)["input_ids"] if tokenize else text
+
+    def __call__(self, text: str, add_special_tokens: bool = False, **kw) -> dict:
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens: bool = True, **kw) -> str:
+        return "".join(map(chr, ids))
+
+
+class ApiModelError(UserError, ValueError):
+    """An API model was asked for what an endpoint does not give (log-likelihoods, token NLLs)."""
+
+
+class ApiModel:
+    """A model behind an OpenAI-compatible endpoint: it answers through `generate_chat` / `generate`.
+
+    `client`: a `lingotune.api.ChatClient` (anything with `chat(messages, max_tokens) -> str`, `model` and
+    `identity`). Replies are greedy (the client's temperature 0); each batch of `batch_size` conversations
+    goes out as that many concurrent requests; stop rule "line" cuts a reply after its first non-blank line
+    (`cut_after_first_line`), "eos" keeps it whole. Use it with `ApiModel.tokenizer`.
+    """
+
+    training = False
+
+    def __init__(self, client):
+        self.client = client
+        self.tokenizer = ApiTokenizer()
+
+    @property
+    def name(self) -> str:
+        return self.client.model
+
+    @property
+    def identity(self) -> dict:
+        """What identifies its answers (endpoint and model; never the key)."""
+        return dict(self.client.identity)
+
+    def conversation(self, tok, prompt_ids: list[int]) -> list[dict]:
+        """The conversation behind prompt ids that `tok` (this model's `ApiTokenizer`) made."""
+        if not isinstance(tok, ApiTokenizer):
+            raise TypeError(f"API model {self.name!r}: build its prompts with its own tokenizer (ApiModel.tokenizer)")
+        return json.loads(tok.decode(prompt_ids))
+
+    def reply(self, messages: list[dict], max_tokens: int, stop: str = "eos") -> str:
+        text = self.client.chat(messages, max_tokens)
+        return cut_after_first_line(text) if stop == "line" else text
+
+    def generate(self, conversations: list[list[dict]], budgets: list[int], batch_size: int = 8, stop: str = "eos",
+                 desc: str = "generate") -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if stop not in STOP_RULES:
+            raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
+        out: list[str] = []
+        with ThreadPoolExecutor(max_workers=max(1, batch_size)) as pool:
+            for _, chunk in batches(range(len(conversations)), batch_size, desc):
+                out += pool.map(lambda i: self.reply(conversations[i], budgets[i], stop), chunk)
+        return out
+
+
+def refuse_api(model, what: str) -> None:
+    """ApiModelError when `model` is an API model: an endpoint gives no `what`."""
+    if isinstance(model, ApiModel):
+        raise ApiModelError(f"API model {model.name!r}: an endpoint gives no {what}; use generation tasks or a local model")

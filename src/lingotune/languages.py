@@ -15,6 +15,9 @@ What an entry needs:
 - for translation evaluation (`lingotune.eval.translation`): mt_example and, for a non-English language,
   mt_example_label, mt_to_en and mt_from_en.
 - for copy evaluation (`lingotune.eval.copy`, Darumeru's cp_sent / cp_para): copy_instruction.
+- for pairwise judging (`lingotune.eval.judge`, its LLM and local-model judges): judge_prompt, the judge's
+  instructions written in the language, a `str.format` template with {question}, {answer_a} and {answer_b}
+  (no other braces) that asks for the final verdict as [[A]], [[B]] or [[C]] (a tie).
 - for starter data (`lingotune.data.starter`): cldr (a locale Babel has), num2words, starter_qa,
   starter_yesno and starter_statement, with the kinds English has and as many `starter_qa` templates per
   kind, in the same order (the same index means the same question in every language). Templates are
@@ -69,6 +72,9 @@ class Language:
     mt_from_en: str = ""  # the same instruction, but "... translate it into <this language>", in it
     # --- copy evaluation (lingotune.eval.copy): "Repeat the text below exactly ...; reply with the text only." in it
     copy_instruction: str = ""
+    # --- pairwise judging (lingotune.eval.judge): the judge prompt; {question}, {answer_a}, {answer_b}; asks for
+    # "[[A]]", "[[B]]" or "[[C]]" (a tie) at the end, and counts an answer not in this language as worse
+    judge_prompt: str = ""
     # Default evaluation tasks (task names or YAML paths) when a run names none.
     eval_suite: tuple[str, ...] = ("starter_heldout",)
     # --- starter data (lingotune.data.starter)
@@ -100,6 +106,15 @@ LANGUAGES: dict[str, Language] = {
                     "general and special relativity."),
         copy_instruction=("Repeat the text below exactly as it is, without changing, adding or leaving out anything. "
                           "Reply with the text only."),
+        judge_prompt=(
+            "You are an impartial judge. Compare the two assistants' answers to the user's question below and "
+            "decide which one is better. Judge helpfulness, relevance, accuracy and level of detail; an answer "
+            "that is not written in English is worse. Neither the order of the answers nor their length may "
+            "influence you. Explain your choice briefly, then give your final verdict in exactly this format: "
+            "[[A]] if answer A is better, [[B]] if answer B is better, [[C]] if they are equally good.\n\n"
+            "[Question]\n{question}\n\n[Answer A]\n{answer_a}\n[End of answer A]\n\n"
+            "[Answer B]\n{answer_b}\n[End of answer B]"
+        ),
         eval_suite=("starter_heldout",),
         cldr="en", num2words="en",
         starter_qa={
@@ -140,6 +155,15 @@ LANGUAGES: dict[str, Language] = {
         mt_from_en="Ты - полезный помощник, прочитай текст и переведи его на русский.",
         copy_instruction=("Повтори текст ниже в точности, ничего не меняя, не добавляя и не пропуская. "
                           "В ответе напиши только этот текст."),
+        judge_prompt=(
+            "Ты — беспристрастный судья. Сравни ответы двух ассистентов на вопрос пользователя ниже и реши, какой "
+            "из них лучше. Оценивай полезность, уместность, точность и полноту; ответ, написанный не на русском "
+            "языке, хуже. Ни порядок ответов, ни их длина не должны влиять на твоё решение. Кратко объясни выбор, "
+            "затем дай окончательный вердикт строго в таком виде: [[A]], если лучше ответ A, [[B]], если лучше "
+            "ответ B, [[C]], если они равноценны.\n\n"
+            "[Вопрос]\n{question}\n\n[Ответ A]\n{answer_a}\n[Конец ответа A]\n\n"
+            "[Ответ B]\n{answer_b}\n[Конец ответа B]"
+        ),
         eval_suite=("danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en",
                     "flores_ru_bpc", "starter_heldout"),
         cldr="ru", num2words="ru",
@@ -179,6 +203,14 @@ LANGUAGES: dict[str, Language] = {
         mt_to_en="مساعد شخصي اقرأ النص بإمعان وترجمه الى الانكليزية.",
         mt_from_en="مساعد شخصي اقرأ النص بإمعان وترجمه الى العربية.",
         copy_instruction="كرّر النص التالي كما هو تمامًا، دون تغيير أو إضافة أو حذف أي شيء. اكتب النص فقط في إجابتك.",
+        judge_prompt=(
+            "أنت حكم محايد. قارن بين إجابتَي مساعدَين عن سؤال المستخدم أدناه وقرّر أيّ الإجابتين أفضل. قيّم الفائدة "
+            "والصلة بالسؤال والدقة ومستوى التفصيل؛ والإجابة المكتوبة بغير العربية أسوأ. لا تدع ترتيب الإجابتين ولا "
+            "طولهما يؤثّر في قرارك. اشرح اختيارك باختصار، ثم اكتب حكمك النهائي بهذا الشكل تمامًا: [[A]] إذا كانت "
+            "الإجابة A أفضل، و[[B]] إذا كانت الإجابة B أفضل، و[[C]] إذا كانتا متكافئتين.\n\n"
+            "[السؤال]\n{question}\n\n[الإجابة A]\n{answer_a}\n[نهاية الإجابة A]\n\n"
+            "[الإجابة B]\n{answer_b}\n[نهاية الإجابة B]"
+        ),
         eval_suite=("idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout",),
         cldr="ar", num2words="ar",
         starter_qa={
@@ -217,6 +249,15 @@ LANGUAGES: dict[str, Language] = {
         mt_to_en="당신은 유용한 도우미입니다. 글을 잘 읽고 영어로 번역하세요.",
         mt_from_en="당신은 유용한 도우미입니다. 글을 잘 읽고 한국어로 번역하세요.",
         copy_instruction="아래 글을 아무것도 바꾸거나 더하거나 빼지 말고 그대로 반복하세요. 답에는 그 글만 쓰세요.",
+        judge_prompt=(
+            "당신은 공정한 심판입니다. 아래 사용자 질문에 대한 두 어시스턴트의 답변을 비교하여 어느 답변이 더 나은지 "
+            "판단하세요. 유용성, 관련성, 정확성, 충실성을 평가하고, 한국어로 작성되지 않은 답변은 더 나쁜 것으로 "
+            "보세요. 답변의 순서와 길이가 판단에 영향을 주어서는 안 됩니다. 짧게 이유를 설명한 뒤, 최종 판정을 "
+            "반드시 다음 형식으로 쓰세요: 답변 A가 더 나으면 [[A]], 답변 B가 더 나으면 [[B]], 두 답변이 비슷하면 "
+            "[[C]].\n\n"
+            "[질문]\n{question}\n\n[답변 A]\n{answer_a}\n[답변 A 끝]\n\n"
+            "[답변 B]\n{answer_b}\n[답변 B 끝]"
+        ),
         eval_suite=("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic",
                     "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout"),
         cldr="ko", num2words="ko",

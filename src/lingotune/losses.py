@@ -4,21 +4,50 @@ A loss has two methods:
     count(batch) -> int                       units the step's loss is averaged over (label tokens, pairs)
     __call__(model, batch, label_only) -> T   the *sum* of the per-unit losses of this micro-batch
 
+and, optionally,
+    collate(items, pad_id, max_len, device) -> batch   the loss's own batches (preference pairs); without
+                                              it the loop uses `data.batches.make_batch`
+
 The loop counts the units of every micro-batch of an optimizer step first and divides each
 micro-batch's sum by that total, so a step's loss is the mean over all its units however they
 fall into micro-batches (`batch_size 2, grad_accum 4` trains like `batch_size 8, grad_accum 1`).
 `label_only` says the loop allows computing logits only where they are needed (single process).
+
+Preference losses (DPO, ORPO) run here, in lingotune's own loop, not through TRL's trainers: a
+preference method keeps the run directory, resume, guards, metrics and reports, sees the same batches
+as every other method, and can follow DParT's row-sparse stage 1. TRL (`trl>=0.28`, test extra) is the
+reference: tests/test_preference.py shows both losses and their gradients equal TRL's on the same model
+and batch. A batch of n pairs is 2n padded rows (chosen rows, then rejected rows; `collate_pairs`),
+`count` is n, and `__call__` returns the sum over the pairs of the per-pair loss, so a step's loss is the
+mean over its pairs (TRL's batch mean):
+
+    DPO   -log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
+          log pi(y|x): the completion's token log-probabilities summed (answer after the chat prompt,
+          end-of-turn included). The reference is the stage's starting weights: with LoRA the same model
+          with its adapters disabled (PEFT's `disable_adapter`), with full weights a frozen copy taken when
+          the stage starts (`DPO.reference`); its log-probabilities are computed per micro-batch under
+          no_grad (TRL's default, `precompute_ref_log_probs=False`).
+    ORPO  NLL(y_w) - lambda * log sigmoid(log odds),  log odds = log(p_w / (1 - p_w)) - log(p_l / (1 - p_l))
+          log p: the completion's mean token log-probability (TRL's `average_log_prob=True`), 1 - p via
+          log1mexp. No reference model. NLL(y_w): the mean token NLL of this pair's chosen conversation,
+          over its answer tokens (`nll_on="answer"`) or over every token (`"all"`, TRL's ORPOTrainer, which
+          takes it over prompt and answer).
+          Normalisation: TRL pools the NLL tokens of its whole batch (one token mean), then adds the
+          pairs' mean odds term; lingotune averages the NLL per pair first, so that a pair weighs the
+          same in whatever micro-batch it falls (accumulation stays exact). The two agree exactly when the
+          chosen conversations carry the same number of NLL tokens (a batch of one pair, always); in
+          general lingotune's batch loss is the mean over its pairs of TRL's loss on each pair alone.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from lingotune.data.batches import IGNORE
-
+from lingotune.data.batches import IGNORE, collate_pairs
 
 
 class Loss(Protocol):
@@ -51,7 +80,100 @@ class CausalLM:
 
 
 
-LOSSES = {"causal_lm": CausalLM}
+def token_logps(model, batch: dict, labels: torch.Tensor, label_only: bool) -> torch.Tensor:
+    """log p(token | the tokens before it) of every labelled token of `labels` (labels != IGNORE), 0 elsewhere;
+    float32 of shape (rows, length - 1): column t scores token t + 1, as the model predicts it."""
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    if label_only:
+        logits, picked = label_only_logits(model, batch["input_ids"], batch["attention_mask"], labels)
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logits, picked = out.logits[:, :-1][keep], target[keep]
+    logps = -F.cross_entropy(logits.float(), picked, reduction="none")
+    return torch.zeros(keep.shape, dtype=logps.dtype, device=logps.device).masked_scatter(keep, logps)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate everywhere: log(-expm1(x)) near 0, log1p(-exp(x)) below -log 2.
+    x is kept below -1e-12 first, so a completion of probability 1 (in float) gives a finite value."""
+    x = x.clamp(max=-1e-12)
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+class PairLoss:
+    """What the preference losses share: a batch of n pairs is 2n padded rows, the chosen rows then the
+    rejected ones (`data.batches.collate_pairs`, never packed), with `labels` on the completion tokens;
+    the units are the n pairs."""
+
+    def count(self, batch: dict) -> int:
+        return int(batch["input_ids"].shape[0]) // 2
+
+    def collate(self, items: list[dict], pad_id: int, max_len: int, device) -> dict:
+        return {k: v.to(device) for k, v in collate_pairs(items, pad_id).items()}
+
+
+class DPO(PairLoss):
+    """Direct Preference Optimization, summed over the batch's pairs (see the module doc).
+
+    reference: a frozen model giving pi_ref, or None for the trained model itself with its PEFT adapters
+    disabled. The method's stage setup sets it when the stage starts."""
+
+    name = "dpo"
+
+    def __init__(self, beta: float, reference: torch.nn.Module | None = None):
+        self.beta, self.reference = beta, reference
+
+    def __call__(self, model, batch: dict, label_only: bool) -> torch.Tensor:
+        with torch.no_grad():
+            reference = self.reference_logps(model, batch, label_only)
+        ratios = token_logps(model, batch, batch["labels"], label_only).sum(-1) - reference
+        n = ratios.shape[0] // 2
+        return -F.logsigmoid(self.beta * (ratios[:n] - ratios[n:])).sum()
+
+    def reference_logps(self, model, batch: dict, label_only: bool) -> torch.Tensor:
+        """Summed completion log-probabilities under the reference (call under no_grad)."""
+        if self.reference is not None:
+            device = batch["input_ids"].device
+            if next(self.reference.parameters()).device != device:
+                self.reference.to(device)
+            return token_logps(self.reference, batch, batch["labels"], label_only).sum(-1)
+        peft = getattr(model, "module", model)
+        if not hasattr(peft, "disable_adapter"):
+            raise ValueError("DPO: no reference model, and the trained model has no adapters to disable")
+        with peft.disable_adapter():
+            return token_logps(peft, batch, batch["labels"], label_only).sum(-1)
+
+
+class ORPO(PairLoss):
+    """Odds Ratio Preference Optimization, summed over the batch's pairs (see the module doc).
+
+    lam: the weight of the odds-ratio term; nll_on: "answer" (the chosen answer's tokens) or "all" (every
+    token of the chosen conversation, as TRL's ORPOTrainer)."""
+
+    name = "orpo"
+
+    def __init__(self, lam: float, nll_on: str = "answer"):
+        if nll_on not in ("answer", "all"):
+            raise ValueError(f"ORPO: nll_on must be 'answer' or 'all', not {nll_on!r}")
+        self.lam, self.nll_on = lam, nll_on
+
+    def __call__(self, model, batch: dict, label_only: bool) -> torch.Tensor:
+        completion = batch["labels"]
+        labels = completion
+        if self.nll_on == "all":
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
+        logps = token_logps(model, batch, labels, label_only)
+        n = logps.shape[0] // 2
+        answer = completion[:, 1:] != IGNORE
+        mean = (logps * answer).sum(-1) / answer.sum(-1)  # log p of each completion, length-averaged
+        scored = labels[:n, 1:] != IGNORE
+        nll = -(logps[:n] * scored).sum(-1) / scored.sum(-1)
+        log_odds = (mean[:n] - mean[n:]) - (log1mexp(mean[:n]) - log1mexp(mean[n:]))
+        return (nll - self.lam * F.logsigmoid(log_odds)).sum()
+
+
+LOSSES = {"causal_lm": CausalLM, "dpo": DPO, "orpo": ORPO}
 
 
 def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,

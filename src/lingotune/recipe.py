@@ -67,18 +67,60 @@ class LoraSettings(Strict):
 
 class StageSteps(Strict):
     steps: int = Field(..., ge=1, description="Optimizer steps in this stage.")
-    data: list[Literal["stage1", "stage2", "text"]] | None = Field(
+    data: list[Literal["stage1", "stage2", "text", "prefs"]] | None = Field(
         None, min_length=1,
         description="Datasets this stage trains on: 'stage1' (DParT bilingual pairs), 'stage2' (target-language "
-        "instructions), 'text' (plain target-language text, loss on every token). Default: the stage's own set "
-        "(stage1, stage2; both for the single stage; text for lep).",
+        "instructions), 'text' (plain target-language text, loss on every token), 'prefs' (preference pairs; only "
+        "for the dpo and orpo stages, and alone). Default: the stage's own set (stage1, stage2; both for the single "
+        "stage; text for lep; stage2 for sft; prefs for dpo and orpo).",
     )
 
 
+class PrefSettings(Strict):
+    """The methods sft, dpo and orpo (`../shared/papers/sft-dpo-orpo-korean.txt`): what trains, and the losses."""
+
+    weights: Literal["lora", "full"] = Field(
+        "lora", description="What trains in the sft, dpo and orpo stages: 'lora' (adapters per method.lora, at "
+        "train.lr) or 'full' (every weight, at train.full_lr).",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="DPO's beta: how far the policy may move from the reference (the starting weights of "
+        "the dpo stage); the loss is -log sigmoid(beta * margin of the summed completion log-ratios).",
+    )
+    orpo_lambda: float = Field(
+        0.1, ge=0, description="ORPO's lambda: the weight of the odds-ratio term beside the NLL of the chosen answer "
+        "(0: SFT on the chosen answers alone). The NLL covers the answer, or every token with train.loss_on: all.",
+    )
+    sft: StageSteps = Field(
+        default_factory=lambda: StageSteps(steps=60, data=["stage2"]),
+        description="The supervised stage: the sft method's one stage, and dpo's first stage (loss per train.loss_on).",
+    )
+    dpo: StageSteps = Field(default_factory=lambda: StageSteps(steps=60, data=["prefs"]), description="The DPO stage.")
+    orpo: StageSteps = Field(default_factory=lambda: StageSteps(steps=60, data=["prefs"]),
+                             description="The ORPO stage.")
+    dpo_after_sft: bool = Field(
+        True, description="dpo: an SFT stage first, then DPO against the SFT result (the paper's SFT -> DPO); "
+        "false: DPO alone, against the starting model.",
+    )
+    after_stage1: bool = Field(
+        False, description="orpo: DParT's stage 1 first (input embeddings on the bilingual pairs, method.stage1), "
+        "then ORPO in place of stage 2 (stage-1 embeddings frozen or trainable per method.stage2_embeddings).",
+    )
+
+    @model_validator(mode="after")
+    def _data_defaults(self):
+        for stage, default in ((self.sft, ["stage2"]), (self.dpo, ["prefs"]), (self.orpo, ["prefs"])):
+            if stage.data is None:
+                object.__setattr__(stage, "data", default)
+        return self
+
+
 class MethodConfig(Strict):
-    name: Literal["dpart", "lora", "full", "combined", "lep"] = Field(
+    name: Literal["dpart", "lora", "full", "combined", "lep", "sft", "dpo", "orpo"] = Field(
         "dpart", description="dpart (embeddings, then LoRA), lora, full (all weights), combined (embeddings + LoRA in "
-        "one stage), lep (input embeddings and output head on plain text; LEP's embedding step).",
+        "one stage), lep (input embeddings and output head on plain text; LEP's embedding step), sft (supervised "
+        "fine-tuning on stage2), dpo (SFT, then DPO on prefs), orpo (ORPO on prefs, optionally after DParT's stage 1); "
+        "sft, dpo and orpo are set in method.pref.",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (dpart stage 2, lora, combined).")
     stage2_embeddings: Literal["frozen", "trainable"] = Field(
@@ -98,6 +140,7 @@ class MethodConfig(Strict):
         description="The one stage of lora/full/combined. Default: as many steps as DParT's two stages together, "
         "on both datasets, so every method sees the same data for the same number of steps.",
     )
+    pref: PrefSettings = Field(default_factory=PrefSettings, description="sft, dpo and orpo: weights, losses, stages.")
 
     @model_validator(mode="after")
     def _single_default(self):
@@ -108,6 +151,20 @@ class MethodConfig(Strict):
             stage = getattr(self, name)
             if stage.data is None:
                 object.__setattr__(stage, "data", default)
+        return self
+
+    @model_validator(mode="after")
+    def _prefs_alone_in_preference_stages(self):
+        """Preference pairs train only the dpo and orpo stages, and alone (their loss needs pairs)."""
+        p = self.pref
+        for name, stage in (("pref.sft", p.sft), ("pref.dpo", p.dpo), ("pref.orpo", p.orpo), ("stage1", self.stage1),
+                            ("stage2", self.stage2), ("single", self.single), ("lep", self.lep)):
+            data = stage.data or []
+            if name in ("pref.dpo", "pref.orpo"):
+                if data != ["prefs"]:
+                    raise ValueError(f"method.{name}.data: a preference stage trains on ['prefs'] alone, not {data}")
+            elif "prefs" in data:
+                raise ValueError(f"method.{name}.data: 'prefs' (preference pairs) trains only the dpo and orpo stages")
         return self
 
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lingotune import files, methods, rundir
 from lingotune.checkpoint import Checkpoints
-from lingotune.data.batches import full_length, tokenize_all, tokenize_texts
+from lingotune.data.batches import full_length, pair_examples, tokenize_all, tokenize_pairs, tokenize_texts
 from lingotune.errors import RunDirError, TrainingError, UserError
 from lingotune.models import load_model, resolve
 from lingotune.recipe import Recipe, RecipeError, changed_training_fields, dump_recipe, parse_recipe, training_fields
@@ -81,25 +81,34 @@ def select_stages(recipe: Recipe, only_stage: str | None, results: dict) -> list
 
 
 def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple[list[dict], int]]:
-    """stage name -> (tokenized examples, number cut away by max_len); a one-line error when a stage has none.
+    """stage name -> (tokenized items, number cut away by max_len); a one-line error when a stage has none.
 
     Chat examples (stage1, stage2) get their loss mask from `train.loss_on`; plain text (`text`) is
-    trained on every token, in windows of `train.max_len`."""
-    out = {}
+    trained on every token, in windows of `train.max_len`; preference pairs (`prefs`, alone in their
+    stage) become pair items (`data.batches.tokenize_pair`: chosen and rejected, labels on the completion)."""
+    out, max_len = {}, recipe.train.max_len
     for stage in stages:
-        chats = [ex for key in stage.data if key != "text" for ex in getattr(built, key)]
-        texts = built.text if "text" in stage.data else []
-        items, dropped = tokenize_all(chats, tok, recipe.train.max_len, recipe.train.loss_on)
-        more, cut = tokenize_texts(texts, tok, recipe.train.max_len)
-        if not chats and not texts:
+        prefs = stage.data == ["prefs"]
+        if prefs:
+            chats, texts = [ex for p in built.prefs for ex in pair_examples(p)], []
+            items, dropped = tokenize_pairs(built.prefs, tok, max_len)
+            hint = "a source of format prefs"
+        else:
+            chats = [ex for key in stage.data if key != "text" for ex in getattr(built, key)]
+            texts = built.text if "text" in stage.data else []
+            items, dropped = tokenize_all(chats, tok, max_len, recipe.train.loss_on)
+            more, cut = tokenize_texts(texts, tok, max_len)
+            items, dropped = items + more, dropped + cut
             hint = "a source used as text" if "text" in stage.data else "data.sources and data.max_stage1/max_stage2"
+        if not chats and not texts:
             raise TrainingError(f"{stage.name}: the data section yields no examples for {'+'.join(stage.data)} "
                                 f"(check {hint})")
-        if not items and chats and not more:
+        if not items and chats:
             shortest = min(full_length(ex, tok) for ex in chats[:500])
-            raise TrainingError(f"train.max_len: {recipe.train.max_len} tokens cuts every one of the {len(chats)} "
-                                f"{stage.name} examples before its answer (the shortest needs {shortest}); raise it")
-        out[stage.name] = (items + more, dropped + cut)
+            raise TrainingError(f"train.max_len: {max_len} tokens cuts every one of the "
+                                f"{len(built.prefs) if prefs else len(chats)} {stage.name} examples before its "
+                                f"answer (the shortest needs {shortest}); raise it")
+        out[stage.name] = (items, dropped)
     return out
 
 

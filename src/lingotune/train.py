@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from lingotune.checkpoint import Checkpoints
-from lingotune.data.batches import BatchPlan, make_batch
+from lingotune.data.batches import BatchPlan, item_tokens, make_batch
 from lingotune.errors import TrainingError, TrainingInterrupted
 from lingotune.losses import CausalLM
 from lingotune.models import bf16_supported, count_parameters
@@ -279,8 +279,10 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
         notes.append("label-only logits")
     if accelerator.mixed_precision == "bf16":
         notes.append("bf16 autocast")
-    pack = cfg.pack and packing_respected(accelerator.unwrap_model(model))
-    if cfg.pack:
+    loss = loss or CausalLM()
+    own_batches = hasattr(loss, "collate")  # the loss builds its own (padded) batches: nothing to pack
+    pack = cfg.pack and not own_batches and packing_respected(accelerator.unwrap_model(model))
+    if cfg.pack and not own_batches:
         notes.append("packed rows" if pack else "padded rows: this model ignores packed position_ids")
     base = accelerator.unwrap_model(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
@@ -297,7 +299,7 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
         if cfg.gradient_checkpointing:
             _checkpointing(base, False)
 
-    run = StageRun(name, model, items, steps, cfg, accelerator, optimizer, scheduler, loss or CausalLM(), label_only,
+    run = StageRun(name, model, items, steps, cfg, accelerator, optimizer, scheduler, loss, label_only,
                    grads, tracked, BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed), pack, pad_id,
                    Checkpoints(stage_dir / "checkpoint", cfg.keep_checkpoints), log_path, log_key, fingerprint,
                    notes, counts, cleanup)
@@ -319,7 +321,9 @@ def fingerprint_hash(fields: dict | None) -> str | None:
 
 
 def _fingerprint_diff(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    """Training fields both recipes have, with different values. A field only one side has was added or
+    removed by a newer lingotune; its default keeps the old behaviour, so it does not block a resume."""
+    return sorted(k for k in set(old) & set(new) if old[k] != new[k])
 
 
 def _restore(run: StageRun) -> None:
@@ -328,9 +332,9 @@ def _restore(run: StageRun) -> None:
     if loaded is None:
         return
     state, meta = loaded
-    if run.fingerprint is not None and meta.get("recipe_hash") not in (None, fingerprint_hash(run.fingerprint)):
-        fields = ", ".join(_fingerprint_diff(meta["recipe"], run.fingerprint))
-        raise TrainingError(f"{run.name}: the checkpoint was trained with a different recipe ({fields}); "
+    changed = _fingerprint_diff(meta.get("recipe") or {}, run.fingerprint or {})
+    if changed:
+        raise TrainingError(f"{run.name}: the checkpoint was trained with a different recipe ({', '.join(changed)}); "
                             "resume with the same recipe, or start again with --overwrite")
     if set(state["params"]) != set(run.tracked) or any(
             state["params"][n].shape != run.tracked[n].shape for n in run.tracked):
@@ -349,12 +353,17 @@ def _restore(run: StageRun) -> None:
 
 
 def _micro_batches(run: StageRun, step: int) -> tuple[list[dict], int]:
-    """The step's micro-batches (grad_accum of them) and its number of real tokens."""
+    """The step's micro-batches (grad_accum of them) and its number of real tokens. A loss with its own
+    `collate` (preference pairs) builds its batches; otherwise `make_batch` (padded or packed rows)."""
     idx = run.plan.indices(step)
     bs = run.cfg.batch_size
-    batches = [make_batch([run.items[i] for i in idx[j:j + bs]], run.pad_id, run.cfg.max_len, run.pack,
-                          run.accelerator.device) for j in range(0, len(idx), bs)]
-    return batches, sum(len(run.items[i]["input_ids"]) for i in idx)
+    own = getattr(run.loss, "collate", None)
+    batches = []
+    for j in range(0, len(idx), bs):
+        items = [run.items[i] for i in idx[j:j + bs]]
+        batches.append(own(items, run.pad_id, run.cfg.max_len, run.accelerator.device) if own else
+                       make_batch(items, run.pad_id, run.cfg.max_len, run.pack, run.accelerator.device))
+    return batches, sum(item_tokens(run.items[i]) for i in idx)
 
 
 def _stop(run: StageRun, step: int, what: str) -> TrainingError:

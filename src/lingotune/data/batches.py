@@ -3,6 +3,10 @@
 The answer span is found the robust way: tokenize the prompt (every message but the last, plus
 the generation prompt) and the whole conversation separately through the chat template; the
 answer is what the whole conversation has beyond the prompt, end-of-turn token included.
+
+Preference pairs (`tokenize_pair`, `collate_pairs`): the chosen and the rejected conversation are two
+such examples with the same prompt; a batch of pairs is padded rows, the chosen rows then the rejected
+rows (never packed).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from lingotune.data.records import DataError, Example
+from lingotune.data.records import DataError, Example, PrefRecord
 
 IGNORE = -100
 
@@ -63,6 +67,52 @@ def tokenize_all(examples: list[Example], tok, max_len: int, loss_on: str) -> tu
         else:
             out.append(t)
     return out, dropped
+
+
+def pair_examples(rec: PrefRecord) -> tuple[Example, Example]:
+    """The chosen and the rejected conversation of a preference pair: [system], user prompt, assistant answer."""
+    system = [{"role": "system", "content": rec.system}] if rec.system else []
+    head = system + [{"role": "user", "content": rec.prompt}]
+    meta = {"source": rec.source}
+    return (Example(head + [{"role": "assistant", "content": rec.chosen}], meta),
+            Example(head + [{"role": "assistant", "content": rec.rejected}], meta))
+
+
+def tokenize_pair(rec: PrefRecord, tok, max_len: int) -> dict | None:
+    """{'chosen_ids', 'chosen_labels', 'rejected_ids', 'rejected_labels'} of one preference pair, or None when
+    truncation leaves either answer without a token.
+
+    Each side goes through `tokenize_example` with the loss on the answer: labels are the completion tokens
+    (the answer after the chat prompt, end-of-turn included), IGNORE elsewhere. Truncation keeps the start:
+    the prompt is never cut, each answer is cut at its end so that prompt + answer fit `max_len`, and a pair
+    whose prompt leaves no room for an answer token on either side is dropped.
+    """
+    chosen, rejected = (tokenize_example(ex, tok, max_len, "answer") for ex in pair_examples(rec))
+    if chosen is None or rejected is None:
+        return None
+    return {"chosen_ids": chosen["input_ids"], "chosen_labels": chosen["labels"],
+            "rejected_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
+
+
+def tokenize_pairs(prefs: list[PrefRecord], tok, max_len: int) -> tuple[list[dict], int]:
+    """(tokenized pairs, number dropped because truncation left an answer without a token)."""
+    items = [tokenize_pair(rec, tok, max_len) for rec in prefs]
+    return [x for x in items if x is not None], sum(x is None for x in items)
+
+
+def collate_pairs(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padded rows of a batch of n pairs: rows 0..n-1 the chosen conversations, rows n..2n-1 the rejected ones
+    (same order); `labels` mark the completion tokens."""
+    rows = [{"input_ids": x[f"{side}_ids"], "labels": x[f"{side}_labels"]}
+            for side in ("chosen", "rejected") for x in items]
+    return collate(rows, pad_id)
+
+
+def item_tokens(item: dict) -> int:
+    """Tokens of one training item: an example's, or both conversations' of a preference pair."""
+    if "input_ids" in item:
+        return len(item["input_ids"])
+    return len(item["chosen_ids"]) + len(item["rejected_ids"])
 
 
 def tokenize_texts(texts: list[str], tok, max_len: int) -> tuple[list[dict], int]:

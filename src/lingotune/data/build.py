@@ -1,8 +1,14 @@
-"""`build_datasets`: the recipe's data section -> the stage-1 (DParT pairs) and stage-2 sets.
+"""`build_datasets`: the recipe's data section -> the stage-1 (DParT pairs), stage-2, `text` and `prefs` sets.
 
-Reads every source (`load_source`), validates and drops what is broken, duplicated or leaked into the
-evaluation, builds the stage-1 pairs and stage-2 instructions, and reports what happened to each
-source. Deterministic for a given seed.
+Reads every source (`load_source`; preference pairs: `formats.read_prefs`), validates and drops what is
+broken, duplicated or leaked into the evaluation, builds the stage-1 pairs and stage-2 instructions, and
+reports what happened to each source. Deterministic for a given seed.
+
+Preference pairs (`validate_prefs`): an empty chosen or rejected answer is dropped (`empty_answer`), a
+chosen answer identical to the rejected one is skipped (counted in the report as `identical`), the chosen
+answer must be in the target script (`wrong_script`; the rejected one may be in any language, e.g. the
+English answer of a cross-lingual pair), a repeated (prompt, chosen, rejected) is a duplicate, and the
+leakage check covers the prompt, the system prompt and both answers.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ from pathlib import Path
 from lingotune.data import formats, sources
 from lingotune.data.config import DEFAULT_PATH, SINGLE, TRANSLATION_FORMATS, DataConfig, SourceSpec
 from lingotune.data.pairs import build_stage1, build_stage2
-from lingotune.data.records import DataError, Example, Record
-from lingotune.data.validate import (LeakageIndex, ValidationReport, drop_leaked_pairs, drop_leaked_records,
-                                     validate_pairs, validate_records)
+from lingotune.data.records import DataError, Example, PrefRecord, Record
+from lingotune.data.validate import (SCRIPT_SAMPLE, LeakageIndex, ValidationReport, drop_leaked_pairs,
+                                     drop_leaked_records, validate_pairs, validate_records, wrong_script)
 from lingotune.paths import data_root
 
 
@@ -27,6 +33,7 @@ class BuiltData:
     stage2: list[Example]
     report: dict = field(default_factory=dict)
     text: list[str] = field(default_factory=list)  # plain target-language text (sources used as `text`)
+    prefs: list[PrefRecord] = field(default_factory=list)  # preference pairs (sources of format prefs)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         from lingotune.files import atomic_write_text, save_json
@@ -38,6 +45,9 @@ class BuiltData:
         if self.text:
             paths["text"] = atomic_write_text(out / "text.jsonl", "".join(
                 json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in self.text))
+        if self.prefs:
+            paths["prefs"] = atomic_write_text(out / "prefs.jsonl", "".join(
+                json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in self.prefs))
         return paths
 
 
@@ -140,6 +150,58 @@ def _texts(spec: SourceSpec, recs: list[Record], lang: str, ck, leak, seen: set,
     return [f"{r.prompt.strip()}\n\n{r.response.strip()}" if r.prompt.strip() else r.response.strip() for r in recs]
 
 
+def validate_prefs(prefs: list[PrefRecord], lang: str, ck, leak: LeakageIndex | None,
+                   seen: set) -> tuple[list[PrefRecord], ValidationReport, int]:
+    """(kept pairs, counts of those dropped, number skipped as identical); see the module doc. `ck`: the
+    CheckConfig (strict: the first problem raises DataError naming file:line and field; an identical pair
+    is skipped and counted, never an error)."""
+    rep, identical, kept = ValidationReport(records_in=len(prefs)), 0, []
+
+    def problem(p: PrefRecord, what: str, counter: str | None) -> None:
+        if ck.strict and counter:
+            raise DataError(f"{p.source}: {what}")
+        if counter:
+            setattr(rep, counter, getattr(rep, counter) + 1)
+        if len(rep.examples) < 20:
+            rep.examples.append(f"{p.source}: {what}")
+
+    for p in prefs:
+        key = (p.prompt.strip(), p.chosen.strip(), p.rejected.strip())
+        empty = next((f for f in ("chosen", "rejected") if not getattr(p, f).strip()), None)
+        if empty:
+            problem(p, f"field '{empty}' is empty", "empty_answer")
+        elif key[1] == key[2]:
+            identical += 1
+            problem(p, "field 'chosen' is identical to 'rejected' (skipped)", None)
+        elif ck.script_check and wrong_script(p.chosen, p.lang or lang, ck.script_threshold, ck.min_letters):
+            problem(p, f"field 'chosen' is not in the script of {p.lang or lang} (first {SCRIPT_SAMPLE} characters)",
+                    "wrong_script")
+        elif key in seen and ck.drop_duplicates:
+            problem(p, "duplicate of an earlier pair", "duplicates")
+        elif leak and any(leak.leaks(t) for t in (p.prompt, p.chosen, p.rejected, p.system or "")):
+            rep.leakage_dropped += 1
+        else:
+            rep.duplicates += key in seen
+            seen.add(key)
+            kept.append(p)
+    rep.kept = len(kept)
+    return kept, rep, identical
+
+
+def _prefs_source(i: int, spec: SourceSpec, lang: str, root: Path | None, ck, leak,
+                  seen: set) -> tuple[list[PrefRecord], dict, ValidationReport]:
+    """One source of format prefs, read and validated: (pairs, report entry, counts)."""
+    try:
+        prefs = formats.read_prefs(_resolve(root, spec.path), spec.lang or lang, spec.limit, spec.id_field)
+    except DataError as e:
+        raise DataError(f"data.sources[{i}] (prefs): {e}") from None
+    kept, rep, identical = validate_prefs(prefs, lang, ck, leak, seen)
+    entry = {"index": i, "format": spec.format, "path": spec.path, "use": "prefs", "pairs_read": 0,
+             "stage2_read": 0, "prefs_read": len(prefs), "prefs": len(kept), "identical": identical,
+             "validation": rep.to_dict()}
+    return kept, entry, rep
+
+
 def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] | None = None) -> BuiltData:
     """Read every source, validate, drop leaks, build stage-1 pairs and stage-2 instructions. Deterministic."""
     root = data_root(cfg.root)
@@ -149,9 +211,16 @@ def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] 
     all_pairs: list[sources.Pair] = []
     all_stage2: list[Record] = []
     all_text: list[str] = []
+    all_prefs, seen_prefs = [], set()
     total = ValidationReport()
     per_source = []
     for i, spec in enumerate(cfg.sources):
+        if spec.format == "prefs":
+            prefs, entry, rep = _prefs_source(i, spec, lang, root, ck, leak, seen_prefs)
+            all_prefs += prefs
+            per_source.append(entry)
+            total.add(rep)
+            continue
         try:
             pairs, recs = load_source(spec, lang, root, seed)
         except DataError as e:
@@ -167,9 +236,10 @@ def build_datasets(cfg: DataConfig, lang: str, seed: int, eval_texts: list[str] 
     stage2 = build_stage2(all_stage2, lang, seed)[:cfg.max_stage2]
     report = {
         "lang": lang, "seed": seed, "root": str(root) if root else None,
-        "stage1": len(stage1), "stage2": len(stage2), "text": len(all_text),
+        "stage1": len(stage1), "stage2": len(stage2), "text": len(all_text), "prefs": len(all_prefs),
+        "prefs_identical": sum(e.get("identical", 0) for e in per_source),
         "stage1_kinds": dict(Counter(e.meta["kind"] for e in stage1)),
         "validation": total.to_dict(), "leakage_dropped": total.leakage_dropped,
         "duplicates": total.duplicates, "sources": per_source,
     }
-    return BuiltData(stage1, stage2, report, all_text)
+    return BuiltData(stage1, stage2, report, all_text, all_prefs)

@@ -1,4 +1,4 @@
-"""`lingotune data ...`: build pairs, translate, write starter data, inspect files.
+"""`lingotune data ...`: build pairs, build preference pairs, translate, write starter data, inspect files.
 
 Also runnable alone: `python -m lingotune.data.cli inspect --flores`.
 """
@@ -16,7 +16,7 @@ from rich.table import Table
 
 from lingotune.errors import UserError, pydantic_line, user_errors
 
-app = typer.Typer(help="Data: build DParT pairs, translate English data, write starter data, inspect files.",
+app = typer.Typer(help="Data: build DParT pairs and preference pairs, translate English data, write starter data, inspect files.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
@@ -134,6 +134,7 @@ def translate(
                 row["system"] = r.system
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     console.print(f"wrote {out} ({len(done)} records; cache {cache_dir})")
+
 
 
 @app.command()

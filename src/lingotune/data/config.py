@@ -17,7 +17,9 @@
 
 Paths are relative to the data root unless absolute. Every source yields aligned (English, target) pairs for
 stage 1 and/or target-language records for stage 2 (`use`); single-file formats (alpaca, openorca, sharegpt,
-prompt_completion, hf_disk, hub) have no English side and feed stage 2 only.
+prompt_completion, hf_disk, hub) have no English side and feed stage 2 only. Format `prefs` (a JSONL of
+prompt/chosen/rejected strings, `lingotune.data.formats.read_prefs`) feeds the `prefs` set of preference pairs
+(the dpo and orpo stages) and nothing else.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 Format = Literal["starter", "alpaca", "openorca", "sharegpt", "prompt_completion", "parallel_text", "hf_disk", "hub",
-                 "paired", "xquad", "gsm8k", "msvamp", "mt_bench", "ifeval", "mintaka", "flores", "tatoeba", "text"]
+                 "paired", "xquad", "gsm8k", "msvamp", "mt_bench", "ifeval", "mintaka", "flores", "tatoeba", "text",
+                 "prefs"]
 SINGLE = {"alpaca", "openorca", "sharegpt", "prompt_completion", "hf_disk", "hub"}
 TWO_FILES = {"paired", "parallel_text"}
 # Default location of each shared set under the data root ({lang} = target language).
@@ -49,14 +52,15 @@ class SourceSpec(Strict):
     format: Format = Field(description="Layout of the source: starter (the project's own data), a single-file "
                            "format (alpaca, openorca, sharegpt, prompt_completion, hf_disk, hub), two files "
                            "(paired, parallel_text), a shared set (xquad, gsm8k, msvamp, mt_bench, ifeval, mintaka, "
-                           "flores, tatoeba), or plain target-language text (text: .txt one text a line, or JSON/JSONL "
-                           "with a 'text' field).")
+                           "flores, tatoeba), plain target-language text (text: .txt one text a line, or JSON/JSONL "
+                           "with a 'text' field), or preference pairs (prefs: JSONL of prompt/chosen/rejected "
+                           "strings, optional system and id).")
     path: str | None = Field(None, description="File or folder (hub: the dataset id). Relative paths resolve against the "
                              "data root. Shared sets default to their folder under the root.")
     en: str | None = Field(None, description="paired / parallel_text: the English file.")
     target: str | None = Field(None, description="paired / parallel_text: the target-language file.")
-    lang: str | None = Field(None, description="Single-file formats: the language the file is written in "
-                             "(default: the recipe's language).")
+    lang: str | None = Field(None, description="Single-file formats and prefs: the language the file is written "
+                             "in (default: the recipe's language).")
     align: Literal["index", "id"] = Field("index", description="paired: align records by position or by `id_field`.")
     id_field: str = Field("id", min_length=1, description="Field holding a record's id (paired with align: id).")
     text_field: str = Field("text", min_length=1, description="format text, JSON/JSONL files: the field holding "
@@ -67,10 +71,11 @@ class SourceSpec(Strict):
     all_turns: bool = Field(False, description="sharegpt: keep every user->assistant exchange, not only the first.")
     limit: int | None = Field(None, ge=1, description="Use at most this many records/pairs of the source (first N; "
                               "starter: the number of training pairs, default 400).")
-    use: Literal["pairs", "stage2", "both", "text"] | None = Field(
+    use: Literal["pairs", "stage2", "both", "text", "prefs"] | None = Field(
         None, description="pairs: stage-1 DParT pairs; stage2: target-language instructions for stage 2; both; text: "
-        "the source's target-language records as plain text (the `text` set, e.g. LEP's embedding training). "
-        "Default: both, stage2 for single-file formats, text for format text.")
+        "the source's target-language records as plain text (the `text` set, e.g. LEP's embedding training); prefs: "
+        "preference pairs (format prefs only). Default: both, stage2 for single-file formats, text for format text, "
+        "prefs for format prefs.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -83,11 +88,15 @@ class SourceSpec(Strict):
             raise ValueError(f"format {self.format} needs 'en' and 'target' files")
         if self.format == "text" and (not self.path or self.use not in (None, "text")):
             raise ValueError("format text needs 'path' and is used as text only")
+        is_prefs = self.format == "prefs"
+        if is_prefs != (self.uses == "prefs") or (is_prefs and not self.path):
+            raise ValueError("format prefs needs 'path' and is used as prefs only (and only format prefs is)")
         return self
 
     @property
     def uses(self) -> str:
-        return self.use or ("text" if self.format == "text" else "stage2" if self.format in SINGLE else "both")
+        default = {"text": "text", "prefs": "prefs"}.get(self.format, "stage2" if self.format in SINGLE else "both")
+        return self.use or default
 
 
 class PairConfig(Strict):

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lingotune.data.records import DataError, Record
+from lingotune.data.records import DataError, PrefRecord, Record
 
 FORMATS = ("alpaca", "openorca", "sharegpt", "prompt_completion")
 
@@ -241,6 +241,27 @@ def read_file(path: str | Path, fmt: str = "auto", lang: str = "en", limit: int 
               id_field: str | None = "id", all_turns: bool = False) -> list[Record]:
     """Records of a JSON/JSONL file in one of FORMATS ("auto": detected from each row's keys)."""
     return records_from_rows(iter_rows(path), fmt, lang, limit, id_field, all_turns)
+
+
+# --------------------------------------------------------------------------------------------- preference pairs
+
+def read_prefs(path: str | Path, lang: str | None = None, limit: int | None = None,
+               id_field: str | None = "id") -> list[PrefRecord]:
+    """Preference pairs of a JSONL (or JSON array) file in the standard layout: `prompt`, `chosen` and `rejected`
+    strings, optional `system`, `id_field` and `kind` (how the pair was built, kept; default "file"). A missing
+    or non-string field, or an empty prompt, is a DataError naming file:line and field; empty or identical
+    answers are left to validation (counted and dropped there)."""
+    out: list[PrefRecord] = []
+    for where, obj in iter_rows(path):
+        if limit is not None and len(out) >= limit:
+            break
+        prompt, chosen, rejected = (field(obj, name, where) for name in ("prompt", "chosen", "rejected"))
+        if not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' is empty")
+        system = field(obj, "system", where, required=False).strip() or None
+        kind = field(obj, "kind", where, required=False).strip() or "file"
+        out.append(PrefRecord(prompt, chosen, rejected, system, _id(obj, id_field), lang, where, kind))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- Hugging Face

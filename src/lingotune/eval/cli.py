@@ -59,6 +59,11 @@ def eval_command(
     seed: int = typer.Option(0, help="Seed for sampling, k-shot demonstrations and bootstrap."),
     lang: str = typer.Option("ru", help="Language of the run (default suite, starter questions)."),
     n_bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs (0 = none)."),
+    api_model: str | None = typer.Option(None, help="Evaluate this model of an OpenAI-compatible endpoint instead "
+                                         "(generation tasks only: yes/no in generate mode, translation, copy)."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="--api-model: the endpoint's base URL (…/v1)."),
+    api_key_env: str | None = typer.Option(None, help="--api-model: environment variable holding the API key "
+                                           "(default: OPENAI_API_KEY if set)."),
 ) -> None:
     """Evaluate a model on yes/no benchmarks, translation and perplexity; print scores with 95% CIs."""
     from pydantic import ValidationError
@@ -86,7 +91,14 @@ def eval_command(
         fail(f"option --{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}")
     for t in cfg.tasks:
         load_task(t)
-    m, tok = load_adapted(model, adapter=adapter, embeddings=embeddings)
+    if api_model:
+        from lingotune.eval.answers import eval_api_model
+
+        m, tok = eval_api_model(api_model, base_url, api_key_env, cfg.task_names(lang), cfg.mode,
+                                        bool(adapter or embeddings))
+        model = f"api:{api_model}"
+    else:
+        m, tok = load_adapted(model, adapter=adapter, embeddings=embeddings)
     results = evaluate(m, tok, cfg, out_dir=out, label=label, lang=lang)
     console.print(results_table(results, title=f"{label}: {model}" + (f" + {adapter}" if adapter else "")))
     console.print(f"saved to {out / label}")

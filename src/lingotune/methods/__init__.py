@@ -5,10 +5,11 @@ A method is a list of `Stage`s; the one training loop (lingotune.train) runs the
 
 from __future__ import annotations
 
-from lingotune.methods import combined, dpart, full, lep, lora
+from lingotune.methods import combined, dpart, dpo, full, lep, lora, orpo, sft
 from lingotune.methods.base import Stage
 
-METHODS = {"dpart": dpart, "lora": lora, "full": full, "combined": combined, "lep": lep}
+METHODS = {"dpart": dpart, "lora": lora, "full": full, "combined": combined, "lep": lep, "sft": sft, "dpo": dpo,
+           "orpo": orpo}
 
 
 def stages(name: str, recipe) -> list[Stage]:

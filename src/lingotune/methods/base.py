@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,58 @@ def lora_groups(model, lora_cfg, lr: float, embeddings: tuple[str, float] | None
         tie, emb_lr = embeddings
         groups.append({"name": "embeddings", "params": [prepare_embeddings(model.get_base_model(), tie)], "lr": emb_lr})
     return model, groups
+
+
+def full_groups(model, lr: float):
+    """Every weight trains at `lr` (a shared matrix once): (model, one group "all")."""
+    params, seen = [], set()
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            p.requires_grad_(True)
+            params.append(p)
+    return model, [{"name": "all", "params": params, "lr": lr}]
+
+
+def tuned_groups(model, recipe, embeddings: tuple[str, float] | None = None):
+    """What trains in the sft, dpo and orpo stages, per `method.pref.weights`: LoRA adapters at `train.lr`
+    (with the input embeddings beside them when `embeddings` = (tie, lr) is given), or every weight at
+    `train.full_lr`."""
+    if recipe.method.pref.weights == "lora":
+        return lora_groups(model, recipe.method.lora, recipe.train.lr, embeddings)
+    return full_groups(model, recipe.train.full_lr)
+
+
+def tuned_save(recipe, embeddings: bool = False) -> Callable:
+    """The save of a stage trained by `tuned_groups`: its adapter (and the input embeddings, with
+    `embeddings`), or the whole model with its tokenizer (when `output.save_full_model`)."""
+    def save(model, out_dir: Path, tokenizer=None) -> dict[str, str]:
+        if recipe.method.pref.weights == "lora" and embeddings:
+            return save_adapter_and_embeddings(model, out_dir)
+        if recipe.method.pref.weights == "lora":
+            return {"adapter": save_adapter(model, out_dir)}
+        return {"model": save_model(model, out_dir, tokenizer)} if recipe.output.save_full_model else {}
+
+    return save
+
+
+def check_tuned(recipe, model) -> None:
+    """sft, dpo, orpo: with LoRA, its target modules must exist in the model."""
+    if recipe.method.pref.weights == "lora":
+        check_lora_targets(model, recipe.method.lora)
+
+
+def merge_adapters(model):
+    """The model with its LoRA adapters merged into the weights (a plain model again); a model without
+    adapters as it is. A later stage then trains on top of the earlier stage's result."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def frozen_copy(model) -> torch.nn.Module:
+    """A copy of `model` that never trains (no gradients, eval mode): a reference model."""
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
 
 
 def save_adapter_and_embeddings(model, out_dir: Path, tokenizer=None) -> dict[str, str]:

@@ -13,24 +13,31 @@ from lingotune.methods.base import (
 )
 
 
-def stages(recipe) -> list[Stage]:
+def stage1(recipe) -> Stage:
+    """Stage 1: the input embeddings alone (row-sparse), on `method.stage1` (also orpo's `after_stage1`)."""
     m, t, tie = recipe.method, recipe.train, recipe.model.tie
-    also_embeddings = m.stage2_embeddings == "trainable"
 
     def setup1(model):
         freeze_all(model)
         w = prepare_embeddings(model, tie)
         return model, [{"name": "embeddings", "params": [w], "lr": t.embedding_lr}]
 
-    def setup2(model):
-        return lora_groups(model, m.lora, t.lr, (tie, t.embedding_lr) if also_embeddings else None)
-
     def save1(model, out, tokenizer=None):
         return {"embeddings": save_embeddings(model, out)}
 
+    return Stage("stage1", m.stage1.data, m.stage1.steps, setup1, save1, {"trains": "input embeddings", "tie": tie},
+                 row_sparse=True)
+
+
+def stages(recipe) -> list[Stage]:
+    m, t, tie = recipe.method, recipe.train, recipe.model.tie
+    also_embeddings = m.stage2_embeddings == "trainable"
+
+    def setup2(model):
+        return lora_groups(model, m.lora, t.lr, (tie, t.embedding_lr) if also_embeddings else None)
+
     return [
-        Stage("stage1", m.stage1.data, m.stage1.steps, setup1, save1, {"trains": "input embeddings", "tie": tie},
-              row_sparse=True),
+        stage1(recipe),
         Stage("stage2", m.stage2.data, m.stage2.steps, setup2, save_adapter_and_embeddings,
               {"trains": "LoRA" + (" + embeddings" if also_embeddings else ""), "tie": tie}),
     ]

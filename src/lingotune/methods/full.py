@@ -6,21 +6,14 @@ The paper trained the full model at the embeddings' learning rate (10x below LoR
 
 from __future__ import annotations
 
-from lingotune.methods.base import Stage, save_model
+from lingotune.methods.base import Stage, full_groups, save_model
 
 
 def stages(recipe) -> list[Stage]:
     m, t = recipe.method, recipe.train
 
     def setup(model):
-        params = []
-        seen = set()
-        for p in model.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                p.requires_grad_(True)
-                params.append(p)
-        return model, [{"name": "all", "params": params, "lr": t.full_lr}]
+        return full_groups(model, t.full_lr)
 
     def save(model, out, tokenizer=None):
         if not recipe.output.save_full_model:
