@@ -74,7 +74,7 @@ def test_http_translation_is_cached_and_resumed(tmp_path):
 def test_interrupted_job_resumes_without_redoing(tmp_path):
     texts = [f"sentence {i}" for i in range(6)]
     with FakeServer(fail_after=3) as srv:
-        t = tr.HTTPTranslator(srv.url, "fake-mt", timeout=10)
+        t = tr.HTTPTranslator(srv.url, "fake-mt", timeout=10, retries=0)  # retries: tests/test_judge.py
         with pytest.raises(tr.TranslationError, match="HTTP 503"):
             tr.translate_texts(texts, t, "en", "ru", tmp_path, batch_size=1, progress=False)
         assert srv.requests == 4
@@ -95,7 +95,7 @@ def test_translate_records_keeps_ids_and_system(tmp_path):
 def test_unreachable_server_is_one_line_error(tmp_path):
     with FakeServer() as srv:
         url = srv.url
-    t = tr.HTTPTranslator(url, "m", timeout=2)  # server is shut down now
+    t = tr.HTTPTranslator(url, "m", timeout=2, retries=0)  # server is shut down now
     with pytest.raises(tr.TranslationError, match="cannot connect"):
         tr.translate_texts(["x"], t, "en", "ru", tmp_path, progress=False)
 

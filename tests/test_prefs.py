@@ -404,10 +404,12 @@ def test_on_policy_interrupted_build_resumes_without_regenerating(tmp_path, monk
 def test_generation_cache_ignores_a_torn_line_and_keeps_appending(tmp_path):
     path = tmp_path / "generations.jsonl"
     path.write_text('{"key": "a", "text": "A"}\n{"key": "b", "te', encoding="utf-8")
-    cache = prefs.GenerationCache(tmp_path)
+    from lingotune.files import JsonlCache
+
+    cache = JsonlCache(path, field="text")
     assert cache.items == {"a": "A"}
-    cache.add([("c", "C")])
-    assert prefs.GenerationCache(tmp_path).items == {"a": "A", "c": "C"}
+    cache.put_many([("c", "C")])
+    assert JsonlCache(path, field="text").items == {"a": "A", "c": "C"}
 
 
 @pytest.mark.parametrize("chosen, rejected, near", [

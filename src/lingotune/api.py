@@ -1,7 +1,7 @@
 """One small client for OpenAI-compatible chat endpoints: POST {base_url}/chat/completions, with urllib.
 
 Used by `inference.ApiModel` (an API model's answers, `lingotune eval --api-model`) and by the LLM judge
-(`lingotune judge --judge llm`); `data/translate.HTTPTranslator` may move onto it later.
+(`lingotune judge --judge llm`) and `data/translate.HTTPTranslator`.
 
 - Greedy by default (temperature 0); `max_tokens` is the reply's budget.
 - Retries: a timeout, a refused or dropped connection, HTTP 429 and HTTP 5xx are retried `retries` times,

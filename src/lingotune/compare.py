@@ -17,7 +17,7 @@ from rich.console import Console
 
 from lingotune import files, rundir
 from lingotune.compare_report import UNTOUCHED, summarize
-from lingotune.recipe import Recipe, dump_recipe, parse_recipe, set_path
+from lingotune.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, set_path
 from lingotune.run import (
     build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
     tokenize_stages, train_method,
@@ -52,14 +52,14 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], consol
     files.save_json(udir / "results.json", res)
 
 
-def _cell(model0, tok, r: Recipe, method: str, built, cell_dir: Path, prompts: list[str], console: Console) -> None:
+def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[str],
+          console: Console) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
     res = new_results(r, files.read_json(cell_dir / "results.json"))
     res["variant"] = method
     stages = select_stages(r, None, res)
-    tokenized = tokenize_stages(r, stages, built, tok)
     model = copy.deepcopy(model0)
     t = time.perf_counter()
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console)
@@ -83,12 +83,15 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     t0 = time.perf_counter()
     model0, tok, _ = load(recipe, console)
     check_method(recipe, model0)
-    builts = {}
+    builts, tokenized = {}, {}
     for dname, dcfg in datasets.items():  # every dataset, and every method's stages on it, checked first
         builts[dname] = built = build_data(cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir), console)
-        for method in cmp.methods:
+        for method in cmp.methods:  # tokenized once per method: a cell's seed does not change its examples
             r = cell_recipe(recipe, method, recipe.seed, dcfg, out_dir)
-            tokenize_stages(r, select_stages(r, None, {}), built, tok)
+            if r.vocab.scenario != "none" or r.propagate.instruct:
+                raise RecipeError(f"compare: {method!r} adapts the vocabulary or propagates (vocab, propagate); "
+                                  "the grid does not run LEP cells yet: use lingotune run")
+            tokenized[dname, method] = tokenize_stages(r, select_stages(r, None, {}), built, tok)
     rundir.prepare(out_dir, action, "grid")
     files.atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     for dname, dcfg in datasets.items():
@@ -105,7 +108,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                     continue
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
-                _cell(model0, tok, r, method, built, cell_dir, prompts, console)
+                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, console)
     summary = summarize(out_dir, recipe)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     files.save_json(out_dir / "summary.json", summary)

@@ -9,11 +9,13 @@ and whether a delta is an improvement follows its `higher_is_better`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 from lingotune.eval.declared import arrow, result_metrics
+from lingotune.files import atomic_write_text
 from lingotune.recipe import Recipe
 from lingotune.stats import paired_permutation, paired_t_pvalue, t_interval
 
@@ -144,15 +146,16 @@ def md_table(rows: list[dict], cols: list[str], meta: dict) -> list[str]:
 
 
 def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["dataset", "method"] + [x for c in cols for x in (c, c + " ci95", c + " n")])
-        for r in rows:
-            vals = []
-            for c in cols:
-                v = r.get(c)
-                vals += list(v) if v else ["", "", ""]
-            w.writerow([r["dataset"], r["method"]] + vals)
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["dataset", "method"] + [x for c in cols for x in (c, c + " ci95", c + " n")])
+    for r in rows:
+        vals = []
+        for c in cols:
+            v = r.get(c)
+            vals += list(v) if v else ["", "", ""]
+        w.writerow([r["dataset"], r["method"]] + vals)
+    atomic_write_text(path, f.getvalue())
 
 
 # ----------------------------------------------------------------------------- significance
@@ -294,7 +297,7 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
         plots = plot(out_dir, d, by_variant, meta[d], variants, cells)
         lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += _params_md(order, params)
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return summary
 
 

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lingotune.errors import UserError
 
@@ -99,3 +100,53 @@ def safe_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name or len(name) > 100:
         raise ValueError(f"{what} {name!r}: use letters, digits and _ . + = - only (it becomes a file name)")
     return name
+
+
+class JsonlCache:
+    """Finished items of a resumable job in an append-only JSONL file, {"key": ..., <field>: ...} a line.
+
+    Appended and flushed after every batch, so an interrupted job keeps what it finished. A torn last
+    line (a kill mid-write) is skipped on reading and closed before the next append. Values are any JSON.
+    Used for translations, on-policy generations, judged answers and verdicts.
+    """
+
+    def __init__(self, path: str | Path, field: str = "value"):
+        self.path, self.field = Path(path), field
+        self.items: dict[str, Any] = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []:
+            try:
+                row = json.loads(line)
+                self.items[str(row["key"])] = row[field]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+
+    @staticmethod
+    def key(*parts) -> str:
+        """sha256 of the parts as JSON: a key from everything the value depends on."""
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def get(self, key: str):
+        return self.items.get(key)
+
+    def put_many(self, items) -> None:
+        """Store (key, value) pairs, or a dict of them, and append them to the file."""
+        pairs = list(items.items() if isinstance(items, dict) else items)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+b") as fh:
+            size = fh.seek(0, 2)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")  # close a torn last line, so the next record starts a line of its own
+            fh.writelines((json.dumps({"key": k, self.field: v}, ensure_ascii=False) + "\n").encode() for k, v in pairs)
+            fh.flush()
+        self.items.update(pairs)
+
+    def fill(self, keys: list[str], compute: Callable[[list[int]], list], chunk: int) -> list:
+        """The values of `keys`; the missing ones computed `chunk` at a time (`compute(indices)`) and stored
+        before the next chunk starts, so an interruption keeps every finished chunk."""
+        todo = [i for i, k in enumerate(keys) if k not in self.items]
+        for start in range(0, len(todo), max(1, chunk)):
+            idx = todo[start:start + max(1, chunk)]
+            self.put_many({keys[i]: v for i, v in zip(idx, compute(idx))})
+        return [self.items[k] for k in keys]

@@ -94,6 +94,6 @@ def render(results: dict) -> str:
 
 def write_report(run_dir: Path) -> Path:
     results = json.loads((run_dir / "results.json").read_text())
-    path = run_dir / "report.md"
-    path.write_text(render(results))
-    return path
+    from lingotune.files import atomic_write_text
+
+    return atomic_write_text(run_dir / "report.md", render(results))

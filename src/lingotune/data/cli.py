@@ -126,13 +126,11 @@ def translate(
     if fresh and cache.path.exists():
         cache.path.unlink()
     done = tr.translate_records(records, t, to, cache_dir, src=src, batch_size=batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for r in done:
-            row = {"id": r.id, "prompt": r.prompt, "completion": r.response}
-            if r.system:
-                row["system"] = r.system
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    from lingotune.files import atomic_write_text
+
+    rows = [{"id": r.id, "prompt": r.prompt, "completion": r.response, **({"system": r.system} if r.system else {})}
+            for r in done]
+    atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     console.print(f"wrote {out} ({len(done)} records; cache {cache_dir})")
 
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lingotune.data.records import DataError, PrefRecord, Record
+from lingotune.data.records import DataError, Example, PrefRecord, Record
 
 FORMATS = ("alpaca", "openorca", "sharegpt", "prompt_completion")
 
@@ -308,10 +308,8 @@ def read_hub(name: str, fmt: str = "auto", lang: str = "en", split: str = "train
 
 # --------------------------------------------------------------------------------------------- examples
 
-def read_examples(path: str | Path) -> list["Example"]:
+def read_examples(path: str | Path) -> list[Example]:
     """Examples from a JSONL file written by `write_examples` / `BuiltData.write` ({"messages", "meta"} a line)."""
-    from lingotune.data.records import Example
-
     return [Example.from_dict(obj if isinstance(obj, dict) else {}, where) for where, obj in iter_rows(path)]
 
 

@@ -65,6 +65,7 @@ from lingotune.data.formats import field as str_field
 from lingotune.data.formats import iter_rows
 from lingotune.data.records import DataError, PrefRecord, Record
 from lingotune.data.validate import LeakageIndex
+from lingotune.files import JsonlCache
 from lingotune.languages import get_language
 
 KINDS = ("cross-lingual", "label", "on-policy", "file")
@@ -340,32 +341,6 @@ class Generator:
     batch_size: int = 8
 
 
-class GenerationCache:
-    """Finished generations in an append-only JSONL file, {"key", "text"} a line; a torn last line (a kill
-    mid-write) is ignored. Nothing is written until the first generation."""
-
-    def __init__(self, cache_dir: str | Path):
-        self.path = Path(cache_dir) / "generations.jsonl"
-        self.items: dict[str, str] = {}
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
-        for line in lines:
-            try:
-                row = json.loads(line)
-                self.items[str(row["key"])] = str(row["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-
-    def add(self, pairs: list[tuple[str, str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+b") as fh:
-            size = fh.seek(0, 2)
-            if size and (fh.seek(size - 1) or True) and fh.read(1) != b"\n":
-                fh.write(b"\n")  # end a torn last line, so that the next record starts a line of its own
-            fh.writelines((json.dumps({"key": k, "text": t}, ensure_ascii=False) + "\n").encode() for k, t in pairs)
-            fh.flush()
-        self.items.update(pairs)
-
-
 def generation_key(gen: Generator, r: Record) -> str:
     return hashlib.sha256(json.dumps([gen.name, gen.max_new_tokens, r.system, r.prompt], ensure_ascii=False).encode()).hexdigest()
 
@@ -376,7 +351,7 @@ def conversation(r: Record) -> list[dict[str, str]]:
 
 def generate_cached(refs: list[Record], gen: Generator, cache_dir: str | Path) -> list[str]:
     """The model's greedy answer to each reference's prompt, from the cache or generated a batch at a time."""
-    cache = GenerationCache(cache_dir)
+    cache = JsonlCache(Path(cache_dir) / "generations.jsonl", field="text")
     keys = [generation_key(gen, r) for r in refs]
     todo = list({k: r for k, r in zip(keys, refs) if k not in cache.items}.items())
     for i in range(0, len(todo), gen.batch_size):
@@ -385,7 +360,7 @@ def generate_cached(refs: list[Record], gen: Generator, cache_dir: str | Path) -
                                        batch_size=gen.batch_size, desc="on-policy answers")
         if len(outs) != len(batch):
             raise RuntimeError(f"generate_chat gave {len(outs)} answers for {len(batch)} prompts")
-        cache.add([(k, o) for (k, _), o in zip(batch, outs)])
+        cache.put_many([(k, o) for (k, _), o in zip(batch, outs)])
     return [cache.items[k] for k in keys]
 
 

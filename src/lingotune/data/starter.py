@@ -32,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lingotune.data.records import DataError, Record
+from lingotune.files import atomic_write_text
 from lingotune.languages import Language, get_language
 
 # Every fact needs names in these languages (and in the target language); see the module doc.
@@ -307,9 +308,6 @@ def write(data: StarterData, out_dir: str | Path) -> dict[str, Path]:
     }
     paths = {}
     for name, rows in files.items():
-        p = out / f"{name}.jsonl"
-        with p.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        paths[name] = p
+        paths[name] = atomic_write_text(out / f"{name}.jsonl",
+                                        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return paths

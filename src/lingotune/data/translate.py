@@ -1,7 +1,7 @@
 """Translate English records into the target language, for users who only have English data.
 
 Backends (each has `name`, `model` and `translate(texts, src, tgt) -> list[str]` for one batch):
-- `HTTPTranslator`: an OpenAI-compatible server, POST {base_url}/chat/completions (urllib, no new dependency).
+- `HTTPTranslator`: an OpenAI-compatible server, through `lingotune.api.ChatClient`.
 - `Seq2SeqTranslator`: a local Hugging Face seq2seq model (Marian, NLLB, M2M) via AutoModelForSeq2SeqLM.
 - `CausalTranslator`: a local causal LM prompted with `translation_messages` through its chat template.
 
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 from lingotune.data.records import Record
 from lingotune.errors import UserError
+from lingotune.files import JsonlCache
 from lingotune.languages import get_language
 
 
@@ -41,44 +40,28 @@ def translation_messages(text: str, src: str, tgt: str) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------- backends
 
 class HTTPTranslator:
+    """An OpenAI-compatible server, through lingotune's one endpoint client (`lingotune.api.ChatClient`:
+    retries with backoff, the API key never in an error)."""
+
     name = "http"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0,
-                 max_tokens: int = 2048, temperature: float = 0.0):
-        self.base_url = base_url.rstrip("/")
-        self.model, self.api_key, self.timeout = model, api_key, timeout
-        self.max_tokens, self.temperature = max_tokens, temperature
+                 max_tokens: int = 2048, temperature: float = 0.0, retries: int = 3):
+        from lingotune.api import ApiError, ChatClient
 
-    def _one(self, text: str, src: str, tgt: str) -> str:
-        body = json.dumps({"model": self.model, "messages": translation_messages(text, src, tgt),
-                           "max_tokens": self.max_tokens, "temperature": self.temperature}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise self._error(f"{url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise self._error(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
-        except json.JSONDecodeError:
-            raise self._error(f"{url}: the answer is not JSON") from None
-        try:
-            return data["choices"][0]["message"]["content"].strip()
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise self._error(f"{url}: the answer has no choices[0].message.content") from None
-
-    def _error(self, message: str) -> "TranslationError":
-        """A one-line error with the API key blanked out: servers echo it back (in a reason phrase, a body)."""
-        if self.api_key:
-            message = message.replace(self.api_key, "***")
-        return TranslationError(message.replace("\n", " "))
+            self.client = ChatClient(base_url, model, api_key, timeout, retries, temperature=temperature)
+        except ApiError as e:
+            raise TranslationError(str(e)) from None
+        self.model, self.max_tokens = model, max_tokens
 
     def translate(self, texts: list[str], src: str, tgt: str) -> list[str]:
-        return [self._one(t, src, tgt) for t in texts]
+        from lingotune.api import ApiError
+
+        try:
+            return [self.client.chat(translation_messages(t, src, tgt), self.max_tokens).strip() for t in texts]
+        except ApiError as e:
+            raise TranslationError(str(e)) from None
 
 
 class Seq2SeqTranslator:
@@ -137,31 +120,11 @@ def cache_key(backend: str, model: str, src: str, tgt: str, text: str) -> str:
     return hashlib.sha256(json.dumps([backend, model, src, tgt, text], ensure_ascii=False).encode()).hexdigest()
 
 
-class TranslationCache:
-    """Finished translations in an append-only JSONL file: {"key", "text"} per line. A torn last line (a kill
-    mid-write) is ignored."""
+class TranslationCache(JsonlCache):
+    """Finished translations in <cache_dir>/translations.jsonl ({"key", "text"} a line; see `files.JsonlCache`)."""
 
     def __init__(self, cache_dir: str | Path):
-        self.path = Path(cache_dir) / "translations.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.items: dict[str, str] = {}
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.items[row["key"]] = row["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-
-    def get(self, key: str) -> str | None:
-        return self.items.get(key)
-
-    def put_many(self, pairs: list[tuple[str, str]]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            for key, text in pairs:
-                self.items[key] = text
-                fh.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
-            fh.flush()
+        super().__init__(Path(cache_dir) / "translations.jsonl", field="text")
 
 
 def translate_texts(texts: list[str], translator, src: str, tgt: str, cache_dir: str | Path,

@@ -22,63 +22,17 @@ whose answers are all cached is not even loaded.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from lingotune import inference
-from lingotune.files import FileFormatError
+from lingotune.files import FileFormatError, JsonlCache
 
 BUILTIN_PROMPTS = ("starter", "mt_bench")
 
 
 # --------------------------------------------------------------------------------------------- the cache
-
-class JsonlCache:
-    """Finished items in an append-only JSONL file ({"key", "value"} a line), flushed after every batch.
-
-    A torn last line (a kill mid-write) is skipped on reading. Values are any JSON.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.items: dict[str, object] = dict(self._read())
-
-    def _read(self) -> Iterator[tuple[str, object]]:
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
-        for line in lines:
-            try:
-                row = json.loads(line)
-                yield row["key"], row["value"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-
-    @staticmethod
-    def key(*parts) -> str:
-        return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
-
-    def get(self, key: str):
-        return self.items.get(key)
-
-    def put_many(self, items: dict[str, object]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            for key, value in items.items():
-                self.items[key] = value
-                fh.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
-            fh.flush()
-
-    def fill(self, keys: list[str], compute: Callable[[list[int]], list], chunk: int) -> list:
-        """The values of `keys`; the missing ones computed `chunk` at a time (`compute(indices)`) and stored
-        before the next chunk starts, so an interruption keeps every finished chunk."""
-        todo = [i for i, k in enumerate(keys) if k not in self.items]
-        for start in range(0, len(todo), max(1, chunk)):
-            idx = todo[start:start + max(1, chunk)]
-            values = compute(idx)
-            self.put_many({keys[i]: v for i, v in zip(idx, values)})
-        return [self.items[k] for k in keys]
-
 
 # --------------------------------------------------------------------------------------------- prompts
 
