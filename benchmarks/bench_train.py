@@ -283,12 +283,18 @@ def peer_args(spec: dict, out: str) -> dict:
     from lingotune.models import bf16_supported
 
     bf16 = bf16_supported(spec["device"]) and not spec["fp32"]
-    return dict(output_dir=out, per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
+    from transformers import TrainingArguments
+
+    fields = dict(output_dir=out, per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
                 learning_rate=LR[spec["stage"]], lr_scheduler_type="cosine_with_min_lr",
                 lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=0, bf16=bf16, max_grad_norm=1.0,
                 weight_decay=0.0, use_cpu=not spec["device"].startswith("cuda"), report_to=[], save_strategy="no",
                 eval_strategy="no", logging_steps=1, disable_tqdm=True, train_sampling_strategy="sequential",
                 seed=spec["seed"], dataloader_num_workers=0, gradient_checkpointing=False)
+    known = TrainingArguments.__dataclass_fields__  # an older transformers lacks e.g. train_sampling_strategy
+    if "train_sampling_strategy" not in known:
+        print("warning: this transformers has no train_sampling_strategy: the peers sample at random", file=sys.stderr)
+    return {k: v for k, v in fields.items() if k in known}
 
 
 def clock(spec: dict, times: list, losses: list):
@@ -353,9 +359,9 @@ def trl_dataset(items: list[dict]):
 
 
 @torch.no_grad()
-def packed_attention_separate(model, collate, items: list[dict]) -> bool:
-    """Whether the model, fed a collated packed batch of two examples as TRL feeds it (use_cache off), gives the
-    second example the logits it has alone: attention stays inside each example."""
+def packed_attention_separate(model, collate, items: list[dict], bf16: bool) -> bool:
+    """Whether the model, fed a collated packed batch of two examples as TRL feeds it (use_cache off, bf16 autocast
+    as in training), gives the second example the logits it has alone: attention stays inside each example."""
     a, b = items[0], items[1]
     batch = collate([{"input_ids": a["input_ids"][:6], "labels": a["input_ids"][:6]},
                      {"input_ids": b["input_ids"][:5], "labels": b["input_ids"][:5]}])
@@ -364,8 +370,9 @@ def packed_attention_separate(model, collate, items: list[dict]) -> bool:
     was = model.training
     model.eval()
     try:
-        packed = model(**kw, use_cache=False).logits[0, -5:].float()
-        alone = model(input_ids=torch.tensor([b["input_ids"][:5]], device=dev), use_cache=False).logits[0].float()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            packed = model(**kw, use_cache=False).logits[0, -5:].float()
+            alone = model(input_ids=torch.tensor([b["input_ids"][:5]], device=dev), use_cache=False).logits[0].float()
     finally:
         model.train(was)
     return bool((packed - alone).abs().max() <= 3e-2 * alone.abs().max())
@@ -389,7 +396,7 @@ def run_trl(spec: dict, model, tok, items: list[dict]) -> dict:
                          shuffle_dataset=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=trl_dataset(items), processing_class=tok,
                              callbacks=[clock(spec, times, losses)])
-        separate = packed_attention_separate(trainer.model, trainer.data_collator, items)
+        separate = packed_attention_separate(trainer.model, trainer.data_collator, items, args.bf16)
         trainer.data_collator = counting(trainer.data_collator, seen)
         assert not args.gradient_checkpointing  # TRL's default is on; the others run without it
         trainer.train()
@@ -575,6 +582,9 @@ def main() -> None:
                 print(f"stage {stage} {setup:9s} run {r}: {res['tok_s']:7.1f} tok/s{mfu}  peak RSS {res['peak_rss_mb']:7.0f} MB"
                       + (f"  GPU {res['peak_gpu_mb']:.0f} MB" if res["peak_gpu_mb"] else "")
                       + f"  bf16={res['bf16']}  {', '.join(res['notes'])}  ({time.perf_counter() - t:.0f} s)", flush=True)
+                if args.json:  # after every run, so a cut-short invocation keeps what it measured
+                    report["stages"][stage] = summarize(runs, peak)
+                    Path(args.json).write_text(json.dumps(report, indent=1))
         summary = summarize(runs, peak)
         if args.loss_steps:
             curves = {}
