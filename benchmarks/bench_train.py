@@ -14,7 +14,7 @@ subprocess (so peak RSS means something); runs alternate hf, trl, lingotune, hf,
     (`input_ids` + `completion_mask`, loss on the completion only), packed: `--trl-packing padding_free`
     (default: each step's examples flattened into one row with restarting position_ids, the same
     examples per step as the others) or `bfd` (`packing=True`, best-fit decreasing over the whole
-    set, about as many packed rows per step as hold the others' tokens per step).
+    set, about as many packed rows per step as hold the others' tokens per step) or `none` (padded rows).
 (c) lingotune: `lingotune.train.train_stage`, the loop every method uses, with the recipe's
     defaults (fast path, packed rows, precision auto) and the stage setup of `lingotune.methods`.
 
@@ -392,15 +392,16 @@ def run_trl(spec: dict, model, tok, items: list[dict]) -> dict:
         fields = dict(peer_args(spec, out), per_device_train_batch_size=batch_size)
         # padding-free: the examples are already cut to seq_len, and TRL refuses a max_length it would not enforce
         args = SFTConfig(**fields, max_length=spec["seq_len"] if bfd else None, packing=bfd, packing_strategy="bfd",
-                         padding_free=not bfd, completion_only_loss=True, dataset_num_proc=None,
-                         shuffle_dataset=False)
+                         padding_free=spec["trl_packing"] == "padding_free", completion_only_loss=True,
+                         dataset_num_proc=None, shuffle_dataset=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=trl_dataset(items), processing_class=tok,
                              callbacks=[clock(spec, times, losses)])
-        separate = packed_attention_separate(trainer.model, trainer.data_collator, items, args.bf16)
+        separate = (packed_attention_separate(trainer.model, trainer.data_collator, items, args.bf16)
+                    if trainer.padding_free else True)
         trainer.data_collator = counting(trainer.data_collator, seen)
         assert not args.gradient_checkpointing  # TRL's default is on; the others run without it
         trainer.train()
-    notes = [f"{'bfd packing' if bfd else 'padding-free'}: {'one flattened row per step' if trainer.padding_free else 'padded'}",
+    notes = [f"{spec['trl_packing']}: {'one flattened row per step' if trainer.padding_free else 'padded rows'}",
              f"attention {'inside each example' if separate else 'CROSSES example boundaries'}",
              f"attn {trainer.model.config._attn_implementation}"]
     return peer_result(trainer, model, times, losses, seen, args.bf16, notes)
@@ -526,8 +527,9 @@ def main() -> None:
                     help="bundled | bundled:gemma3-270m | random:llama-1b | random:gemma3-270m | a model directory or hub id")
     ap.add_argument("--tiny", action="store_true", help="random:NAME models shrunk to a few layers of width 64")
     ap.add_argument("--peers", default="hf,trl", help="peers to run beside lingotune, comma-separated (hf, trl)")
-    ap.add_argument("--trl-packing", default="padding_free", choices=["padding_free", "bfd"],
-                    help="TRL's packing: padding-free rows of each step's examples, or bfd over the whole set")
+    ap.add_argument("--trl-packing", default="padding_free", choices=["padding_free", "bfd", "none"],
+                    help="TRL's packing: padding-free rows of each step's examples, bfd over the whole set, or none "
+                         "(padded rows, TRL's own collator)")
     ap.add_argument("--stage", default="both", choices=["1", "2", "both"])
     ap.add_argument("--data", default="dpart", choices=["dpart", "flores", "synthetic"])
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per timed run")

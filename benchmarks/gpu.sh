@@ -19,7 +19,7 @@
 # Data: synthetic examples of seq_len/8 .. seq_len tokens (seq_len 2048), 30-80 % prompt, batch 8.
 # Attention: flash_attention_2 when `flash_attn` imports and passes a probe, else sdpa (ATTN=... overrides).
 # Environment knobs: STEPS (10), REPEATS (1), SEQ_LEN (2048), BATCH (8), MODELS ("llama-1b gemma3-270m"),
-# LIMIT (seconds per model, 165).
+# LIMIT (seconds per model, 165), TRL_PACKING (padding_free; bfd, none).
 set -u
 OUT=${1:?usage: bash benchmarks/gpu.sh OUTDIR [--tiny]}
 TINY=${2:-}
@@ -83,7 +83,7 @@ for M in $MODELS; do
   timeout "$LIMIT" python3 benchmarks/bench_train.py --model "random:$M" $EXTRA --data synthetic \
     --seq-len "$SEQ_LEN" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --repeats "$REPEATS" \
     --loss-steps "$LOSS_STEPS" --attn "$ATTN" --device "$DEVICE" --peak-json "$OUT/matmul.json" \
-    --keep-going --json "$OUT/$M.json" 2>&1 | tee "$OUT/$M.log"
+    --trl-packing "${TRL_PACKING:-padding_free}" --keep-going --json "$OUT/$M.json" 2>&1 | tee "$OUT/$M.log"
   [ "${PIPESTATUS[0]}" -eq 124 ] && echo "random:$M stopped after ${LIMIT}s; $OUT/$M.json holds the finished stages"
 done
 echo "done: $(ls "$OUT")"
