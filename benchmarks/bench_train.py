@@ -397,13 +397,14 @@ def run_trl(spec: dict, model, tok, items: list[dict]) -> dict:
         trainer = SFTTrainer(model=model, args=args, train_dataset=trl_dataset(items), processing_class=tok,
                              callbacks=[clock(spec, times, losses)])
         separate = (packed_attention_separate(trainer.model, trainer.data_collator, items, args.bf16)
-                    if trainer.padding_free else True)
+                    if trainer.padding_free else None)  # padded rows: one example per row, nothing to probe
         trainer.data_collator = counting(trainer.data_collator, seen)
         assert not args.gradient_checkpointing  # TRL's default is on; the others run without it
         trainer.train()
     notes = [f"{spec['trl_packing']}: {'one flattened row per step' if trainer.padding_free else 'padded rows'}",
-             f"attention {'inside each example' if separate else 'CROSSES example boundaries'}",
              f"attn {trainer.model.config._attn_implementation}"]
+    if separate is not None:
+        notes.insert(1, f"attention {'inside each example' if separate else 'CROSSES example boundaries'}")
     return peer_result(trainer, model, times, losses, seen, args.bf16, notes)
 
 

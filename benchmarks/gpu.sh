@@ -19,7 +19,7 @@
 # Data: synthetic examples of seq_len/8 .. seq_len tokens (seq_len 2048), 30-80 % prompt, batch 8.
 # Attention: flash_attention_2 when `flash_attn` imports and passes a probe, else sdpa (ATTN=... overrides).
 # Environment knobs: STEPS (10), REPEATS (1), SEQ_LEN (2048), BATCH (8), MODELS ("llama-1b gemma3-270m"),
-# LIMIT (seconds per model, 165), TRL_PACKING (padding_free; bfd, none).
+# LIMIT (seconds per model, 150), TRL_PACKING (padding_free; bfd, none).
 set -u
 OUT=${1:?usage: bash benchmarks/gpu.sh OUTDIR [--tiny]}
 TINY=${2:-}
@@ -30,7 +30,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANS
 if [ "$TINY" = "--tiny" ]; then
   EXTRA="--tiny"; SEQ_LEN=${SEQ_LEN:-64}; STEPS=${STEPS:-4}; LOSS_STEPS=3; WARMUP=1; DEVICE=cpu; LIMIT=${LIMIT:-900}
 else
-  EXTRA=""; SEQ_LEN=${SEQ_LEN:-2048}; STEPS=${STEPS:-10}; LOSS_STEPS=0; WARMUP=3; DEVICE=cuda; LIMIT=${LIMIT:-165}
+  EXTRA=""; SEQ_LEN=${SEQ_LEN:-2048}; STEPS=${STEPS:-10}; LOSS_STEPS=0; WARMUP=3; DEVICE=cuda; LIMIT=${LIMIT:-150}
 fi
 REPEATS=${REPEATS:-1}; BATCH=${BATCH:-8}
 MODELS=${MODELS:-"llama-1b gemma3-270m"}
@@ -84,6 +84,6 @@ for M in $MODELS; do
     --seq-len "$SEQ_LEN" --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --repeats "$REPEATS" \
     --loss-steps "$LOSS_STEPS" --attn "$ATTN" --device "$DEVICE" --peak-json "$OUT/matmul.json" \
     --trl-packing "${TRL_PACKING:-padding_free}" --keep-going --json "$OUT/$M.json" 2>&1 | tee "$OUT/$M.log"
-  [ "${PIPESTATUS[0]}" -eq 124 ] && echo "random:$M stopped after ${LIMIT}s; $OUT/$M.json holds the finished stages"
+  [ "${PIPESTATUS[0]}" -eq 124 ] && echo "random:$M stopped after ${LIMIT}s; $OUT/$M.json holds the runs it finished"
 done
 echo "done: $(ls "$OUT")"
