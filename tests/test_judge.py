@@ -568,3 +568,74 @@ def test_cli_eval_scores_an_api_model_on_a_generation_task(tmp_path, monkeypatch
     both = CliRunner().invoke(app, [*common, "--api-model", "yesno", "--tasks", str(task), "--mode", "both"])
     assert both.exit_code == 2 and "qa (yes/no with --mode both)" in both.output
     _no_secret_anywhere(tmp_path, res.output)
+
+
+# ----------------------------------------------------------------------------------------- win rates inside a compare grid
+
+def test_judge_grid_pairs_seed_by_seed_and_the_untouched_model_with_every_seed(tmp_path):
+    prompts = [ans.Prompt(str(i), f"q{i}", ref, "p.jsonl") for i, ref in
+               enumerate(["Москва — столица России.", "Два плюс два — четыре.", "Солнце — звезда."])]
+    good = [p.reference for p in prompts]
+    bad = ["Moscow.", "Four.", "The Sun."]
+    answers = {"sft": {0: good, 1: bad},
+               "orpo": {0: good, 1: good},            # seed 0: ties with sft; seed 1: beats English answers
+               "untouched": {None: bad}}              # loses to sft seed 0, ties with seed 1 (both English)
+    summary, records = jd.judge_grid(jd.ReferenceJudge("Cyrillic"), prompts, answers, "sft", "Cyrillic",
+                                     ans.JsonlCache(tmp_path / "c.jsonl"))
+    orpo, untouched = summary["variants"]["orpo"], summary["variants"]["untouched"]
+    assert (orpo["n"], orpo["wins"], orpo["ties"], orpo["losses"]) == (6, 3, 3, 0)
+    assert (untouched["n"], untouched["wins"], untouched["ties"], untouched["losses"]) == (6, 0, 3, 3)
+    assert untouched["seeds"] == [0, 1] and "sft" not in summary["variants"]
+    assert summary["share"]["sft"]["share"] == 50.0 and summary["share"]["untouched"]["share"] == 0.0
+    assert summary["share"]["orpo"]["n"] == 6
+    assert {(r["variant"], r["seed"]) for r in records} == {("orpo", 0), ("orpo", 1), ("untouched", 0), ("untouched", 1)}
+    assert all(r["consistent"] for r in records)
+    # judged again from the cache: the same outcomes
+    again, _ = jd.judge_grid(jd.ReferenceJudge("Cyrillic"), prompts, answers, "sft", "Cyrillic",
+                             ans.JsonlCache(tmp_path / "c.jsonl"))
+    assert again == summary
+
+
+def test_compare_grid_reports_win_rates_and_shares_and_keeps_judged_prompts_out_of_training(tiny_model_dir, tmp_path):
+    from helpers import make_recipe
+
+    from lingotune import compare as cmp
+    from lingotune.data.starter import generate
+    from lingotune.recipe import RecipeError
+    from lingotune.run import build_data
+
+    stage2 = generate("ru").stage2
+    judged = tmp_path / "judged.jsonl"
+    judged.write_text("".join(json.dumps({"id": f"j{i}", "prompt": r.prompt, "reference": r.response},
+                                         ensure_ascii=False) + "\n" for i, r in enumerate(stage2[:3])), encoding="utf-8")
+    over = {
+        "model.source": str(tiny_model_dir), "data.max_stage1": 8, "data.max_stage2": 8,
+        "method.stage1.steps": 1, "method.stage2.steps": 1, "method.pref.sft": {"steps": 1},
+        "train.max_len": 64, "train.batch_size": 2,
+        "eval.tasks": ["starter_heldout"], "eval.limit": 2, "eval.n_bootstrap": 0, "output.sample_prompts": 1,
+        "compare.methods": ["sft", "lora"], "compare.seeds": [0],
+        "compare.judge": {"against": "sft", "prompts": str(judged), "max_new_tokens": 4},
+    }
+    recipe = make_recipe(**over)
+    built = build_data(recipe, __import__("rich.console").console.Console(quiet=True))
+    assert built.report["leakage_dropped"] >= 3  # the judged prompts are evaluation data
+    assert not {r.messages[-2]["content"] for r in built.stage2} & {r.prompt for r in stage2[:3]}
+    out = tmp_path / "grid"
+    summary = cmp.compare(recipe, out)
+    for cell in ("untouched", "sft-s0", "lora-s0"):
+        rows = [json.loads(x) for x in (out / "data" / cell / "judge_answers.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in rows] == ["j0", "j1", "j2"]
+    j = summary["judge"]["data"]
+    assert j["against"] == "sft" and set(j["variants"]) == {"untouched", "lora"} and set(j["share"]) == {"untouched", "sft", "lora"}
+    assert j["variants"]["lora"]["n"] == 3
+    assert len((out / "data" / "judgements.jsonl").read_text().splitlines()) == 6
+    assert "Pairwise win rate against `sft`" in (out / "report.md").read_text()
+    with pytest.raises(RecipeError, match="compare.judge.against: 'orpo' is not one of compare.methods"):
+        make_recipe(**{**over, "compare.judge": {"against": "orpo"}})
+    with pytest.raises(RecipeError, match="judge 'local' needs 'judge_model'"):
+        make_recipe(**{**over, "compare.judge": {"against": "sft", "judge": "local"}})
+    no_ref = tmp_path / "noref.jsonl"
+    no_ref.write_text(json.dumps({"prompt": "Привет"}) + "\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="compare.judge: .*no reference answers"):
+        cmp.compare(make_recipe(**{**over, "compare.judge": {"against": "sft", "prompts": str(no_ref)}}), tmp_path / "g2")
+    assert not (tmp_path / "g2").exists()

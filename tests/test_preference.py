@@ -427,12 +427,30 @@ def test_prefs_only_train_preference_stages():
         make_recipe(**{"method.pref.dpo": {"steps": 2, "data": ["prefs", "stage2"]}})
     with pytest.raises(RecipeError, match="method.stage2.data: 'prefs'"):
         make_recipe(**{"method.stage2.data": ["prefs"]})
+    make_recipe(**{"method.pref.sft": {"steps": 2, "data": ["stage2", "prefs"]}})  # sft: the chosen side, beside other sets
     from lingotune.data.config import SourceSpec
 
     with pytest.raises(ValueError, match="format prefs needs 'path' and is used as prefs only"):
         SourceSpec(format="prefs", path="p.jsonl", use="stage2")
     with pytest.raises(ValueError, match="format prefs needs 'path'"):
         SourceSpec(format="alpaca", path="a.json", use="prefs")
+
+
+def test_sft_on_prefs_trains_on_exactly_the_chosen_conversations(tmp_path, tok):
+    from lingotune.data.batches import pair_examples, tokenize_all
+    from lingotune.run import select_stages, tokenize_stages
+
+    built = _build(tmp_path, _row() + _row(prompt="Сколько будет 2+2?", chosen="Четыре.", rejected="Four."))
+    r = make_recipe(**{"method.name": "dpo", "method.pref.sft": {"steps": 2, "data": ["prefs"]}})
+    stages = select_stages(r, None, {})
+    assert [s.name for s in stages] == ["sft", "dpo"]
+    got = tokenize_stages(r, stages, built, tok)
+    chosen = [pair_examples(p)[0] for p in built.prefs]
+    want, _ = tokenize_all(chosen, tok, r.train.max_len, r.train.loss_on)
+    assert [it["input_ids"] for it in got["sft"][0]] == [it["input_ids"] for it in want]
+    assert [it["labels"] for it in got["sft"][0]] == [it["labels"] for it in want]
+    assert all("Paris" not in tok.decode(it["input_ids"]) for it in got["sft"][0])  # never the rejected side
+    assert all("chosen_ids" in it for it in got["dpo"][0])  # the dpo stage still gets pairs
 
 
 def test_a_record_missing_chosen_names_file_line_and_field(tmp_path):
@@ -495,3 +513,17 @@ def test_the_leakage_check_covers_prompt_chosen_and_rejected(tmp_path, where):
     cfg = DataConfig(root=str(tmp_path), sources=[{"format": "prefs", "path": "p.jsonl"}])
     built = build_datasets(cfg, "ru", 0, eval_texts=[f"Вот текст оценки: {leak}"])
     assert built.report["leakage_dropped"] == 1 and len(built.prefs) == 1
+
+
+def test_a_path_starting_with_dot_slash_is_read_from_the_current_directory(tmp_path, monkeypatch):
+    from lingotune.data.build import build_datasets
+    from lingotune.data.config import DataConfig
+
+    root, here = tmp_path / "root", tmp_path / "here"
+    root.mkdir(), here.mkdir()
+    (here / "p.jsonl").write_text(_row(), encoding="utf-8")
+    (root / "p.jsonl").write_text(_row(chosen="Париж."), encoding="utf-8")
+    monkeypatch.chdir(here)
+    for path, chosen in (("./p.jsonl", "Столица Франции — Париж."), ("p.jsonl", "Париж.")):
+        cfg = DataConfig(root=str(root), sources=[{"format": "prefs", "path": path}])
+        assert [p.chosen for p in build_datasets(cfg, "ru", 0).prefs] == [chosen]

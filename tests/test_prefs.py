@@ -528,3 +528,19 @@ def test_cli_build_prefs_on_policy_resumes_from_its_cache(tmp_path, monkeypatch)
     assert r.exit_code == 0 and again.calls == 0, r.output
     r = runner.invoke(app, args + ["--fresh"])
     assert r.exit_code == 0 and sorted(again.asked) == sorted(ANSWERS), r.output
+
+
+def test_cross_lingual_starter_pairs_prefer_the_target_answer_to_the_english_one():
+    from lingotune.data.starter import generate
+
+    records, report = prefs_cli.build(prefs_cli.PrefRequest("cross-lingual", "ko", sets=["starter"], root=Path(".")))
+    data = generate("ko")
+    by_id = {f"starter/{t.id}": (en, t) for en, t in data.train_pairs}
+    assert records and all(r.id in by_id for r in records)
+    for r in records:
+        en, ko = by_id[r.id]
+        assert (r.prompt, r.chosen, r.rejected) == (ko.prompt, ko.response, en.response)
+    held = {h["question"] for h in data.heldout_yesno}
+    assert not held & {r.prompt for r in records}  # held-out facts never become pairs
+    s = report["sets"]["starter"]
+    assert s["read"] == len(data.train_pairs) and s["kept"] == len(records) == s["read"] - s["identical"]

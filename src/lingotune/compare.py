@@ -42,17 +42,79 @@ def _complete(cell_dir: Path) -> bool:
     return bool(res and res.get("complete"))
 
 
-def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], console: Console) -> None:
+def judge_setup(recipe: Recipe):
+    """(prompts, judge) of `compare.judge`, checked before anything is written; None without one."""
+    from lingotune.eval.answers import Endpoint
+    from lingotune.eval.judge import build_judge, grid_prompts
+
+    j = recipe.compare.judge
+    if j is None:
+        return None
+    try:
+        prompts = grid_prompts(j, recipe.language, recipe.eval.data_root or recipe.data.root)
+        judge = build_judge(j.judge, recipe.language, j.judge_model, Endpoint(j.base_url, j.api_key_env),
+                            j.tie_margin, option="compare.judge.judge_model")
+    except ValueError as e:
+        raise RecipeError(f"compare.judge: {e}") from None
+    return prompts, judge
+
+
+def _answer(model, tok, recipe: Recipe, judged, cell_dir: Path) -> None:
+    """The model's greedy answers to the judged prompts, beside its results (judge_answers.jsonl)."""
+    import json
+
+    from lingotune import inference
+
+    if judged is None:
+        return
+    prompts = judged[0]
+    outs = inference.generate_chat(model, tok, [[{"role": "user", "content": p.prompt}] for p in prompts],
+                                   recipe.compare.judge.max_new_tokens, recipe.eval.batch_size, desc="judged prompts")
+    files.atomic_write_text(cell_dir / "judge_answers.jsonl", "".join(
+        json.dumps({"id": p.id, "prompt": p.prompt, "answer": a.strip()}, ensure_ascii=False) + "\n"
+        for p, a in zip(prompts, outs)))
+
+
+def _judge(out_dir: Path, recipe: Recipe, judged, console: Console) -> None:
+    """Every dataset's win rates against `compare.judge.against` and target-language shares (judge.json)."""
+    import json
+
+    from lingotune.eval.answers import JsonlCache
+    from lingotune.eval.judge import judge_grid
+    from lingotune.languages import get_language
+
+    prompts, judge = judged
+    for d in sorted(p.name for p in out_dir.iterdir() if (p / UNTOUCHED).is_dir()):
+        answers: dict[str, dict] = {}
+        for f in sorted((out_dir / d).glob("*/judge_answers.jsonl")):
+            res = files.read_json(f.parent / "results.json") or {}
+            if not res.get("complete"):
+                continue
+            variant = res.get("variant", UNTOUCHED)
+            rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+            answers.setdefault(variant, {})[None if variant == UNTOUCHED else res["seed"]] = [r["answer"] for r in rows]
+        if recipe.compare.judge.against not in answers:
+            continue
+        console.print(f"[bold]judge[/] {d}: {judge.identity['kind']} judge, against {recipe.compare.judge.against}")
+        summary, records = judge_grid(judge, prompts, answers, recipe.compare.judge.against,
+                                      get_language(recipe.language).script, JsonlCache(out_dir / d / "judge_cache.jsonl"))
+        files.atomic_write_text(out_dir / d / "judgements.jsonl",
+                                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        files.save_json(out_dir / d / "judge.json", summary)
+
+
+def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], judged, console: Console) -> None:
     """The untouched model: once per dataset (its prompts come from the dataset)."""
     if _complete(udir):
         return
     res = new_results(base, None)
     evaluate_model(model0, tok, base, udir, UNTOUCHED, prompts, res, console)
+    _answer(model0, tok, base, judged, udir)
     res.update(complete=True, method=UNTOUCHED)
     files.save_json(udir / "results.json", res)
 
 
-def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[str],
+def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[str], judged,
           console: Console) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +126,7 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     t = time.perf_counter()
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console)
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
+    _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True
     files.save_json(cell_dir / "results.json", res)
@@ -81,6 +144,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         check_resumable(recipe, out_dir)
     datasets = cmp.datasets or {"data": recipe.data}
     t0 = time.perf_counter()
+    judged = judge_setup(recipe)
     model0, tok, _ = load(recipe, console)
     check_method(recipe, model0)
     builts, tokenized = {}, {}
@@ -99,7 +163,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         built = builts[dname]
         built.write(out_dir / dname / "data")
         prompts = sample_prompts(built, recipe.output.sample_prompts)
-        _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, console)
+        _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, judged, console)
         for method in cmp.methods:
             for seed in cmp.seeds:
                 cell_dir = out_dir / dname / f"{method}-s{seed}"
@@ -108,7 +172,9 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                     continue
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
-                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, console)
+                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console)
+    if judged is not None:
+        _judge(out_dir, recipe, judged, console)
     summary = summarize(out_dir, recipe)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     files.save_json(out_dir / "summary.json", summary)

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from lingotune.eval.declared import arrow, result_metrics
+from lingotune import files
 from lingotune.files import atomic_write_text
 from lingotune.recipe import Recipe
 from lingotune.stats import paired_permutation, paired_t_pvalue, t_interval
@@ -273,6 +274,32 @@ def _params_md(order: list[str], params: dict) -> list[str]:
     return lines
 
 
+def _pct(v: float | None, ci) -> str:
+    return "–" if v is None else f"{v:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+def judge_md(judged: dict, order: list[str]) -> list[str]:
+    """The win-rate table of one dataset (`compare.judge`), and every variant's target-language share."""
+    j, against = judged["judge"], judged["against"]
+    lines = ["", f"### Pairwise win rate against `{against}` and target-language share", "",
+             f"Judge: {j['kind']}" + (f" (chrF++ against the reference, script check, tie margin {j['tie_margin']:g})"
+                                      if j["kind"] == "reference" else "") +
+             f"; {judged['prompts']} prompts, each pair judged in both orders (disagreeing orders count as a tie); "
+             "n = prompts x seeds; 95% Wilson intervals. Share = answers with at least half of their letters in the "
+             "target script.", "",
+             "| variant | n | win % | tie % | loss % | inconsistent | target-language share % (n) |", "|---|---|---|---|---|---|---|"]
+    for v in [v for v in order if v in judged["share"]]:
+        sh = judged["share"][v]
+        share = f"{_pct(sh['share'], sh['ci'])} ({sh['n']})"
+        r = judged["variants"].get(v)
+        if r is None:
+            lines.append(f"| {v} (reference side) | | | | | | {share} |")
+            continue
+        lines.append(f"| {v} | {r['n']} | {_pct(r['win_rate'], r['ci']['win_rate'])} | {_pct(r['tie_rate'], r['ci']['tie_rate'])} "
+                     f"| {_pct(r['loss_rate'], r['ci']['loss_rate'])} | {r['inconsistent']} | {share} |")
+    return lines
+
+
 def summarize(out_dir: Path, recipe: Recipe) -> dict:
     """Write report.md, table_<dataset>.csv and the plots of a grid; return the summary (tables, significance)."""
     cells = load_cells(out_dir)
@@ -294,6 +321,10 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
         sig = summary["significance"][d] = significance(cells, d, cmp.candidate, cmp.baseline)
         if sig:
             lines += significance_md(sig, cmp.candidate, cmp.baseline)
+        judged = files.read_json(out_dir / d / "judge.json")
+        if judged:
+            summary.setdefault("judge", {})[d] = judged
+            lines += judge_md(judged, variants)
         plots = plot(out_dir, d, by_variant, meta[d], variants, cells)
         lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += _params_md(order, params)

@@ -75,7 +75,7 @@ def check_request(req: PrefRequest) -> list[str]:
     missing = [s for s in req.sets if not set_available(s, Path(req.root), req.lang)]
     if missing:
         raise UserError(f"option '--sets': set {missing[0]!r} has no {req.lang!r} data under {req.root}")
-    names = list(req.sets) or [s for s in CROSS_SETS if set_available(s, Path(req.root), req.lang)]
+    names = list(req.sets) or [s for s in CROSS_SETS if s != "starter" and set_available(s, Path(req.root), req.lang)]
     if not names:
         raise UserError(f"none of the shared sets ({', '.join(CROSS_SETS)}) has {req.lang!r} data under {req.root}")
     return names
@@ -130,7 +130,8 @@ def build_prefs_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (prompt, chosen, rejected, ...); the report goes "
                              "beside it as <name>.report.json."),
     sets: Optional[str] = typer.Option(None, help="Comma-separated: cross-lingual/on-policy: shared sets (mt_bench, "
-                                       "xquad, gsm8k, msvamp, mintaka; default: those with --lang data); labels: task "
+                                       "xquad, gsm8k, msvamp, mintaka; default: those with --lang data) or starter "
+                                       "(the project's own bilingual facts; only when named); labels: task "
                                        "names or YAML paths (default: the language's KoBEST/DaNetQA/TERRa/IDAT/MQ2Q)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="file: the preference file; on-policy: reference "
                                          "records (alpaca/openorca/sharegpt/prompt_completion) instead of --sets."),

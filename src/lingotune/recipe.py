@@ -70,8 +70,8 @@ class StageSteps(Strict):
     data: list[Literal["stage1", "stage2", "text", "prefs"]] | None = Field(
         None, min_length=1,
         description="Datasets this stage trains on: 'stage1' (DParT bilingual pairs), 'stage2' (target-language "
-        "instructions), 'text' (plain target-language text, loss on every token), 'prefs' (preference pairs; only "
-        "for the dpo and orpo stages, and alone). Default: the stage's own set (stage1, stage2; both for the single "
+        "instructions), 'text' (plain target-language text, loss on every token), 'prefs' (preference pairs: alone in "
+        "the dpo and orpo stages; in the sft stage, their chosen conversations). Default: the stage's own set (stage1, stage2; both for the single "
         "stage; text for lep; stage2 for sft; prefs for dpo and orpo).",
     )
 
@@ -155,7 +155,8 @@ class MethodConfig(Strict):
 
     @model_validator(mode="after")
     def _prefs_alone_in_preference_stages(self):
-        """Preference pairs train only the dpo and orpo stages, and alone (their loss needs pairs)."""
+        """Preference pairs train the dpo and orpo stages, alone (their loss needs pairs); the sft stage may train on
+        their chosen conversations (beside other sets), as SFT on the chosen side before DPO usually does."""
         p = self.pref
         for name, stage in (("pref.sft", p.sft), ("pref.dpo", p.dpo), ("pref.orpo", p.orpo), ("stage1", self.stage1),
                             ("stage2", self.stage2), ("single", self.single), ("lep", self.lep)):
@@ -163,8 +164,9 @@ class MethodConfig(Strict):
             if name in ("pref.dpo", "pref.orpo"):
                 if data != ["prefs"]:
                     raise ValueError(f"method.{name}.data: a preference stage trains on ['prefs'] alone, not {data}")
-            elif "prefs" in data:
-                raise ValueError(f"method.{name}.data: 'prefs' (preference pairs) trains only the dpo and orpo stages")
+            elif "prefs" in data and name != "pref.sft":
+                raise ValueError(f"method.{name}.data: 'prefs' (preference pairs) trains only the sft, dpo and orpo "
+                                 "stages (sft: on the chosen answers)")
         return self
 
 
@@ -241,6 +243,32 @@ class OutputConfig(Strict):
     sample_prompts: int = Field(4, ge=0, description="Target-language prompts answered by the untouched and adapted model in report.md.")
 
 
+class CompareJudge(Strict):
+    """Pairwise win rates inside a grid (`lingotune.eval.judge`): every cell answers the same open prompts, and
+    each variant's answers are judged against `against`'s (same seed; the untouched model against each seed's),
+    in both orders. The answers also give every variant's target-language share."""
+
+    against: str = Field(..., description="The variant every other one is judged against (e.g. sft).")
+    prompts: str = Field("mt_bench", description="Prompt source: mt_bench (first turns of ../shared/data/"
+                         "mt_bench_<lang>), starter, or a JSONL path with prompt (and reference) fields.")
+    limit: int | None = Field(None, ge=1, description="At most this many prompts (the first ones).")
+    judge: Literal["reference", "local", "llm"] = Field(
+        "reference", description="reference: chrF++ against the prompt's reference answer plus a target-script "
+        "check (offline; prompts without a reference are left out); local: a local model (judge_model) reads the "
+        "language's judge prompt; llm: an OpenAI-compatible endpoint's model (judge_model, base_url, api_key_env).")
+    judge_model: str | None = Field(None, description="local: 'bundled', a directory or hub id; llm: the model name.")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="llm: the endpoint.")
+    api_key_env: str | None = Field(None, description="llm: the environment variable holding the API key.")
+    tie_margin: float = Field(1.0, ge=0, description="reference: a chrF++ difference up to this is a tie.")
+    max_new_tokens: int = Field(128, ge=1, le=2048, description="Greedy answer length for the judged prompts.")
+
+    @model_validator(mode="after")
+    def _model(self):
+        if self.judge != "reference" and not self.judge_model:
+            raise ValueError(f"judge {self.judge!r} needs 'judge_model'")
+        return self
+
+
 class CompareConfig(Strict):
     methods: list[str] = Field(
         ["lora", "dpart", "dpart_all", "combined", "full"], min_length=1,
@@ -257,6 +285,8 @@ class CompareConfig(Strict):
     candidate: str = Field("dpart", description="The method tested for significance against `baseline`.")
     baseline: str = Field("lora", description="The method `candidate` is compared to (paired over seeds and examples).")
     keep_checkpoints: bool = Field(False, description="Keep each finished cell's checkpoints (large); artefacts are always kept.")
+    judge: CompareJudge | None = Field(None, description="Optional: pairwise win rates against one variant, and "
+                                       "every variant's target-language share, on open prompts.")
 
     @model_validator(mode="after")
     def _names(self):
@@ -264,9 +294,11 @@ class CompareConfig(Strict):
 
         for name in [*self.variants, *(self.datasets or {})]:
             safe_name(name, "compare: name")
-        for name in self.methods + [self.candidate, self.baseline]:
+        for name in self.methods + [self.candidate, self.baseline] + ([self.judge.against] if self.judge else []):
             if name not in METHODS and name not in self.variants:
                 raise ValueError(f"compare: {name!r} is neither a method ({', '.join(METHODS)}) nor a variant")
+        if self.judge and self.judge.against not in self.methods:
+            raise ValueError(f"compare.judge.against: {self.judge.against!r} is not one of compare.methods")
         for name, over in self.variants.items():
             if over.get("method.name") not in METHODS:
                 raise ValueError(f"compare.variants.{name}: needs 'method.name' set to one of {', '.join(METHODS)}")

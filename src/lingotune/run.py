@@ -21,6 +21,7 @@ from lingotune import files, methods, rundir
 from lingotune.checkpoint import Checkpoints
 from lingotune.data.batches import full_length, pair_examples, tokenize_all, tokenize_pairs, tokenize_texts
 from lingotune.errors import RunDirError, TrainingError, UserError
+from lingotune.losses import PairLoss
 from lingotune.models import load_model, resolve
 from lingotune.recipe import Recipe, RecipeError, changed_training_fields, dump_recipe, parse_recipe, training_fields
 from lingotune.train import environment, train_stage
@@ -88,13 +89,14 @@ def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple
     stage) become pair items (`data.batches.tokenize_pair`: chosen and rejected, labels on the completion)."""
     out, max_len = {}, recipe.train.max_len
     for stage in stages:
-        prefs = stage.data == ["prefs"]
+        prefs = isinstance(stage.loss, PairLoss)
         if prefs:
             chats, texts = [ex for p in built.prefs for ex in pair_examples(p)], []
             items, dropped = tokenize_pairs(built.prefs, tok, max_len)
             hint = "a source of format prefs"
         else:
-            chats = [ex for key in stage.data if key != "text" for ex in getattr(built, key)]
+            chats = [ex for key in stage.data if key not in ("text", "prefs") for ex in getattr(built, key)]
+            chats += [pair_examples(p)[0] for p in built.prefs] if "prefs" in stage.data else []  # the chosen side
             texts = built.text if "text" in stage.data else []
             items, dropped = tokenize_all(chats, tok, max_len, recipe.train.loss_on)
             more, cut = tokenize_texts(texts, tok, max_len)
@@ -143,6 +145,14 @@ def build_data(recipe: Recipe, console: Console):
     texts = None
     if recipe.data.checks.leakage_check:
         texts = leakage_texts(recipe.eval, recipe.language, data_root(recipe.eval.data_root or recipe.data.root))
+        if recipe.compare.judge is not None:  # the grid's judged prompts and their references are evaluation data too
+            from lingotune.eval.judge import grid_prompts
+
+            try:
+                judged = grid_prompts(recipe.compare.judge, recipe.language, recipe.eval.data_root or recipe.data.root)
+            except ValueError as e:
+                raise RecipeError(f"compare.judge: {e}") from None
+            texts += [t for p in judged for t in (p.prompt, p.reference) if t]
     return build_datasets(recipe.data, recipe.language, recipe.seed, eval_texts=texts)
 
 

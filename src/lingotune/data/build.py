@@ -53,7 +53,7 @@ class BuiltData:
 
 def _resolve(root: Path | None, rel: str) -> Path:
     p = Path(rel).expanduser()
-    if p.is_absolute() or root is None:
+    if p.is_absolute() or root is None or rel.startswith("./"):  # './': the current directory, not the data root
         return p
     return root / p
 

@@ -56,7 +56,8 @@ class SourceSpec(Strict):
                            "with a 'text' field), or preference pairs (prefs: JSONL of prompt/chosen/rejected "
                            "strings, optional system and id).")
     path: str | None = Field(None, description="File or folder (hub: the dataset id). Relative paths resolve against the "
-                             "data root. Shared sets default to their folder under the root.")
+                             "data root, except those starting with './' (the current directory: files you built, "
+                             "e.g. ./runs/prefs_ko/labels.jsonl). Shared sets default to their folder under the root.")
     en: str | None = Field(None, description="paired / parallel_text: the English file.")
     target: str | None = Field(None, description="paired / parallel_text: the target-language file.")
     lang: str | None = Field(None, description="Single-file formats and prefs: the language the file is written "

@@ -18,7 +18,8 @@ identical (after stripping surrounding whitespace) is skipped and counted, not a
 Builders (each returns PrefRecords with `kind` set, and a `PrefCounts` per set or task):
 - `cross_lingual_pairs` ("cross-lingual"): for each item of a shared parallel set, the target-language prompt,
   chosen = the target-language answer, rejected = the English answer to the same item, from `data.sources`'
-  readers: mt_bench (the English side's answer is the English GPT-4 reference,
+  readers: starter (the project's own bilingual facts, `data.starter`: the training facts' question pairs,
+  never the held-out ones), mt_bench (the English side's answer is the English GPT-4 reference,
   reference_answer[_en]_gpt-4.jsonl; items without one are counted in `missing_answer`), xquad, gsm8k, msvamp,
   mintaka, each at its `data.config.DEFAULT_PATH` under the data root. Items whose two answers are identical
   (numbers, names) are counted in `identical`.
@@ -70,7 +71,7 @@ from lingotune.languages import get_language
 
 KINDS = ("cross-lingual", "label", "on-policy", "file")
 SOURCES = ("cross-lingual", "labels", "on-policy", "file")  # what `build` (and `--from`) accepts
-CROSS_SETS = ("mt_bench", "xquad", "gsm8k", "msvamp", "mintaka")
+CROSS_SETS = ("starter", "mt_bench", "xquad", "gsm8k", "msvamp", "mintaka")
 NEAR_DUP_CHRF = 85.0
 
 
@@ -274,6 +275,14 @@ def set_available(name: str, root: Path, lang: str) -> bool:
     """Whether the shared set `name` has `lang` under the data root (its target-language file exists)."""
     from lingotune.data.config import DEFAULT_PATH
 
+    if name == "starter":
+        from lingotune.data.starter import starter_language
+
+        try:
+            starter_language(lang)
+        except DataError:
+            return False
+        return True
     where = root / DEFAULT_PATH[name].format(lang=lang)
     target = {"mt_bench": f"question_{lang}.jsonl", "xquad": f"xquad.{lang}.json", "gsm8k": f"train.{lang}",
               "msvamp": f"test_{get_language(lang).msvamp or '-'}.json", "mintaka": ""}[name]
@@ -285,6 +294,11 @@ def set_pairs(name: str, root: Path, lang: str, limit: int | None = None) -> lis
     from lingotune.data import sources
     from lingotune.data.config import DEFAULT_PATH
 
+    if name == "starter":  # the project's own bilingual facts (training facts only, never the held-out ones)
+        from lingotune.data.starter import generate
+
+        pairs = generate(lang).train_pairs
+        return pairs[:limit] if limit else pairs
     return getattr(sources, f"read_{name}")(root / DEFAULT_PATH[name].format(lang=lang), lang, limit=limit)
 
 

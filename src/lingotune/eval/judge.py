@@ -220,21 +220,28 @@ def make_judge(opts: JudgeOptions):
     """The judge `opts` asks for; one-line errors (nothing written) for an unknown kind or a missing model."""
     if opts.judge not in JUDGES:
         raise ValueError(f"option --judge: unknown judge {opts.judge!r}; use one of {', '.join(JUDGES)}")
-    language = get_language(opts.lang)
-    if opts.judge == "reference":
-        if opts.tie_margin < 0:
-            raise ValueError(f"option --tie-margin: must be >= 0, got {opts.tie_margin:g}")
-        return ReferenceJudge(language.script, opts.tie_margin)
-    if not opts.judge_model:
+    if opts.judge == "reference" and opts.tie_margin < 0:
+        raise ValueError(f"option --tie-margin: must be >= 0, got {opts.tie_margin:g}")
+    if opts.judge != "reference" and not opts.judge_model:
         raise ValueError(f"option --judge-model: judge {opts.judge!r} needs a model")
-    if opts.judge == "local" and opts.judge_model.startswith("api:"):
-        raise ValueError(f"option --judge-model: {opts.judge_model!r} is an endpoint's model; use --judge llm "
-                         f"--judge-model {opts.judge_model[4:]}")
-    template = language.require("judge_prompt", ValueError, f"the {opts.judge} judge")
-    source = f"api:{opts.judge_model}" if opts.judge == "llm" else opts.judge_model
-    spec = ModelSpec(source)
-    spec.check("--judge-model")
-    return ChatJudge(opts.judge, spec, opts.endpoint, template, opts.judge_max_tokens, opts.batch_size, opts.device)
+    return build_judge(opts.judge, opts.lang, opts.judge_model, opts.endpoint, opts.tie_margin, opts.judge_max_tokens,
+                       opts.batch_size, opts.device)
+
+
+def build_judge(kind: str, lang: str, judge_model: str | None, endpoint: Endpoint, tie_margin: float = DEFAULT_TIE_MARGIN,
+                max_tokens: int = 512, batch_size: int = 8, device: str = "cpu", option: str = "--judge-model"):
+    """A judge of `kind` (see the module doc), checked cheaply: no model is loaded until it first judges."""
+    language = get_language(lang)
+    if kind == "reference":
+        return ReferenceJudge(language.script, tie_margin)
+    if kind == "local" and judge_model.startswith("api:"):
+        how = f"--judge llm --judge-model {judge_model[4:]}" if option.startswith("--") else \
+            f"judge: llm with judge_model: {judge_model[4:]}"
+        raise ValueError(f"option {option}: {judge_model!r} is an endpoint's model; use {how}")
+    template = language.require("judge_prompt", ValueError, f"the {kind} judge")
+    spec = ModelSpec(f"api:{judge_model}" if kind == "llm" else judge_model)
+    spec.check(option)
+    return ChatJudge(kind, spec, endpoint, template, max_tokens, batch_size, device)
 
 
 @dataclass
@@ -287,6 +294,49 @@ def run_judge(opts: JudgeOptions) -> dict:
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     write_results(opts.out, summary, records)
     return summary
+
+
+def grid_prompts(cfg, lang: str, data_root: str | None) -> list[Prompt]:
+    """The prompts a compare grid's judge (`recipe.CompareJudge`) judges; the reference judge keeps those with a
+    reference answer. A ValueError (or a file's one-line error) when there are none."""
+    prompts = load_prompts(cfg.prompts, lang, data_root, cfg.limit)
+    if cfg.judge == "reference":
+        prompts = [p for p in prompts if p.reference is not None]
+        if not prompts:
+            raise ValueError(f"the prompts of {cfg.prompts} have no reference answers (field 'reference'), which the "
+                             "reference judge needs")
+    return prompts
+
+
+def judge_grid(judge, prompts: list[Prompt], answers: dict[str, dict], against: str, script: str, cache: JsonlCache,
+               batch_size: int = 8) -> tuple[dict, list[dict]]:
+    """Win rates inside a compare grid: every variant's answers against `against`'s, seed by seed.
+
+    `answers`: variant -> {seed: answers to `prompts`}; the untouched model has one set (seed None), judged
+    against every seed of `against`. Returns (summary, audit records): per variant, wins/ties/losses over all
+    its (prompt, seed) pairs with Wilson intervals (the pairs of one prompt under several seeds are not
+    independent, so the interval is somewhat narrow when there are several seeds), and every variant's
+    target-language share over all of its answers."""
+    base = answers[against]
+    out: dict = {"against": against, "judge": judge.identity, "prompts": len(prompts), "variants": {}, "share": {}}
+    records: list[dict] = []
+    for variant, by_seed in answers.items():
+        out["share"][variant] = target_share([a for ans in by_seed.values() for a in ans], script)
+        if variant == against:
+            continue
+        mine = []
+        for seed in sorted(base):
+            own = by_seed.get(seed, by_seed.get(None))
+            if own is None:
+                continue
+            a_first, b_first = judge_both_orders(judge, prompts, own, base[seed], cache, batch_size)
+            recs = audit_records(prompts, own, base[seed], a_first, b_first, script)
+            mine += [{"variant": variant, "against": against, "seed": seed, **r} for r in recs]
+        res = summarize([r["final"] for r in mine])
+        res.update(inconsistent=sum(not r["consistent"] for r in mine), seeds=sorted({r["seed"] for r in mine}))
+        out["variants"][variant] = res
+        records += mine
+    return out, records
 
 
 def audit_records(prompts: list[Prompt], answers_a: list[str], answers_b: list[str], a_first: list[dict],
