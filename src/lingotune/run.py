@@ -326,7 +326,9 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
 
 
 def start_processes(recipe: Recipe) -> int:
-    """Under a multi-process launch, start data parallelism now (the barriers need it); the number of processes."""
+    """Refuse FSDP/DeepSpeed without a GPU; under a multi-process launch, start data parallelism now (the
+    barriers need it). The number of processes."""
+    distributed.check_backend(torch.cuda.is_available())
     if distributed.launched_world() == 1:
         return 1
     from lingotune.train import accelerator_for
