@@ -113,7 +113,8 @@ def test_only_rank_zero_writes(runs):
 
 SMALL = ["--set", "data.max_stage1=8", "--set", "data.max_stage2=8", "--set", "method.stage1.steps=2",
          "--set", "method.stage2.steps=2", "--set", "train.batch_size=2", "--set", "train.max_len=64",
-         "--set", "train.precision=fp32", "--set", "train.checkpoint_every=2"]
+         "--set", "train.precision=fp32", "--set", "train.checkpoint_every=2", "--set", "eval.tasks=[starter_heldout]",
+         "--set", "eval.limit=2", "--set", "output.sample_prompts=1"]
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +130,15 @@ def tiny_dir(tmp_path_factory):
     return out
 
 
-def test_cli_train_under_torchrun_matches_one_process(tiny_dir, tmp_path):
-    """The documented launch, `torchrun --nproc_per_node 2 -m lingotune.cli ...`: one run directory written
-    by rank 0 (world_size 2 in results.json), the same trained weights as one process."""
+def test_cli_run_under_torchrun_matches_one_process(tiny_dir, tmp_path):
+    """The documented launch, `torchrun --nproc_per_node 2 -m lingotune.cli run ...`: one run directory written
+    by rank 0 (world_size 2 in results.json, its evaluations), the same trained weights as one process."""
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from lingotune.cli import app
 
-    args = ["train", "--set", f"model.source={tiny_dir}", *SMALL]
+    args = ["run", "--set", f"model.source={tiny_dir}", *SMALL]
     done = torchrun("-m", "lingotune.cli", *args, "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if torch.cuda.is_available():  # the reference runs on the CPU too
@@ -149,13 +150,15 @@ def test_cli_train_under_torchrun_matches_one_process(tiny_dir, tmp_path):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
+    assert set(two["evals"]) == set(one["evals"]) == {"untouched", "dpart"}  # rank 0 evaluated
+    assert (tmp_path / "two" / "report.md").exists()
     for name in ("stage1", "stage2"):
         assert two["stages"][name]["world_size"] == 2
         assert two["stages"][name]["final_loss"] == pytest.approx(one["stages"][name]["final_loss"], rel=1e-5)
     assert "row-sparse embeddings, lazy row Adam" in two["stages"]["stage1"]["fast_path"]
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 1, 2]  # one line per step, written once
-    assert done.stdout.count("stage1:") == 1  # rank 0 alone speaks
+    assert done.stdout.count("done in") == 1  # rank 0 alone speaks
     for rel in ("dpart/stage1/embeddings.safetensors", "dpart/stage2/embeddings.safetensors",
                 "dpart/stage2/adapter/adapter_model.safetensors"):
         a, b = load_file(tmp_path / "two" / rel), load_file(tmp_path / "one" / rel)

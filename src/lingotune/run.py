@@ -322,6 +322,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
         finish(model, tok, recipe, run_dir, prompts, results, console, do_eval=do_eval and only_stage is None,
                propagate=bool(recipe.propagate.instruct) and only_stage is None, t_start=t_start)
     distributed.barrier()  # the others wait for rank 0's evaluation and report
+    results.setdefault("wall_seconds", round(time.perf_counter() - t_start, 2))  # the other processes'
     return results
 
 
