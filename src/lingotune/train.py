@@ -340,6 +340,8 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     def cleanup():
         from lingotune.fast import remove_sparse_embedding
 
+        # take back accelerate's mixed-precision forward: the trained model is evaluated as it was before
+        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
         remove_sparse_embedding(original)
         if cfg.gradient_checkpointing:
             _checkpointing(base, False)
