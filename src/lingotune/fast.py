@@ -139,10 +139,12 @@ class LazyRowAdam(torch.optim.Optimizer):
     low-precision spacing accumulate instead of being lost.
     `param_groups` hold the frozen weights (so LR schedulers work); `lr` and `weight_decay`
     are read from the group at each step.
+    Across processes, `combine` (`lingotune.distributed.union_rows`) sums every process's touched rows
+    into their union before the step, so every process steps the same rows identically.
     """
 
     def __init__(self, modules, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
+                 eps: float = 1e-8, weight_decay: float = 0.0, combine=None):
         modules = [modules] if isinstance(modules, SparseEmbedding) else list(modules)
         if not modules or not all(isinstance(m, SparseEmbedding) for m in modules):
             raise TypeError("LazyRowAdam: pass SparseEmbedding modules (see install_sparse_embedding)")
@@ -151,14 +153,34 @@ class LazyRowAdam(torch.optim.Optimizer):
         self.modules = modules
         super().__init__([m.weight for m in modules], dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._module_of = {id(m.weight): m for m in modules}
+        self.combine = combine
+        self._summed: dict | None = None
+
+    def summed(self) -> dict[int, tuple[torch.Tensor, torch.Tensor] | None]:
+        """id(weight) -> (sorted touched ids, gradient rows) of this step, or None: the pending row gradients
+        summed per id over the micro-batches and, with `combine` (`lingotune.distributed.union_rows`), over
+        the processes. Computed once per step (until `step` or `zero_grad`)."""
+        if self._summed is None:
+            self._summed = {}
+            for m in self.modules:
+                got = m.gathered_grad()
+                if self.combine is not None:  # every process takes part, touched rows or not
+                    if got is None:
+                        got = (torch.empty(0, dtype=torch.long, device=m.weight.device),
+                               torch.empty(0, m.embedding_dim, dtype=m.weight.dtype, device=m.weight.device))
+                    got = self.combine(*got)
+                    got = got if len(got[0]) else None
+                self._summed[id(m.weight)] = got
+        return self._summed
 
     def gradients(self) -> list[torch.Tensor]:
-        """The pending row gradients (for clip_grad_norm_; clipping them in place affects step)."""
-        return [rows.grad for m in self.modules for _, rows in m.pending if rows.grad is not None]
+        """The step's summed row gradients (for clipping: scaling them in place affects `step`)."""
+        return [got[1] for got in self.summed().values() if got is not None]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for m in self.modules:
             m.clear()
+        self._summed = None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -169,7 +191,7 @@ class LazyRowAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for weight in group["params"]:
-                got = self._module_of[id(weight)].gathered_grad()
+                got = self.summed()[id(weight)]
                 if got is None:
                     continue
                 ids, grad = got
@@ -190,6 +212,7 @@ class LazyRowAdam(torch.optim.Optimizer):
                 if "master" in st:
                     st["master"][slots] = w
                 weight[ids] = w.to(weight.dtype)
+        self._summed = None
         return loss
 
     def _slots(self, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

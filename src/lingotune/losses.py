@@ -11,7 +11,8 @@ and, optionally,
 The loop counts the units of every micro-batch of an optimizer step first and divides each
 micro-batch's sum by that total, so a step's loss is the mean over all its units however they
 fall into micro-batches (`batch_size 2, grad_accum 4` trains like `batch_size 8, grad_accum 1`).
-`label_only` says the loop allows computing logits only where they are needed (single process).
+`label_only` says the loop allows computing logits only where they are needed (`label_only_logits`;
+the loop wraps the model in `LabelOnly`, so under DDP they run inside the wrapped forward).
 
 Preference losses (DPO, ORPO) run here, in lingotune's own loop, not through TRL's trainers: a
 preference method keeps the run directory, resume, guards, metrics and reports, sees the same batches
@@ -138,7 +139,7 @@ class DPO(PairLoss):
             if next(self.reference.parameters()).device != device:
                 self.reference.to(device)
             return token_logps(self.reference, batch, batch["labels"], label_only).sum(-1)
-        peft = getattr(model, "module", model)
+        peft = inner(model)
         if not hasattr(peft, "disable_adapter"):
             raise ValueError("DPO: no reference model, and the trained model has no adapters to disable")
         with peft.disable_adapter():
@@ -176,12 +177,46 @@ class ORPO(PairLoss):
 LOSSES = {"causal_lm": CausalLM, "dpo": DPO, "orpo": ORPO}
 
 
+class LabelOnly(torch.nn.Module):
+    """The training loop's wrapper of the trained model (the loop wraps it before accelerate's `prepare`).
+
+    Called with `label_positions` (the labels), its forward returns `label_only_logits` of the model;
+    any other call goes to the model unchanged. Under DDP the label-only forward thus runs inside
+    DDP's forward, and DDP's hooks all-reduce the gradients it produces.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.module = model
+
+    def forward(self, *args, label_positions: torch.Tensor | None = None, **kwargs):
+        if label_positions is None:
+            return self.module(*args, **kwargs)
+        return _label_only_logits(self.module, kwargs["input_ids"], kwargs.get("attention_mask"), label_positions,
+                                  kwargs.get("position_ids"))
+
+
+def inner(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under the loop's wrappers (DDP's `module`, `LabelOnly`)."""
+    while isinstance(model, (LabelOnly, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
 def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                       position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) at the labelled positions only: the output head is applied nowhere else.
 
-    For packed rows from `collate_packed`, pass attention_mask=None and the position_ids.
+    For packed rows from `collate_packed`, pass attention_mask=None and the position_ids. A model the
+    loop wrapped in `LabelOnly` (perhaps inside DDP) computes them in its own forward.
     """
+    if isinstance(model, LabelOnly) or isinstance(getattr(model, "module", None), LabelOnly):
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     label_positions=labels)
+    return _label_only_logits(model, input_ids, attention_mask, labels, position_ids)
+
+
+def _label_only_logits(model, input_ids, attention_mask, labels, position_ids):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = base.get_decoder()
     # use_cache=False: with a KV cache transformers would not apply the packed (block-diagonal) mask

@@ -6,6 +6,11 @@ is touched: the directory policy, the recipe on resume, the data, the model, eve
 examples after tokenization, the method's settings against the model. Every step that is done
 is recorded in results.json, so `--resume` skips it; a stage that was cut short continues from
 its last checkpoint.
+
+Launched as several processes (torchrun, accelerate launch), every process checks, builds the data,
+loads the model and trains its share of each step (`lingotune.distributed`); rank 0 alone writes the
+run directory, evaluates (the untouched and the adapted model, and propagation) and reports, while
+the others wait at barriers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lingotune import files, methods, rundir
+from lingotune import distributed, files, methods, rundir
 from lingotune.checkpoint import Checkpoints
 from lingotune.data.batches import full_length, pair_examples, tokenize_all, tokenize_pairs, tokenize_texts
 from lingotune.errors import RunDirError, TrainingError, UserError
@@ -194,7 +199,9 @@ def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_
                  resume: bool, console: Console):
     """Run the stages through the one loop; a stage finished earlier is restored, not redone."""
     fingerprint = training_fields(recipe)
-    with progress_bar(console) as progress:
+    main = distributed.is_main()
+    with progress_bar(console) as bar:
+        progress = bar if main else None
         for stage in stages:
             stage_dir = run_dir / recipe.method.name / stage.name
             torch.manual_seed(recipe.seed)
@@ -210,13 +217,13 @@ def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_
                 log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
                 row_sparse=stage.row_sparse, loss=stage.loss, fingerprint=fingerprint,
             )
-            model = getattr(model, "module", model)
             results["stages"][stage.name] = {
                 **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
                 "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
-                "artefacts": stage.save(model, stage_dir, tok), "complete": True,
+                "artefacts": stage.save(model, stage_dir, tok) if main else {}, "complete": True,
             }
-            files.save_json(run_dir / "results.json", results)
+            if main:
+                files.save_json(run_dir / "results.json", results)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     return model
 
@@ -260,12 +267,12 @@ def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: 
     files.save_json(run_dir / "results.json", results)
 
 
-def new_results(recipe: Recipe, previous: dict | None) -> dict:
+def new_results(recipe: Recipe, previous: dict | None, world_size: int = 1) -> dict:
     results = dict(previous or {})
     results.update({
         "recipe": recipe.name, "language": recipe.language, "model": recipe.model.source, "seed": recipe.seed,
         "method": recipe.method.name, "loss_on": recipe.train.loss_on, "tie": recipe.model.tie,
-        "environment": environment(),
+        "environment": environment(), "world_size": world_size,
     })
     results.setdefault("evals", {})
     results.setdefault("stages", {})
@@ -277,13 +284,17 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     """check → prepare data and model → evaluate the untouched model → train every stage → evaluate → report."""
     console = console or Console()
     t_start = time.perf_counter()
+    world = start_processes(recipe)
+    main = distributed.is_main()
+    console.quiet = console.quiet or not main  # rank 0 speaks for every process
     run_dir = recipe.run_dir()
     action = rundir.check(run_dir, kind="run", resume=resume, overwrite=recipe.output.overwrite)
     if action == "resume":
         check_resumable(recipe, run_dir)
     previous = files.read_json(run_dir / "results.json") if action == "resume" else None
     stages = select_stages(recipe, only_stage, previous or {})
-    resolve(recipe.model.source)  # a wrong model path fails here, before any work
+    with distributed.main_first():  # rank 0 fills the model cache first
+        resolve(recipe.model.source)  # a wrong model path fails here, before any work
     built = build_data(recipe, console)
     model, tok, load_seconds = load(recipe, console)
     new_tok, vocab_report = adapt_vocabulary(recipe, tok, built)
@@ -291,31 +302,58 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     check_method(recipe, model)
     if recipe.propagate.instruct:
         check_instruct(recipe, model)
+    distributed.barrier()  # every process has checked before rank 0 touches the run directory
 
-    rundir.prepare(run_dir, action, "run")  # from here on, the run directory is written
-    files.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    built.write(run_dir / "data")
-    results = new_results(recipe, previous)
+    if main:
+        rundir.prepare(run_dir, action, "run")  # from here on, the run directory is written
+        files.atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        built.write(run_dir / "data")
+    results = new_results(recipe, previous, world)
     results.update(data=built.report, model_load_seconds=load_seconds)
     torch.manual_seed(recipe.seed)
 
     prompts = sample_prompts(built, recipe.output.sample_prompts)
-    if do_eval and "untouched" not in results["evals"]:
+    if main and do_eval and "untouched" not in results["evals"]:  # evaluation: rank 0 alone
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
         files.save_json(run_dir / "results.json", results)
+    distributed.barrier()
 
     if new_tok is not None:  # the untouched model was evaluated with its own tokenizer; train and evaluate the new one
         from lingotune.vocab import init_new_rows
 
         results["vocab"] = {**vocab_report, "init": init_new_rows(model, tok, new_tok)}
         tok = new_tok
-        with files.atomic_dir(run_dir / "tokenizer") as tmp:
-            tok.save_pretrained(tmp)
+        if main:
+            with files.atomic_dir(run_dir / "tokenizer") as tmp:
+                tok.save_pretrained(tmp)
     model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console)
 
-    if do_eval and only_stage is None:
+    if main:
+        finish(model, tok, recipe, run_dir, prompts, results, console, do_eval=do_eval and only_stage is None,
+               propagate=bool(recipe.propagate.instruct) and only_stage is None, t_start=t_start)
+    distributed.barrier()  # the others wait for rank 0's evaluation and report
+    results.setdefault("wall_seconds", round(time.perf_counter() - t_start, 2))  # the other processes'
+    return results
+
+
+def start_processes(recipe: Recipe) -> int:
+    """Refuse FSDP/DeepSpeed without a GPU; under a multi-process launch, start data parallelism now (the
+    barriers need it). The number of processes."""
+    distributed.check_backend(torch.cuda.is_available())
+    if distributed.launched_world() == 1:
+        return 1
+    from lingotune.train import accelerator_for
+
+    distributed.check_batch(recipe.train.batch_size, recipe.train.grad_accum, distributed.launched_world())
+    return accelerator_for(recipe.train.precision).num_processes
+
+
+def finish(model, tok, recipe: Recipe, run_dir: Path, prompts: list[str], results: dict, console: Console, *,
+           do_eval: bool, propagate: bool, t_start: float) -> None:
+    """Rank 0, after training: evaluate the adapted model, propagate, write results.json and report.md."""
+    if do_eval:
         evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
-    if recipe.propagate.instruct and only_stage is None:
+    if propagate:
         propagate_into_instruct(model, tok, recipe, run_dir, prompts, results, console, do_eval)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation
     files.save_json(run_dir / "results.json", results)
@@ -323,5 +361,4 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     from lingotune.report import write_report
 
     write_report(run_dir)
-    return results
 

@@ -5,7 +5,10 @@
 
 A method decides what trains and what its stage needs (`methods.base.Stage`: parameter groups,
 whether the embeddings may train row by row, which loss); the loop never looks at names.
-Scaling out goes through accelerate: the same loop runs under `accelerate launch`.
+Scaling out goes through accelerate: the same loop runs as N processes under torchrun or
+`accelerate launch` (data parallel, fast path on; `lingotune.distributed` says how): each process
+trains its share of the step's global batch, the loss is normalised over the whole step, DDP (or,
+for row-sparse embeddings, `distributed.union_rows`) sums the gradients, and rank 0 alone writes.
 
 Guards: a non-finite loss (before backward) or gradient norm (before the optimizer step) stops
 the stage with its step number; so does a loss that climbs far above the stage's first one
@@ -29,10 +32,11 @@ from typing import Callable
 
 import torch
 
+from lingotune import distributed
 from lingotune.checkpoint import Checkpoints
 from lingotune.data.batches import BatchPlan, item_tokens, make_batch
 from lingotune.errors import TrainingError, TrainingInterrupted
-from lingotune.losses import CausalLM
+from lingotune.losses import CausalLM, LabelOnly
 from lingotune.models import bf16_supported, count_parameters
 from lingotune.files import atomic_write_text
 
@@ -54,6 +58,7 @@ class StageResult:
     fast_path: list[str] = field(default_factory=list)
     grad_mb: float = 0.0  # largest gradient held at a step (trainable tensors' grads, or the touched rows')
     optimizer_state_mb: float = 0.0  # optimizer state at the end of the stage
+    world_size: int = 1  # processes that trained the stage (data parallel; the global batch is the recipe's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,18 +68,31 @@ _ACCELERATOR = None
 
 
 def accelerator_for(precision: str):
-    """One accelerate.Accelerator per process (accelerate keeps global state)."""
-    global _ACCELERATOR
-    from accelerate import Accelerator
+    """One accelerate.Accelerator per process (accelerate keeps global state).
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    Without a GPU it is created with cpu=True: under torchrun or `accelerate launch` that gives gloo
+    data parallelism over the launched processes (a plain Accelerator() would leave each process alone,
+    training unsynchronised; `distributed.check_synchronised` refuses that). FSDP and DeepSpeed come from
+    accelerate's config (its environment variables) and need GPUs (`distributed.check_backend`).
+    """
+    global _ACCELERATOR
+    from datetime import timedelta
+
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    cuda = torch.cuda.is_available()
+    distributed.check_backend(cuda)
+    device = "cuda" if cuda else "cpu"
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
     mp = "bf16" if use_bf16 else "no"
     if _ACCELERATOR is None or _ACCELERATOR.mixed_precision != mp:
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=False)
-        _ACCELERATOR = Accelerator(mixed_precision=mp, cpu=device == "cpu")
+        # the other processes wait at a barrier while rank 0 evaluates: a long timeout
+        wait = InitProcessGroupKwargs(timeout=timedelta(seconds=distributed.TIMEOUT_S))
+        _ACCELERATOR = Accelerator(mixed_precision=mp, cpu=device == "cpu", kwargs_handlers=[wait])
+        distributed.check_synchronised(_ACCELERATOR.num_processes)
     return _ACCELERATOR
 
 
@@ -135,12 +153,13 @@ def _nbytes(tensors) -> int:
 # ----------------------------------------------------------------------------- optimizer
 
 
-def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool):
+def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool, combine=None):
     """(optimizer, gradients-to-clip callable, fast-path notes).
 
     row_sparse (the stage trains only the untied input embeddings, and the fast path applies): a
     SparseEmbedding that gathers the batch's rows, and LazyRowAdam with state for touched rows
-    only (see lingotune.fast for its exact semantics). Everything else: AdamW over the groups.
+    only (see lingotune.fast for its exact semantics); `combine` sums the rows over processes
+    (`distributed.union_rows`). Everything else: AdamW over the groups.
     """
     from lingotune.fast import LazyRowAdam, install_sparse_embedding
 
@@ -148,7 +167,8 @@ def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool):
         if len(groups) != 1 or len(groups[0]["params"]) != 1:
             raise ValueError("a row-sparse stage trains the input embeddings alone (one group, one tensor)")
         sparse = install_sparse_embedding(model)
-        opt = LazyRowAdam([sparse], lr=groups[0]["lr"], betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        opt = LazyRowAdam([sparse], lr=groups[0]["lr"], betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+                          combine=combine)
         opt.param_groups[0]["name"] = groups[0]["name"]
         return opt, opt.gradients, ["row-sparse embeddings, lazy row Adam"]
     opt_groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups]
@@ -157,11 +177,20 @@ def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool):
     return opt, lambda: [p.grad for p in params if p.grad is not None], []
 
 
-def _row_sparse_allowed(model, cfg, row_sparse: bool, single_process: bool) -> bool:
+def _row_sparse_allowed(model, cfg, row_sparse: bool, data_parallel: bool) -> bool:
     from lingotune.models import is_tied
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return row_sparse and cfg.fast and single_process and not is_tied(base)
+    return row_sparse and cfg.fast and data_parallel and not is_tied(base)
+
+
+def _data_parallel(accelerator) -> bool:
+    """One process or DDP (the fast path works across processes); not FSDP or DeepSpeed, which shard
+    the weights and own the model's forward (there the loop runs without the fast path)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                DistributedType.MEGATRON_LM)
 
 
 def grad_norm_and_clip(grads: list[torch.Tensor], max_norm: float | None) -> float:
@@ -239,6 +268,7 @@ class StageRun:
     steps: int
     cfg: object
     accelerator: object
+    averaged: bool  # the gradients are averaged over processes (DDP) rather than summed (row-sparse union)
     optimizer: object
     scheduler: object
     loss: object
@@ -268,45 +298,64 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     name = log_key.get("stage", "stage")
     if not items:
         raise TrainingError(f"{name}: no training examples (check the data section)")
+    from accelerate.utils import DistributedType
+
     accelerator = accelerator_for(cfg.precision)
+    world = accelerator.num_processes
+    distributed.check_batch(cfg.batch_size, cfg.grad_accum, world)
     trainable, total = count_parameters(model)
     counts = (trainable, total, {g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
     tracked = {n: p for n, p in model.named_parameters() if p.requires_grad}  # by name, before any module swap
-    single = accelerator.num_processes == 1
-    optimizer, grads, notes = make_optimizer(model, groups, cfg, _row_sparse_allowed(model, cfg, row_sparse, single))
-    label_only = cfg.fast and single  # label-only logits call the decoder directly, bypassing a DDP wrapper
+    parallel = _data_parallel(accelerator)
+    sparse = _row_sparse_allowed(model, cfg, row_sparse, parallel)
+    optimizer, grads, notes = make_optimizer(model, groups, cfg, sparse,
+                                             combine=distributed.union_rows if world > 1 else None)
+    label_only = cfg.fast and parallel  # inside the wrapped forward (LabelOnly), so DDP's hooks run
     if label_only:
         notes.append("label-only logits")
     if accelerator.mixed_precision == "bf16":
         notes.append("bf16 autocast")
     loss = loss or CausalLM()
     own_batches = hasattr(loss, "collate")  # the loss builds its own (padded) batches: nothing to pack
-    pack = cfg.pack and not own_batches and packing_respected(accelerator.unwrap_model(model))
+    pack = cfg.pack and not own_batches and packing_respected(model)
     if cfg.pack and not own_batches:
         notes.append("packed rows" if pack else "padded rows: this model ignores packed position_ids")
-    base = accelerator.unwrap_model(model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if cfg.gradient_checkpointing:
         _checkpointing(base, True)
         notes.append("gradient checkpointing")
+    # the schedule counts optimizer steps: not prepared (accelerate would step it once per process)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.warmup_steps))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    trained = LabelOnly(model) if label_only else model
+    if sparse and accelerator.distributed_type != DistributedType.NO:
+        # launched (torchrun, even with one process): no dense trainable weight for DDP to wrap;
+        # union_rows sums the rows over the processes instead
+        wrapped, optimizer = trained.to(accelerator.device), accelerator.prepare(optimizer)
+    else:
+        wrapped, optimizer = accelerator.prepare(trained, optimizer)
+    if world > 1:
+        notes.append(f"{world} processes")
+    original = model
 
     def cleanup():
         from lingotune.fast import remove_sparse_embedding
 
-        remove_sparse_embedding(accelerator.unwrap_model(model))
+        # take back accelerate's mixed-precision forward: the trained model is evaluated as it was before
+        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
+        remove_sparse_embedding(original)
         if cfg.gradient_checkpointing:
             _checkpointing(base, False)
 
-    run = StageRun(name, model, items, steps, cfg, accelerator, optimizer, scheduler, loss, label_only,
+    run = StageRun(name, wrapped, items, steps, cfg, accelerator, world > 1 and not sparse, optimizer, scheduler,
+                   loss, label_only,
                    grads, tracked, BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed), pack, pad_id,
                    Checkpoints(stage_dir / "checkpoint", cfg.keep_checkpoints), log_path, log_key, fingerprint,
                    notes, counts, cleanup)
     try:
         if resume:
             _restore(run)
-        trim_log(log_path, log_key, run.start)
+        if distributed.is_main():
+            trim_log(log_path, log_key, run.start)
     except BaseException:
         cleanup()
         raise
@@ -353,9 +402,15 @@ def _restore(run: StageRun) -> None:
 
 
 def _micro_batches(run: StageRun, step: int) -> tuple[list[dict], int]:
-    """The step's micro-batches (grad_accum of them) and its number of real tokens. A loss with its own
+    """This process's micro-batches of the step and the step's number of real tokens (all processes').
+
+    The step's global batch (batch_size x grad_accum examples) is split into equal contiguous shares,
+    one per process (`distributed.shard`), each cut into micro-batches of batch_size. A loss with its own
     `collate` (preference pairs) builds its batches; otherwise `make_batch` (padded or packed rows)."""
     idx = run.plan.indices(step)
+    tokens = sum(item_tokens(run.items[i]) for i in idx)
+    acc = run.accelerator
+    idx = distributed.shard(idx, acc.process_index, acc.num_processes)
     bs = run.cfg.batch_size
     own = getattr(run.loss, "collate", None)
     batches = []
@@ -363,7 +418,7 @@ def _micro_batches(run: StageRun, step: int) -> tuple[list[dict], int]:
         items = [run.items[i] for i in idx[j:j + bs]]
         batches.append(own(items, run.pad_id, run.cfg.max_len, run.accelerator.device) if own else
                        make_batch(items, run.pad_id, run.cfg.max_len, run.pack, run.accelerator.device))
-    return batches, sum(item_tokens(run.items[i]) for i in idx)
+    return batches, tokens
 
 
 def _stop(run: StageRun, step: int, what: str) -> TrainingError:
@@ -373,22 +428,28 @@ def _stop(run: StageRun, step: int, what: str) -> TrainingError:
 
 
 def accumulate(run: StageRun, step: int) -> tuple[float, int]:
-    """Forward and backward over the step's micro-batches, each loss divided by the step's label units;
-    (loss = mean over the step's units, real tokens). Stops on a non-finite loss before its backward."""
+    """Forward and backward over this process's micro-batches, each loss divided by the label units of
+    the whole step (every process's); (loss = mean over the step's units, real tokens). Stops on a
+    non-finite loss (on any process) before its backward. With DDP only the last micro-batch's backward
+    all-reduces (the others run under no_sync)."""
     acc = run.accelerator
     batches, tokens = _micro_batches(run, step)
     units = torch.tensor(sum(run.loss.count(b) for b in batches), device=acc.device)
     if acc.num_processes > 1:
         units = acc.reduce(units, "sum")
-    scale = acc.num_processes / max(int(units), 1)  # DDP averages gradients over processes
+    share = acc.num_processes if run.averaged else 1  # DDP averages gradients over processes; union_rows sums
+    scale = share / max(int(units), 1)
     step_loss = 0.0
-    for batch in batches:
-        with acc.autocast():
-            loss = run.loss(run.model, batch, run.label_only) * scale
-        if not torch.isfinite(loss):
-            raise _stop(run, step + 1, f"loss is {loss.item()}")
-        acc.backward(loss)
-        step_loss += loss.item() / acc.num_processes
+    for i, batch in enumerate(batches):
+        sync = i == len(batches) - 1 or not run.averaged
+        with contextlib.nullcontext() if sync else acc.no_sync(run.model):
+            with acc.autocast():
+                loss = run.loss(run.model, batch, run.label_only) * scale
+            if distributed.any_true(not bool(torch.isfinite(loss)), acc.device):
+                what = f"loss is {loss.item()}" if not torch.isfinite(loss) else "loss is not finite on another process"
+                raise _stop(run, step + 1, what)
+            acc.backward(loss)
+        step_loss += loss.item() / share
     if acc.num_processes > 1:
         step_loss = float(acc.reduce(torch.tensor(step_loss, device=acc.device), "sum"))
     return step_loss, tokens
@@ -412,9 +473,11 @@ def train_step(run: StageRun, step: int) -> tuple[float, int, float]:
 
 
 def _save(run: StageRun, done: int) -> None:
-    meta = {"stage": run.name, "recipe": run.fingerprint, "recipe_hash": fingerprint_hash(run.fingerprint),
-            "stats": dict(run.stats)}
-    run.checkpoints.save(done, run.tracked, run.optimizer, run.scheduler, meta)
+    """Checkpoint step `done` (rank 0 writes; every process holds the same weights and optimizer state)."""
+    if distributed.is_main():
+        meta = {"stage": run.name, "recipe": run.fingerprint, "recipe_hash": fingerprint_hash(run.fingerprint),
+                "stats": dict(run.stats)}
+        run.checkpoints.save(done, run.tracked, run.optimizer, run.scheduler, meta)
     run.saved = done
 
 
@@ -462,9 +525,12 @@ def train_stage(model, groups: list[dict], items: list[dict], *, steps: int, cfg
     task = progress.add_task(label, total=steps, completed=run.start) if progress else None
     done, consistent, window = run.start, True, []
     run.model.train()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # rank 0 writes the metrics log and checkpoints, and shows progress
+    if main:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with log_path.open("a", encoding="utf-8") as log, graceful_interrupt() as pressed:
+        with (log_path.open("a", encoding="utf-8") if main else contextlib.nullcontext()) as log, \
+                graceful_interrupt() as pressed:
             for step in range(run.start, steps):
                 t0 = time.perf_counter()
                 consistent = False
@@ -476,7 +542,7 @@ def train_stage(model, groups: list[dict], items: list[dict], *, steps: int, cfg
                 run.stats["first_loss"] = loss if run.stats["first_loss"] is None else run.stats["first_loss"]
                 run.stats["final_loss"] = loss
                 window.append(loss)
-                if done % cfg.log_every == 0 or done == steps:
+                if main and (done % cfg.log_every == 0 or done == steps):
                     log.write(_log_line(run, done, loss, tokens, norm, dt))
                     log.flush()
                 why = _diverged(run, window)
@@ -488,7 +554,7 @@ def train_stage(model, groups: list[dict], items: list[dict], *, steps: int, cfg
                     progress.update(task, completed=done, description=f"{label} loss {loss:.3f}")
                 if on_step:
                     on_step(done, loss)
-                if pressed():
+                if distributed.any_true(pressed(), run.accelerator.device):  # every process stops at this step
                     raise _interrupted(run, done, consistent)
     except KeyboardInterrupt:
         run.optimizer.zero_grad(set_to_none=True)
@@ -507,6 +573,7 @@ def _result(run: StageRun) -> StageResult:
         trainable_params=trainable, total_params=total, groups=groups, first_loss=s["first_loss"],
         final_loss=s["final_loss"], resumed_from=run.start, fast_path=run.notes,
         grad_mb=round(s["grad_bytes"] / 2**20, 3), optimizer_state_mb=round(state_bytes / 2**20, 3),
+        world_size=run.accelerator.num_processes,
     )
 
 
