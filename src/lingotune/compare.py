@@ -80,7 +80,7 @@ def _judge(out_dir: Path, recipe: Recipe, judged, console: Console) -> None:
     import json
 
     from lingotune.eval.answers import JsonlCache
-    from lingotune.eval.judge import judge_grid
+    from lingotune.eval.judge import judge_grid, write_results
     from lingotune.languages import get_language
 
     prompts, judge = judged
@@ -98,9 +98,7 @@ def _judge(out_dir: Path, recipe: Recipe, judged, console: Console) -> None:
         console.print(f"[bold]judge[/] {d}: {judge.identity['kind']} judge, against {recipe.compare.judge.against}")
         summary, records = judge_grid(judge, prompts, answers, recipe.compare.judge.against,
                                       get_language(recipe.language).script, JsonlCache(out_dir / d / "judge_cache.jsonl"))
-        files.atomic_write_text(out_dir / d / "judgements.jsonl",
-                                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        files.save_json(out_dir / d / "judge.json", summary)
+        write_results(out_dir / d, summary, records, "judge.json")
 
 
 def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], judged, console: Console) -> None:

@@ -368,11 +368,11 @@ def build_summary(opts: JudgeOptions, judge, records: list[dict], ans: list[list
     return res
 
 
-def write_results(out: Path, summary: dict, records: list[dict]) -> None:
-    """judgements.jsonl, then summary.json, each written whole (temporary file, then rename)."""
+def write_results(out: Path, summary: dict, records: list[dict], summary_name: str = "summary.json") -> None:
+    """judgements.jsonl, then the summary (`summary_name`), each written whole (temporary file, then rename)."""
     import json
 
     from lingotune.files import atomic_write_text, save_json
 
     atomic_write_text(out / "judgements.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    save_json(out / "summary.json", summary)
+    save_json(out / summary_name, summary)
