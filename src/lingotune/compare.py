@@ -20,7 +20,7 @@ from lingotune.compare_report import UNTOUCHED, summarize
 from lingotune.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, set_path
 from lingotune.run import (
     build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
-    tokenize_stages, train_method,
+    stage_evaluator, tokenize_stages, train_method,
 )
 
 
@@ -122,8 +122,10 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     stages = select_stages(r, None, res)
     model = copy.deepcopy(model0)
     t = time.perf_counter()
-    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console)
-    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
+    reference = files.read_json(cell_dir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
+    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
+                         after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference))
+    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True

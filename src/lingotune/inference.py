@@ -88,6 +88,16 @@ def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
+def _pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def pad_id(tok) -> int:
     pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return 0 if pid is None else int(pid)
@@ -230,19 +240,31 @@ def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: st
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     with inference(model):
         for _, chunk in batches(order, batch_size, desc):
-            n = max(len(texts[i]) for i in chunk)
-            ids = torch.full((len(chunk), n), pad_id(tok), dtype=torch.long)
-            mask = torch.zeros((len(chunk), n), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, :len(texts[i])] = torch.tensor(texts[i])
-                mask[r, :len(texts[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = _pad_right([texts[i] for i in chunk], pad_id(tok), device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
             nll = nll * mask[:, 1:]
             for r, i in enumerate(chunk):
                 out[i] = (float(nll[r].sum()), max(len(texts[i]) - 1, 0))
     return out
+
+
+def hidden_means(model, tok, texts: list[list[int]], batch_size: int = 8, desc: str = "hidden states") -> torch.Tensor:
+    """[len(texts), layers + 1, hidden] float32: each token sequence's hidden states mean-pooled over its tokens,
+    at the embedding output (index 0) and after every layer (the model's `output_hidden_states`)."""
+    refuse_api(model, "hidden states")
+    device = model_device(model)
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with inference(model):
+        for _, chunk in batches(order, batch_size, desc):
+            ids, mask = _pad_right([texts[i] for i in chunk], pad_id(tok), device)
+            hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            m = mask.unsqueeze(-1).float()
+            pooled = torch.stack([(h.float() * m).sum(1) / m.sum(1).clamp_min(1) for h in hs], dim=1)
+            for r, i in enumerate(chunk):
+                out[i] = pooled[r].cpu()
+    return torch.stack(out)
 
 
 # --------------------------------------------------------------------------------------------- API models

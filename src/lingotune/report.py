@@ -56,6 +56,53 @@ def eval_table(evals: dict) -> list[str]:
     return lines
 
 
+def _spans_zero(ci) -> bool:
+    return not ci or ci[0] <= 0 <= ci[1]
+
+
+def transfer_lines(evals: dict) -> list[str]:
+    """The probe and the alignment diagnostic in words: what each later model moved against the untouched one,
+    and whether the geometry moved while transfer did not; an alignment table per layer."""
+    out: list[str] = []
+    first = evals.get("untouched") or {}
+    for task, res in first.items():
+        if isinstance(res, dict) and "n_known" in res:
+            out.append(f"- `{task}`: the untouched model answers {res['n_known']} of {res.get('n')} items correctly in "
+                       f"English; transfer is scored on those items (transfer_gain: paired, item by item, in points).")
+    for label, tasks in evals.items():
+        if label == "untouched" or not tasks:
+            continue
+        gains = {t: r for t, r in tasks.items() if isinstance(r, dict) and "transfer_gain" in r}
+        moves = {t: r for t, r in tasks.items() if isinstance(r, dict) and "cos_dist_change" in r}
+        for t, r in gains.items():
+            ci = (r.get("ci") or {}).get("transfer_gain")
+            if not r.get("n_known"):
+                out.append(f"- *{label}*, `{t}`: no item known in English, so no transfer to measure.")
+                continue
+            verdict = ("no interval (too few items)" if not ci else "its interval spans 0: no measured change"
+                       if _spans_zero(ci) else "its interval excludes 0")
+            interval = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+            out.append(f"- *{label}*, `{t}`: transfer {_fmt(r.get('transfer'))} % of {r['n_known']} known items, gain "
+                       f"{_fmt(r['transfer_gain'])} points{interval}: {verdict}.")
+        for t, r in moves.items():
+            ci = (r.get("ci") or {}).get("cos_dist_change")
+            still = all(_spans_zero((g.get("ci") or {}).get("transfer_gain")) for g in gains.values())
+            if not _spans_zero(ci) and gains and still:
+                out.append(f"- *{label}*: the geometry moved (`{t}` cosine distance to the English twins changed by "
+                           f"{r['cos_dist_change']:+.4f} [{_fmt(ci[0], 4)}, {_fmt(ci[1], 4)}]) while transfer did not.")
+    for task, res in first.items():
+        if not (isinstance(res, dict) and isinstance(res.get("layers"), dict)):
+            continue
+        labels = [lb for lb in evals if isinstance((evals[lb] or {}).get(task), dict) and "layers" in evals[lb][task]]
+        out += ["", f"`{task}` per layer (layer 0 = embeddings): cosine distance to the English twin / margin over "
+                "mismatched pairs.", "", "| layer | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for i in range(len(res["layers"]["cos_dist"])):
+            cells = [f"{evals[lb][task]['layers']['cos_dist'][i]:.4f} / {evals[lb][task]['layers']['cos_margin'][i]:+.4f}"
+                     for lb in labels]
+            out.append(f"| {i} | " + " | ".join(cells) + " |")
+    return out
+
+
 def render(results: dict) -> str:
     out = [f"# lingotune run: {results.get('recipe', '')}", ""]
     out.append(
@@ -75,6 +122,9 @@ def render(results: dict) -> str:
                 ("Each task's declared metrics (↑ higher is better, ↓ lower is better; the primary one in bold). "
                  "Accuracy, rate and F1 in %, with bootstrap 95% confidence intervals in brackets where computed."), ""]
         out += eval_table(results["evals"])
+        probe = transfer_lines(results["evals"])
+        if probe:
+            out += ["", "## Knowledge transfer and alignment", ""] + probe
     samples = results.get("samples") or []
     if samples:
         labels = [k for k in samples[0] if k != "prompt"]

@@ -171,17 +171,39 @@ def load(recipe: Recipe, console: Console):
 
 
 def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
-                   console: Console) -> None:
-    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`."""
+                   console: Console, reference: dict | None = None, tasks: list[str] | None = None) -> None:
+    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`.
+    `reference`: the untouched model's results (default: results['evals']['untouched']), which the transfer
+    probe conditions on; `tasks`: only these tasks (and no sample answers)."""
     from lingotune import inference
     from lingotune.eval import evaluate
 
     console.print(f"[bold]eval[/] {label} model …")
-    results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
+    if reference is None and label != "untouched":
+        reference = results["evals"].get("untouched")
+    results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language,
+                                       reference=reference, tasks=tasks)
+    if tasks is not None:
+        return
     samples = results.setdefault("samples", [{"prompt": p} for p in prompts])
     answers = inference.generate_chat(model, tok, [[{"role": "user", "content": p}] for p in prompts], 48, desc="samples")
     for s, a in zip(samples, answers):
         s[label] = a.strip()
+
+
+def stage_evaluator(recipe: Recipe, tok, run_dir: Path, results: dict, console: Console, reference: dict | None = None):
+    """What `train_method` runs after every stage but the last: rank 0 evaluates the `eval.every_stage` tasks
+    under '<method>-<stage>' (once: a resumed run keeps the earlier result). None when there are none."""
+    if not recipe.eval.every_stage or not distributed.is_main():
+        return None
+
+    def after(model, stage: str) -> None:
+        label = f"{recipe.method.name}-{stage}"
+        if label not in results["evals"]:
+            evaluate_model(model, tok, recipe, run_dir, label, [], results, console, reference,
+                           tasks=recipe.eval.every_stage)
+            files.save_json(run_dir / "results.json", results)
+    return after
 
 
 def restore_stage(model, stage_dir: Path) -> None:
@@ -195,35 +217,44 @@ def restore_stage(model, stage_dir: Path) -> None:
             named[n].copy_(p)
 
 
+def _train_one(model, groups, tok, recipe: Recipe, stage, tokenized: dict, run_dir: Path, results: dict,
+               resume: bool, progress, fingerprint) -> None:
+    stage_dir = run_dir / recipe.method.name / stage.name
+    items, dropped = tokenized[stage.name]
+    res = train_stage(
+        model, groups, items, steps=stage.steps, cfg=recipe.train, seed=recipe.seed,
+        pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=run_dir / "metrics.jsonl",
+        log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
+        row_sparse=stage.row_sparse, loss=stage.loss, fingerprint=fingerprint,
+    )
+    main = distributed.is_main()
+    results["stages"][stage.name] = {
+        **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
+        "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
+        "artefacts": stage.save(model, stage_dir, tok) if main else {}, "complete": True,
+    }
+    if main:
+        files.save_json(run_dir / "results.json", results)
+
+
 def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_dir: Path, results: dict, *,
-                 resume: bool, console: Console):
-    """Run the stages through the one loop; a stage finished earlier is restored, not redone."""
+                 resume: bool, console: Console, after_stage=None):
+    """Run the stages through the one loop; a stage finished earlier is restored, not redone.
+    `after_stage(model, stage name)` runs after every stage but the last (the `eval.every_stage` tasks)."""
     fingerprint = training_fields(recipe)
     main = distributed.is_main()
-    with progress_bar(console) as bar:
-        progress = bar if main else None
-        for stage in stages:
-            stage_dir = run_dir / recipe.method.name / stage.name
-            torch.manual_seed(recipe.seed)
-            model, groups = stage.setup(model)
-            if results["stages"].get(stage.name, {}).get("complete"):
-                restore_stage(model, stage_dir)
-                console.print(f"[dim]{stage.name}: done earlier, restored[/]")
-                continue
-            items, dropped = tokenized[stage.name]
-            res = train_stage(
-                model, groups, items, steps=stage.steps, cfg=recipe.train, seed=recipe.seed,
-                pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=run_dir / "metrics.jsonl",
-                log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
-                row_sparse=stage.row_sparse, loss=stage.loss, fingerprint=fingerprint,
-            )
-            results["stages"][stage.name] = {
-                **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
-                "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
-                "artefacts": stage.save(model, stage_dir, tok) if main else {}, "complete": True,
-            }
-            if main:
-                files.save_json(run_dir / "results.json", results)
+    for stage in stages:
+        torch.manual_seed(recipe.seed)
+        model, groups = stage.setup(model)
+        if results["stages"].get(stage.name, {}).get("complete"):
+            restore_stage(model, run_dir / recipe.method.name / stage.name)
+            console.print(f"[dim]{stage.name}: done earlier, restored[/]")
+        else:
+            with progress_bar(console) as bar:
+                _train_one(model, groups, tok, recipe, stage, tokenized, run_dir, results, resume,
+                           bar if main else None, fingerprint)
+        if after_stage is not None and stage is not stages[-1]:
+            after_stage(model, stage.name)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     return model
 
@@ -326,7 +357,8 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
         if main:
             with files.atomic_dir(run_dir / "tokenizer") as tmp:
                 tok.save_pretrained(tmp)
-    model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console)
+    model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console,
+                         after_stage=stage_evaluator(recipe, tok, run_dir, results, console) if do_eval else None)
 
     if main:
         finish(model, tok, recipe, run_dir, prompts, results, console, do_eval=do_eval and only_stage is None,

@@ -159,7 +159,19 @@ def read_xquad(directory: str | Path, lang: str, limit: int | None = None) -> li
     return _limit(pairs, limit)
 
 
-def _squad(path: Path, lang: str) -> dict[str, Record]:
+def xquad_transfer_rows(directory: str | Path, lang: str) -> list[dict]:
+    """XQuAD as rows of the transfer probe (lingotune.eval.transfer): {id, context_en, context, question_en,
+    question, answers_en, answers}, the questions carrying their passage ("<Passage>: ...\n\n<Question>: ..."
+    in each language), paired by `qas[].id`."""
+    directory = Path(directory)
+    en = _squad(_need(directory / "xquad.en.json"), "en", with_context=True)
+    tgt = _squad(_need(directory / f"xquad.{lang}.json"), lang, with_context=True)
+    return [{"id": k, "context_en": en[k][1], "context": t[1], "question_en": en[k][0].prompt, "question": t[0].prompt,
+             "answers_en": [en[k][0].response], "answers": [t[0].response]} for k, t in tgt.items() if k in en]
+
+
+def _squad(path: Path, lang: str, with_context: bool = False) -> dict:
+    """qas id -> Record (passage + question, the first answer), or (Record, passage) `with_context`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
@@ -179,7 +191,8 @@ def _squad(path: Path, lang: str) -> dict[str, Record]:
                     continue
                 text = field(answers[0], "text", f"{where}.qas[{qid}].answers[0]").strip()
                 prompt = f"{passage_l}: {context}\n\n{question_l}: {field(q, 'question', where).strip()}"
-                out[qid] = Record(prompt, text, None, qid, lang, f"{path}:{qid}")
+                rec = Record(prompt, text, None, qid, lang, f"{path}:{qid}")
+                out[qid] = (rec, context) if with_context else rec
     return out
 
 

@@ -20,6 +20,7 @@ from lingotune.eval.copy import run_copy
 from lingotune.eval.multiple_choice import run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
+from lingotune.eval.transfer import run_alignment, run_transfer
 from lingotune.eval.translation import run_translation
 from lingotune.eval.yesno import run_yesno
 from lingotune.paths import data_root
@@ -39,8 +40,10 @@ def _clean(v):
     return v
 
 
-def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str) -> tuple[dict, list[dict]]:
-    """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent."""
+def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str,
+             reference: dict | None = None) -> tuple[dict, list[dict]]:
+    """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent.
+    `reference`: the untouched model's result of this task (a transfer task scores the items it knew)."""
     task_lang = spec.lang or lang
     limit = cfg.limits.get(spec.name, cfg.limit)
     if limit is None and spec.kind == "perplexity":
@@ -53,6 +56,10 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
         records, metrics, cis = run_perplexity(model, tok, spec, rows, cfg)
     elif spec.kind == "copy":
         records, metrics, cis = run_copy(model, tok, spec, rows, cfg, task_lang)
+    elif spec.kind == "transfer":
+        records, metrics, cis = run_transfer(model, tok, spec, rows, task_lang, cfg, reference)
+    elif spec.kind == "alignment":
+        records, metrics, cis = run_alignment(model, tok, spec, rows, task_lang, cfg, reference)
     else:
         shots = cfg.shots if cfg.shots is not None and spec.train_file else spec.shots
         train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
@@ -70,15 +77,17 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
 
 
 def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, label: str = "model",
-             lang: str = "ru") -> dict:
-    """Run `cfg.tasks` (or the default suite of `lang`) and return {task: {metric: value, "ci", "metrics", "n", "seconds", "skipped"}}.
+             lang: str = "ru", reference: dict | None = None, tasks: list[str] | None = None) -> dict:
+    """Run `cfg.tasks` (or the default suite of `lang`; or `tasks`) and return {task: {metric: value, "ci",
+    "metrics", "n", "seconds", "skipped"}}. `reference`: the untouched model's results (transfer tasks score
+    every model on the items the untouched model answers correctly in English).
 
     A task whose data is missing is skipped with its reason in "skipped"; an unknown task name or
     a bad task file raises ValueError before anything runs.
     """
     safe_name(label, "evaluation label")
     root = data_root(cfg.data_root)
-    names = cfg.task_names(lang)
+    names = cfg.task_names(lang) if tasks is None else tasks
     specs = [load_task(n) for n in names]
     results: dict[str, dict] = {}
     folder = Path(out_dir) / label if out_dir is not None else None
@@ -87,7 +96,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
     for spec in specs:
         t0 = time.perf_counter()
         try:
-            result, records = run_task(model, tokenizer, spec, cfg, root, lang)
+            result, records = run_task(model, tokenizer, spec, cfg, root, lang, (reference or {}).get(spec.name))
             result["skipped"] = None
         except (FileNotFoundError, ImportError) as e:
             reason = str(e) if isinstance(e, FileNotFoundError) else f"cannot import {e.name or e} ({e})"

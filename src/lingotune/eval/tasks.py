@@ -49,11 +49,14 @@ class TaskSpec(BaseModel):
 
     name: str = Field(description="Task name: the key in results and the file stem of its outputs.")
     lang: str | None = Field(None, description="Language of the task (ISO code); null = the run's language.")
-    kind: Literal["yesno", "translation", "perplexity", "multiple_choice", "copy"] = Field(description="How the task is scored.")
+    kind: Literal["yesno", "translation", "perplexity", "multiple_choice", "copy", "transfer", "alignment"] = Field(
+        description="How the task is scored (transfer, alignment: lingotune.eval.transfer).")
     description: str = Field("", description="One line on what the task is and where it comes from.")
-    format: Literal["jsonl", "tsv", "lines", "parallel", "starter"] = Field(
+    format: Literal["jsonl", "tsv", "lines", "parallel", "starter", "starter_transfer", "xquad"] = Field(
         description="Reader: jsonl (one object a line), tsv (with a header), lines (one text a line), "
-        "parallel (two line-aligned files), starter (lingotune.data.starter held-out questions)."
+        "parallel (two line-aligned files), starter (lingotune.data.starter held-out questions), starter_transfer "
+        "(the transfer probe's own items: held-out CLDR facts and sums, in English and the run's language), xquad "
+        "(`file` is a folder with xquad.en.json and xquad.<lang>.json: passage + question in both languages)."
     )
     file: str | None = Field(None, description="Data file relative to the data root (the source side for `parallel`).")
     target_file: str | None = Field(None, description="`parallel` only: the line-aligned target-side file.")
@@ -68,7 +71,13 @@ class TaskSpec(BaseModel):
         None, description="Keep one half of a set that has no official split: rows whose sha256(carve_key fields) "
         "starts with an even 32-bit number are 'dev', odd ones 'test'."
     )
-    carve_key: list[str] = Field(default_factory=list, description="Fields hashed by `carve`.")
+    carve_key: list[str] = Field(default_factory=list, description="Fields hashed by `carve` and `keep_fraction`.")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="Keep only rows whose sha256(carve_key fields), read as a fraction of 2^32, is "
+        "below this (a stable held-out share, e.g. the XQuAD paragraphs the probe keeps out of training)."
+    )
+    max_new_tokens: int | None = Field(None, ge=1, le=512, description="transfer: tokens generated per answer "
+                                       "(null = the evaluation's max_new_tokens).")
     system: str | None = Field(None, description="System prompt (template); null = the chat template's default.")
     prompts: list[str] = Field(default_factory=list, description="User prompt template(s); with several, one is drawn per example (seeded).")
     choices: list[str] = Field(default_factory=list, description="multiple_choice: one template per option (the continuation scored).")
@@ -122,8 +131,11 @@ class TaskSpec(BaseModel):
     def _check(self) -> "TaskSpec":
         if self.lang is not None:
             get_language(self.lang)
-        if self.format != "starter" and not self.file:
-            raise ValueError("field 'file' is required unless format is 'starter'")
+        if self.format not in ("starter", "starter_transfer") and not self.file:
+            raise ValueError("field 'file' is required unless format is 'starter' or 'starter_transfer'")
+        if (self.kind in ("transfer", "alignment")) != (self.format in ("starter_transfer", "xquad")):
+            raise ValueError("kinds 'transfer' and 'alignment' go with formats 'starter_transfer' and 'xquad' "
+                             "(rows with the question in English and in the target language), and only with them")
         if self.format == "parallel" and not self.target_file:
             raise ValueError("format 'parallel' needs field 'target_file'")
         if self.group_lines is not None and self.format != "lines":
@@ -138,8 +150,8 @@ class TaskSpec(BaseModel):
             raise ValueError("kind 'multiple_choice' needs 'prompts' (the context) and at least two 'choices'")
         if self.kind == "translation" and not (self.src_lang and self.tgt_lang):
             raise ValueError("kind 'translation' needs 'src_lang' and 'tgt_lang'")
-        if self.carve and not self.carve_key:
-            raise ValueError("'carve' needs 'carve_key' (the fields hashed)")
+        if (self.carve or self.keep_fraction) and not self.carve_key:
+            raise ValueError("'carve' and 'keep_fraction' need 'carve_key' (the fields hashed)")
         if any(k < 0 for k in self.shots):
             raise ValueError("shots must be >= 0")
         return self
@@ -240,6 +252,10 @@ def read_rows(spec: TaskSpec, root: Path | None, lang: str, which: str = "file")
     """Rows of the task's `file` (or `train_file`), renamed; FileNotFoundError names the missing file."""
     if spec.format == "starter":
         return [{**r, "id": r.get("id", i)} for i, r in enumerate(_read_starter(lang))]
+    if spec.format == "starter_transfer":
+        return importlib.import_module("lingotune.data.starter").transfer_items(lang)
+    if spec.format == "xquad":
+        return importlib.import_module("lingotune.data.sources").xquad_transfer_rows(data_path(root, spec.file), lang)
     rel = spec.file if which == "file" else spec.train_file
     path = data_path(root, rel)
     if spec.format == "jsonl":
@@ -273,11 +289,19 @@ def data_path(root: Path | None, rel: str | None) -> Path:
     return p
 
 
+def _key_hash(row: dict, key: list[str]) -> int:
+    text = "\x1f".join(str(row.get(k, "")) for k in key)
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
+
+
 def carve_part(row: dict, key: list[str]) -> str:
     """'dev' or 'test' for a row, from the sha256 of its key fields (stable across runs and machines)."""
-    text = "\x1f".join(str(row.get(k, "")) for k in key)
-    h = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
-    return "dev" if h % 2 == 0 else "test"
+    return "dev" if _key_hash(row, key) % 2 == 0 else "test"
+
+
+def kept(row: dict, key: list[str], fraction: float) -> bool:
+    """Whether a row falls in the `keep_fraction` share (sha256 of its key fields below fraction x 2^32)."""
+    return _key_hash(row, key) < fraction * 2**32
 
 
 def map_label(spec: TaskSpec, row: dict, where: str = "") -> Any:
@@ -311,6 +335,8 @@ def load_examples(spec: TaskSpec, root: Path | None, lang: str, limit: int | Non
     rows = read_rows(spec, root, lang)
     if spec.carve:
         rows = [r for r in rows if carve_part(r, spec.carve_key) == spec.carve]
+    if spec.keep_fraction is not None:
+        rows = [r for r in rows if kept(r, spec.carve_key, spec.keep_fraction)]
     out = []
     for i, r in enumerate(rows):
         r = dict(r)
