@@ -162,4 +162,5 @@ def test_every_stage_evaluates_after_stage_one(tiny_model_dir, tmp_path):
     # stage 1 trains the embeddings only: the layer-0 distances moved, and the report shows the probe
     assert res["evals"]["dpart-stage1"]["align_facts"]["layers"]["cos_dist"][0] != \
         res["evals"]["untouched"]["align_facts"]["layers"]["cos_dist"][0]
-    assert "transfer_facts" in (tmp_path / "run" / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Knowledge transfer and alignment" in report and "| layer | untouched | dpart-stage1 | dpart |" in report
