@@ -54,7 +54,7 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
     elif spec.kind == "copy":
         records, metrics, cis = run_copy(model, tok, spec, rows, cfg, task_lang)
     else:
-        shots = cfg.shots if cfg.shots is not None and spec.train_file else spec.shots
+        shots = cfg.shots if cfg.shots is not None and (spec.train_file or spec.hub_train_split) else spec.shots
         train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
         if any(k > 0 for k in shots) and not train:
             raise FileNotFoundError(f"task {spec.name}: k-shot needs a train_file")
