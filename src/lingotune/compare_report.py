@@ -43,6 +43,22 @@ def task_results(cell: dict) -> dict[str, dict]:
     return {t: r for t, r in evals.items() if isinstance(r, dict) and not r.get("skipped")}
 
 
+def skipped_md(cells: list[dict], dataset: str) -> list[str]:
+    """One line per task skipped in some cell of `dataset`: the variants and each whole reason (never cut)."""
+    reasons: dict[str, dict[str, list[str]]] = {}
+    for c in cells:
+        if c["_dataset"] != dataset:
+            continue
+        for label, tasks in c["evals"].items():
+            for task, r in (tasks or {}).items():
+                if isinstance(r, dict) and r.get("skipped"):
+                    who = reasons.setdefault(task, {}).setdefault(" ".join(str(r["skipped"]).split()), [])
+                    if label not in who:
+                        who.append(label)
+    lines = [f"- `{task}` ({', '.join(who)}): {why}" for task, by in reasons.items() for why, who in by.items()]
+    return ["", "Skipped tasks:", ""] + lines if lines else []
+
+
 def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -317,7 +333,7 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
         cols = _columns(rows, meta[d])
         summary["datasets"][d] = rows
         write_csv(out_dir / f"table_{d}.csv", rows, cols)
-        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d])
+        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d]) + skipped_md(cells, d)
         sig = summary["significance"][d] = significance(cells, d, cmp.candidate, cmp.baseline)
         if sig:
             lines += significance_md(sig, cmp.candidate, cmp.baseline)

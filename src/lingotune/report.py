@@ -23,6 +23,11 @@ def _millions(n) -> str:
     return "–" if n is None else f"{n / 1e6:.3f}M"
 
 
+def cell_text(text) -> str:
+    """Text for one Markdown table cell, whole: newlines become spaces and '|' is escaped (never cut)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def _metric_label(key: str, info: dict) -> str:
     """`accuracy_ll ↑`, the task's primary metric in bold."""
     return (f"**{key}**" if info.get("primary") else key) + f" {arrow(info)}"
@@ -37,7 +42,7 @@ def eval_table(evals: dict) -> list[str]:
             if not isinstance(res, dict):
                 continue
             if res.get("skipped"):
-                rows.setdefault((task, "skipped"), {})[label] = str(res["skipped"])[:60]
+                rows.setdefault((task, "skipped"), {})[label] = cell_text(res["skipped"])
                 continue
             ci = res.get("ci") or {}
             for metric, info in result_metrics(res).items():

@@ -61,7 +61,7 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
     elif spec.kind == "alignment":
         records, metrics, cis = run_alignment(model, tok, spec, rows, task_lang, cfg, reference)
     else:
-        shots = cfg.shots if cfg.shots is not None and spec.train_file else spec.shots
+        shots = cfg.shots if cfg.shots is not None and (spec.train_file or spec.hub_train_split) else spec.shots
         train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
         if any(k > 0 for k in shots) and not train:
             raise FileNotFoundError(f"task {spec.name}: k-shot needs a train_file")
