@@ -201,3 +201,24 @@ def test_a_chatml_run_trains_saves_and_exports_with_the_tokens(base_model_dir, t
         torch.testing.assert_close(exported(ids).logits, ref(ids).logits, rtol=0, atol=1e-4)
     assert not torch.equal(exported.model.embed_tokens.weight[n], mean)  # stage 1 trained the new rows
     torch.testing.assert_close(exported.lm_head.weight[n], mean, rtol=0, atol=0)  # untie: the head kept its init
+
+
+def test_old_rows_keep_their_values_even_where_the_old_model_spells_the_token_otherwise():
+    """As in Gemma-3 (260 such tokens): 'bc' is in the vocabulary but no merge makes it, so the model spells it
+    'b' 'c'; adding ChatML's tokens must not re-initialise its row."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(vocab={"<s>": 0, "a": 1, "b": 2, "c": 3, "ab": 4, "bc": 5}, merges=[("a", "b")]))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.decoder = decoders.BPEDecoder()
+    old = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>")
+    assert old.tokenize("bc") == ["b", "c"]
+    new, _ = with_chat_tokens(old)
+    model = fresh_tiny(vocab_size=6)
+    before = model.get_input_embeddings().weight.detach().clone()
+    counts = init_new_rows(model, old, new)
+    after = model.get_input_embeddings().weight
+    assert counts["set_to_mean"] == 0 and counts["new_special_tokens"] == 2
+    torch.testing.assert_close(after[:6], before, rtol=0, atol=0)
+    torch.testing.assert_close(after[6], before.mean(0), rtol=0, atol=0)

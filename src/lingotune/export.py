@@ -223,7 +223,7 @@ def model_card(run_dir: Path, recipe, results: dict, parts: list[str], adapter_o
     if hub:
         meta["base_model"] = hub
     front = ["---"] + [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in meta.items()] + ["---", ""]
-    what = "a PEFT adapter (LoRA + changed embedding rows)" if adapter_only else "a merged model"
+    what = "A PEFT adapter (LoRA + changed embedding rows)" if adapter_only else "A merged model"
     out_lines = front + [
         f"# {recipe.name or recipe.method.name}: {recipe.model.source} adapted to {lang.name}", "",
         f"{what}, trained with [lingotune](https://pypi.org/project/lingotune/) method `{recipe.method.name}`.", "",

@@ -393,7 +393,8 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
     one id to the mean of the old rows that spell it (`piece_map`), separately for the input
     embeddings and an untied output head; a tied model's one matrix is set once. Returns counts.
 
-    Rows whose token maps to exactly its own old id keep their values (all old tokens of `extend`).
+    The old ids' rows keep their values (`extend` and `with_chat_tokens` keep every old id; an old token
+    the old model itself segments into other pieces, as 260 of Gemma-3's do, is not re-initialised).
     A special token new to the vocabulary (ChatML's, `with_chat_tokens`) starts as the mean of all the
     old tokens' rows. Any other token the old tokenizer cannot spell keeps transformers' initialisation
     (counted). The matrix never shrinks (a model may hold more rows than its tokenizer has tokens).
@@ -407,8 +408,8 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
     old_head = None if tied else head.weight.detach().clone()
     rows = max(len(new_tok), inp.shape[0])
     model.resize_token_embeddings(rows, mean_resizing=False)
-    todo = [(i, p) for i, p in enumerate(pieces) if p and p != [i]]
     n_old = min(len(old_tok), inp.shape[0])
+    todo = [(i, p) for i, p in enumerate(pieces) if i >= n_old and p and p != [i]]
     targets = [(model.get_input_embeddings().weight, inp)] + ([] if tied else [(model.get_output_embeddings().weight, old_head)])
     for weight, old in targets:
         for i, p in todo:
@@ -439,7 +440,8 @@ def with_chat_tokens(tok):
     import copy
 
     new = copy.deepcopy(tok)
-    missing = [t for t in CHATML_TOKENS if len(tok(t, add_special_tokens=False)["input_ids"]) != 1]
+    vocab = tok.get_vocab()
+    missing = [t for t in CHATML_TOKENS if tok(t, add_special_tokens=False)["input_ids"] != [vocab.get(t)]]
     if missing:
         new.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     own = not tok.init_kwargs.get("lingotune_fallback_template") and "<|im_start|>" in (tok.chat_template or "")
