@@ -32,7 +32,7 @@ import torch
 from lingotune import files, methods, rundir
 from lingotune.errors import UserError
 from lingotune.models import (
-    BUNDLED_ORIGIN, apply_adapter, apply_embeddings, is_tied, load_model, load_tokenizer, resolve,
+    BUNDLED_ORIGIN, apply_adapter, apply_embeddings, is_tied, load_model, load_tokenizer, read_embeddings, resolve,
 )
 from lingotune.recipe import parse_recipe
 
@@ -148,17 +148,18 @@ def build_adapter(run_dir: Path, recipe, results: dict):
     cfg.base_model_name_or_path = recipe.model.source
     trained = None
     if embeddings:
-        probe, _ = load_model(recipe.model.source, dtype=recipe.model.dtype)
-        apply_embeddings(probe, embeddings[-1])  # the last saved matrix is the final one
-        trained = probe.get_input_embeddings().weight.detach()
-        changed = (trained != base.get_input_embeddings().weight.detach()).any(dim=1).nonzero().flatten().tolist()
+        trained, tie = read_embeddings(embeddings[-1])  # the last saved matrix is the final one
+        original = base.get_input_embeddings().weight.detach()
+        if trained.shape != original.shape:
+            raise ExportError(f"{embeddings[-1]}: shape {tuple(trained.shape)} != the base model's {tuple(original.shape)}")
+        trained = trained.to(original.dtype)
+        changed = (trained != original).any(dim=1).nonzero().flatten().tolist()
         if changed:
             cfg.trainable_token_indices = changed
-            if is_tied(base) and not is_tied(probe):  # untie: the head keeps its values (a one-row no-op entry)
+            if is_tied(base) and tie == "untie":  # the head keeps its values: a one-row no-op entry keeps PEFT from tying
                 names = {m: n for n, m in base.named_modules()}
                 cfg.trainable_token_indices = {names[base.get_input_embeddings()].rsplit(".", 1)[-1]: changed,
                                                names[base.get_output_embeddings()].rsplit(".", 1)[-1]: [changed[0]]}
-        del probe
     cfg.inference_mode = True
     model = get_peft_model(base, cfg)
     state = {**get_peft_model_state_dict(model), **load_file(str(adapter / "adapter_model.safetensors"))}

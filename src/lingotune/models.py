@@ -269,12 +269,8 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
     return model, tok
 
 
-def apply_embeddings(model, embeddings: str | Path) -> None:
-    """Put a trained input-embedding matrix (safetensors, key `model.embed_tokens.weight`) into `model`.
-
-    Saved from an untied model (the default) it replaces the input embeddings only and the output head
-    keeps its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
-    """
+def read_embeddings(embeddings: str | Path) -> tuple[torch.Tensor, str]:
+    """(the input-embedding matrix, "untie" or "tied") from a safetensors file lingotune saved."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -290,14 +286,24 @@ def apply_embeddings(model, embeddings: str | Path) -> None:
     key = "model.embed_tokens.weight"
     if key not in tensors:
         raise ModelLoadError(f"embeddings {str(embeddings)!r}: no tensor {key!r} (found {sorted(tensors)})")
+    return tensors[key], tie
+
+
+def apply_embeddings(model, embeddings: str | Path) -> None:
+    """Put a trained input-embedding matrix (safetensors, key `model.embed_tokens.weight`) into `model`.
+
+    Saved from an untied model (the default) it replaces the input embeddings only and the output head
+    keeps its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
+    """
+    weight, tie = read_embeddings(embeddings)
     emb = model.get_input_embeddings()
-    if tensors[key].shape != emb.weight.shape:
-        raise ModelLoadError(f"embeddings {str(embeddings)!r}: shape {tuple(tensors[key].shape)} != model's "
+    if weight.shape != emb.weight.shape:
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: shape {tuple(weight.shape)} != model's "
                              f"{tuple(emb.weight.shape)}")
     if tie == "untie":
         untie(model)
     with torch.no_grad():
-        emb.weight.copy_(tensors[key].to(emb.weight.dtype))
+        emb.weight.copy_(weight.to(emb.weight.dtype))
 
 
 def apply_adapter(model, adapter: str | Path):
