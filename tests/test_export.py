@@ -219,3 +219,18 @@ def test_model_card_holds_provenance_evaluation_and_commands(tmp_path, tiny_mode
     assert "| untouched | dpart |" in card and "n / seconds" in card
     assert "lingotune export r --out x" in card and "lingotune run lingotune-recipe.yaml" in card
     assert (tmp_path / "x" / "lingotune-recipe.yaml").read_text() == (tmp_path / "r" / "recipe.yaml").read_text()
+
+
+def test_an_lep_run_with_an_extended_vocabulary_exports_its_saved_model(root, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = train_run(root, tiny_model_dir, "lep", "data.sources=[{format: starter, use: text, limit: 60}]",
+                    "vocab.scenario=extend", "vocab.add=20")
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "x")) == exported.config.vocab_size == 49152 + 20
+    torch.testing.assert_close(russian_logits(exported, tmp_path / "x"),
+                               russian_logits(reference(run, tiny_model_dir), run / "tokenizer"), rtol=0, atol=1e-4)
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "a"), "--adapter-only"])
+    assert res.exit_code == 2 and "changed every weight" in res.output and not (tmp_path / "a").exists()

@@ -59,7 +59,8 @@ class ModelConfig(Strict):
         "Alpaca-style fallback). 'chatml' (paper appendix A.6): add <|im_start|> and <|im_end|> as special tokens "
         "where the tokenizer lacks them, their rows (input embeddings and an untied head) starting at the mean of "
         "the old rows, and use the ChatML template unless the model's own already is ChatML. Stage 1 trains the "
-        "new input rows (every example uses them); generation stops at <|im_end|>.",
+        "new input rows (every example uses them), as do combined and full; methods that train no embeddings (lora, "
+        "LoRA-only preference methods) leave them at the mean. Generation stops at <|im_end|>.",
     )
 
 
