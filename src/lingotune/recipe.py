@@ -53,6 +53,15 @@ class ModelConfig(Strict):
         False, description="Run Python code shipped with a hub model (its own modeling files). Off: only "
         "architectures transformers itself implements load; turn on only for a model whose code you trust.",
     )
+    chat_tokens: Literal["own", "chatml"] = Field(
+        "own",
+        description="'own' (default): the model's own chat template (a base model without one gets lingotune's "
+        "Alpaca-style fallback). 'chatml' (paper appendix A.6): add <|im_start|> and <|im_end|> as special tokens "
+        "where the tokenizer lacks them, their rows (input embeddings and an untied head) starting at the mean of "
+        "the old rows, and use the ChatML template unless the model's own already is ChatML. Stage 1 trains the "
+        "new input rows (every example uses them), as do combined and full; methods that train no embeddings (lora, "
+        "LoRA-only preference methods) leave them at the mean. Generation stops at <|im_end|>.",
+    )
 
 
 class LoraSettings(Strict):

@@ -108,24 +108,32 @@ def transfer_lines(evals: dict) -> list[str]:
     return out
 
 
+def stages_table(stages: dict) -> list[str]:
+    """One row per trained stage: what trained, on which data, how long, the losses."""
+    lines = ["| stage | trains | data | examples | steps | trainable params | total params | seconds | tokens | first loss "
+             "| final loss |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in stages.items():
+        lines.append(
+            f"| {name} | {s.get('trains', '')} | {'+'.join(s.get('data', []))} | {s.get('examples')} | {s.get('steps')} | "
+            f"{_millions(s.get('trainable_params'))} | {_millions(s.get('total_params'))} | {_fmt(s.get('seconds'), 1)} | "
+            f"{s.get('tokens')} | {_fmt(s.get('first_loss'), 3)} | {_fmt(s.get('final_loss'), 3)} |"
+        )
+    return lines
+
+
+EVAL_NOTE = ("Each task's declared metrics (↑ higher is better, ↓ lower is better; the primary one in bold). "
+             "Accuracy, rate and F1 in %, with bootstrap 95% confidence intervals in brackets where computed.")
+
+
 def render(results: dict) -> str:
     out = [f"# lingotune run: {results.get('recipe', '')}", ""]
     out.append(
         f"Model `{results.get('model')}`, target language `{results.get('language')}`, method `{results.get('method')}`, "
         f"seed {results.get('seed')}, loss on `{results.get('loss_on')}`, tied embeddings handled as `{results.get('tie')}`."
     )
-    out += ["", "## Training", "", "| stage | trains | data | examples | steps | trainable params | total params | seconds | tokens | first loss | final loss |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, s in results.get("stages", {}).items():
-        out.append(
-            f"| {name} | {s.get('trains', '')} | {'+'.join(s.get('data', []))} | {s.get('examples')} | {s.get('steps')} | "
-            f"{_millions(s.get('trainable_params'))} | {_millions(s.get('total_params'))} | {_fmt(s.get('seconds'), 1)} | "
-            f"{s.get('tokens')} | {_fmt(s.get('first_loss'), 3)} | {_fmt(s.get('final_loss'), 3)} |"
-        )
+    out += ["", "## Training", ""] + stages_table(results.get("stages", {}))
     if results.get("evals"):
-        out += ["", "## Evaluation", "",
-                ("Each task's declared metrics (↑ higher is better, ↓ lower is better; the primary one in bold). "
-                 "Accuracy, rate and F1 in %, with bootstrap 95% confidence intervals in brackets where computed."), ""]
+        out += ["", "## Evaluation", "", EVAL_NOTE, ""]
         out += eval_table(results["evals"])
         probe = transfer_lines(results["evals"])
         if probe:

@@ -120,14 +120,18 @@ def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple
 
 
 def adapt_vocabulary(recipe: Recipe, tok, built):
-    """(adapted tokenizer, report) per the recipe's `vocab:` section, or (None, None)."""
+    """(adapted tokenizer, report) per the recipe's `vocab:` section and `model.chat_tokens`, or (None, None)."""
     from lingotune import vocab
     from lingotune.data.formats import read_texts
     from lingotune.paths import data_root
 
     root = data_root(recipe.data.root)
     texts = [t for rel in recipe.vocab.corpus for t in read_texts(root / rel if root else rel)] or built.text
-    return vocab.adapt(recipe.vocab, tok, recipe.language, texts)
+    new_tok, report = vocab.adapt(recipe.vocab, tok, recipe.language, texts)
+    if recipe.model.chat_tokens == "chatml":  # ChatML's tokens on top (appendix A.6): the same resize path
+        new_tok, chat = vocab.with_chat_tokens(new_tok or tok)
+        report = {**(report or {}), **chat}
+    return new_tok, report
 
 
 def check_method(recipe: Recipe, model) -> None:
