@@ -90,6 +90,7 @@ def test_old_samples_without_source_say_where_they_came_from(tmp_path):
     d = _run_dir(tmp_path, _results(samples=samples))
     md = (write_report(d)).read_text()
     assert "### 1. source not recorded" in md and "took them from the stage-2 training prompts" in md
+    assert "The prompts are held out" not in md
 
 
 def test_no_loss_log_reports_without_loss_plots_and_says_why(tmp_path):

@@ -87,13 +87,17 @@ def bar_grid(path: Path, panels: list[tuple[str, list[str], list[float | None], 
     plt = pyplot()
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, labels, values, errors) in zip(axes.flat, panels):
         xs = range(len(labels))
         ax.bar(xs, [v or 0.0 for v in values], yerr=[[e[0] for e in errors], [e[1] for e in errors]], capsize=3,
                color=[colours[i % len(colours)] if v is not None else "none" for i, v in enumerate(values)])
-        ax.set_xticks(xs, labels, rotation=30 if len(labels) > 2 else 0, ha="right" if len(labels) > 2 else "center",
+        known = [(v, e) for v, e in zip(values, errors) if v is not None]
+        if all(v - e[0] >= 0 for v, e in known):  # a scale from 0, and a visible one when every value is 0
+            ax.set_ylim(0, max([v + e[1] for v, e in known] + [0.0]) * 1.1 or 1.0)
+        ticks = [f"{label}\n{'–' if v is None else f'{v:.2f}'}" for label, v in zip(labels, values)]  # the value under its bar
+        ax.set_xticks(xs, ticks, rotation=30 if len(labels) > 2 else 0, ha="right" if len(labels) > 2 else "center",
                       fontsize=7)
         ax.set_title(title, fontsize=8)
         ax.grid(axis="y", alpha=0.3)

@@ -128,16 +128,15 @@ def quote(text: str) -> list[str]:
 
 def samples_md(samples: list[dict]) -> list[str]:
     labels = list(dict.fromkeys(k for s in samples for k in s if k not in ("prompt", "source")))
-    out = ["", "## Sample answers", "",
-           "Each model's greedy answer (48 new tokens at most) to held-out prompts: questions of the run's evaluation "
-           "tasks (task and example named), never a training prompt, or the recipe's own `output.samples`."]
-    if any("source" not in s for s in samples):
-        out += ["", "Samples without a source come from a run made before samples were labelled; such runs took "
-                "them from the stage-2 training prompts."]
+    out = ["", "## Sample answers", "", "Each model's greedy answer (48 new tokens at most) to each prompt. " + (
+        "The prompts are held out: questions of the run's evaluation tasks (task and example named) that no training "
+        "text contains, or the recipe's own `output.samples`." if all("source" in s for s in samples) else
+        "A prompt without a source comes from a run made before samples were labelled: such runs took them from "
+        "the stage-2 training prompts.")]
     for i, s in enumerate(samples, 1):
         out += ["", f"### {i}. {md_text(s.get('source', 'source not recorded'))}", ""] + quote(s["prompt"]) + [""]
         for label in labels:
-            answer = " ".join((s.get(label) or "").split())
+            answer = " ".join((s.get(label) or "").split()).rstrip("\ufffd ")  # a character cut by the token budget
             out.append(f"- *{label}*: " + (md_text(answer) if answer else "(empty)"))
     return out
 

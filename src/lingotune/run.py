@@ -328,7 +328,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     results.update(data=built.report, model_load_seconds=load_seconds)
     torch.manual_seed(recipe.seed)
 
-    prompts = sample_prompts(recipe, built)
+    prompts = sample_prompts(recipe, built) if do_eval else []
     if main and do_eval and "untouched" not in results["evals"]:  # evaluation: rank 0 alone
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
         files.save_json(run_dir / "results.json", results)
