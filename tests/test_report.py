@@ -196,3 +196,19 @@ def test_recipe_samples_replace_the_questions_and_are_labelled(tmp_path):
     assert sample_prompts(recipe, built) == [{"prompt": "Расскажи о себе.", "source": "recipe samples"}]
     with pytest.raises(RecipeError, match="output.samples.*entry 0 is blank"):
         _recipe(tmp_path, leakage_check=True, **{"output.samples": [" "]})
+
+
+def test_starter_samples_are_not_refused_for_the_template_words_they_share_with_training(tmp_path):
+    """The starter data's training questions share the held-out questions' template ("... находится в этой
+    стране? Ответь да или нет."); only the examples' own texts count, as in the build's leakage check."""
+    from helpers import make_recipe
+    from lingotune.data.validate import LeakageIndex
+    from lingotune.run import build_data, sample_prompts
+
+    recipe = make_recipe(**{"eval.tasks": ["starter_heldout"], "output.sample_prompts": 2,
+                            "data.checks.leakage_check": False})
+    built = build_data(recipe, Console(quiet=True))
+    got = sample_prompts(recipe, built)
+    assert [g["source"] for g in got] == ["starter_heldout, example starter-yesno-ru-0",
+                                          "starter_heldout, example starter-yesno-ru-1"]
+    assert any(LeakageIndex([got[0]["prompt"]]).leaks(t) for t in built.texts())  # the template alone would refuse it

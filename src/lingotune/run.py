@@ -44,7 +44,9 @@ def progress_bar(console: Console | None = None) -> Progress:
 def sample_prompts(recipe: Recipe, built) -> list[dict]:
     """The held-out prompts of report.md's sample answers, each {"prompt", "source"}: the recipe's
     `output.samples`, or `output.sample_prompts` questions of the run's evaluation tasks that no training text
-    contains, as the data layer's leakage index sees it (a shared word n-gram, or the same text)."""
+    contains, as the data layer's leakage index sees it (a word n-gram shared with the example's texts, as the
+    build's leakage check), nor is (the same prompt). The prompt itself is not indexed: its template words
+    (e.g. "... в этой стране? Ответь да или нет.") recur in the training questions of the starter data."""
     from lingotune.data.validate import LeakageIndex
     from lingotune.eval.runner import sample_questions
     from lingotune.paths import data_root
@@ -57,13 +59,13 @@ def sample_prompts(recipe: Recipe, built) -> list[dict]:
     root = data_root(recipe.eval.data_root or recipe.data.root)
     found = sample_questions(recipe.eval, recipe.language, root, 4 * n)
     ngram = recipe.data.checks.leakage_ngram
-    index = LeakageIndex([t for q in found for t in q["texts"] + [q["prompt"]]], n=ngram)
+    index = LeakageIndex([t for q in found for t in q["texts"]], n=ngram)  # the examples' texts, as the build's check
     train = built.texts()
     suspects = [t for t in train if index.leaks(t)]  # one pass over the training texts; then per question
     seen = {" ".join(t.split()) for t in train}
     out = []
     for q in found:
-        own = LeakageIndex(q["texts"] + [q["prompt"]], n=ngram)
+        own = LeakageIndex(q["texts"], n=ngram)
         if " ".join(q["prompt"].split()) not in seen and not any(own.leaks(t) for t in suspects):
             out.append({"prompt": q["prompt"], "source": q["source"]})
     return out[:n]
