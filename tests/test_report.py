@@ -78,6 +78,7 @@ def test_sample_answers_name_their_source(tmp_path):
     write_report(d, html=True)
     md = (d / "report.md").read_text()
     assert "### 1. qa, example 7" in md and "### 2. recipe samples" in md
+    assert md_text("starter_heldout, example 3") == "starter_heldout, example 3"  # plain where plain is safe
     assert "- *dpart*: Да." in md and "- *dpart*: (empty)" in md
     page = (d / "report.html").read_text()
     assert "<h3>1. qa, example 7</h3>" in page and "<h3>2. recipe samples</h3>" in page
@@ -124,7 +125,7 @@ def test_md_text_shows_text_as_written():
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
     for s in ["1. *a* _b_ [c](d) <e> # f | g & h \\ i `j` ~k~ !l", "- item", "# heading", "+ x", "= y", "2) z",
-              "&amp; stays", "a | b\n|---|"]:
+              "&amp; stays", "a | b\n|---|", "snake_case _x_ __y__ z_"]:
         assert md.render(md_text(s)) == "<p>" + escape(s, quote=False).replace("\n", "\n") + "</p>\n", s
 
 

@@ -110,7 +110,7 @@ def eval_panels(evals: dict) -> list[tuple]:
     return panels
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|!~&])")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>#|!~&]|(?<![^\W_])_|_(?![^\W_]))")  # "_" between letters is no emphasis
 
 
 def md_text(text: str) -> str:
