@@ -216,7 +216,7 @@ def test_model_card_holds_provenance_evaluation_and_commands(tmp_path, tiny_mode
     from lingotune.report import eval_table
 
     assert "\n".join(eval_table(results["evals"])) in card  # before and after, with n and intervals
-    assert "| untouched | dpart |" in card and "n / seconds" in card
+    assert "| task | metric | untouched |" in card and " dpart |" in card and "n / seconds" in card
     assert "lingotune export r --out x" in card and "lingotune run lingotune-recipe.yaml" in card
     assert (tmp_path / "x" / "lingotune-recipe.yaml").read_text() == (tmp_path / "r" / "recipe.yaml").read_text()
 

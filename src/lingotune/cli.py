@@ -82,6 +82,18 @@ def train(
 
 @app.command()
 @user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (holding results.json).", show_default=False),
+    html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page (plots inlined)."),
+):
+    """Write a run's report.md and its plots again from results.json (and, with --html, report.html)."""
+    from lingotune.report import write_report
+
+    console.print(f"[green]wrote[/] {write_report(run_dir, html=html)}")
+
+
+@app.command()
+@user_errors
 def compare(
     recipe: Optional[Path] = RecipeArg,
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Grid directory (one sub-directory per dataset and cell)."),

@@ -101,7 +101,7 @@ def _judge(out_dir: Path, recipe: Recipe, judged, console: Console) -> None:
         write_results(out_dir / d, summary, records, "judge.json")
 
 
-def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], judged, console: Console) -> None:
+def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[dict], judged, console: Console) -> None:
     """The untouched model: once per dataset (its prompts come from the dataset)."""
     if _complete(udir):
         return
@@ -112,7 +112,7 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], judged
     files.save_json(udir / "results.json", res)
 
 
-def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[str], judged,
+def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,
           console: Console) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         base = cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir / dname)
         built = builts[dname]
         built.write(out_dir / dname / "data")
-        prompts = sample_prompts(built, recipe.output.sample_prompts)
+        prompts = sample_prompts(base, built)
         _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, judged, console)
         for method in cmp.methods:
             for seed in cmp.seeds:

@@ -249,7 +249,21 @@ class OutputConfig(Strict):
         return v
     overwrite: bool = Field(False, description="Replace an existing run directory. Off: an existing run is never overwritten.")
     save_full_model: bool = Field(True, description="Full fine-tuning: save the whole model (large).")
-    sample_prompts: int = Field(4, ge=0, description="Target-language prompts answered by the untouched and adapted model in report.md.")
+    sample_prompts: int = Field(
+        4, ge=0, description="How many held-out prompts the untouched and the adapted model answer in report.md: "
+        "questions of the run's evaluation tasks (their evaluated examples, in turn from each task that asks "
+        "something), leaving out any that a training example contains; `samples` replaces them.")
+    samples: list[str] = Field(
+        default_factory=list, description="Prompts of your own for report.md's sample answers (labelled 'recipe "
+        "samples'), instead of the evaluation tasks' questions; empty = the tasks' questions (`sample_prompts`).")
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, v: list[str]) -> list[str]:
+        blank = [i for i, p in enumerate(v) if not p.strip()]
+        if blank:
+            raise ValueError(f"entry {blank[0]} is blank; give each sample prompt some text")
+        return v
 
 
 class CompareJudge(Strict):

@@ -41,17 +41,34 @@ def progress_bar(console: Console | None = None) -> Progress:
     )
 
 
-def sample_prompts(built, n: int) -> list[str]:
-    """Target-language prompts from the stage-2 set, taken from its end (a fixed, seeded choice)."""
-    seen, out = set(), []
-    for ex in reversed(built.stage2):
-        p = ex.messages[-2]["content"]
-        if p not in seen:
-            seen.add(p)
-            out.append(p)
-        if len(out) == n:
-            break
-    return out
+def sample_prompts(recipe: Recipe, built) -> list[dict]:
+    """The held-out prompts of report.md's sample answers, each {"prompt", "source"}: the recipe's
+    `output.samples`, or `output.sample_prompts` questions of the run's evaluation tasks that no training text
+    contains, as the data layer's leakage index sees it (a word n-gram shared with the example's texts, as the
+    build's leakage check), nor is (the same prompt). The prompt itself is not indexed: its template words
+    (e.g. "... в этой стране? Ответь да или нет.") recur in the training questions of the starter data."""
+    from lingotune.data.validate import LeakageIndex
+    from lingotune.eval.runner import sample_questions
+    from lingotune.paths import data_root
+
+    if recipe.output.samples:
+        return [{"prompt": p, "source": "recipe samples"} for p in recipe.output.samples]
+    n = recipe.output.sample_prompts
+    if n == 0:
+        return []
+    root = data_root(recipe.eval.data_root or recipe.data.root)
+    found = sample_questions(recipe.eval, recipe.language, root, 4 * n)
+    ngram = recipe.data.checks.leakage_ngram
+    index = LeakageIndex([t for q in found for t in q["texts"]], n=ngram)  # the examples' texts, as the build's check
+    train = built.texts()
+    suspects = [t for t in train if index.leaks(t)]  # one pass over the training texts; then per question
+    seen = {" ".join(t.split()) for t in train}
+    out = []
+    for q in found:
+        own = LeakageIndex(q["texts"], n=ngram)
+        if " ".join(q["prompt"].split()) not in seen and not any(own.leaks(t) for t in suspects):
+            out.append({"prompt": q["prompt"], "source": q["source"]})
+    return out[:n]
 
 
 # ----------------------------------------------------------------------------- checks before anything is written
@@ -174,9 +191,9 @@ def load(recipe: Recipe, console: Console):
     return model, tok, round(time.perf_counter() - t, 2)
 
 
-def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
+def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[dict], results: dict,
                    console: Console, reference: dict | None = None, tasks: list[str] | None = None) -> None:
-    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`.
+    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts` (`sample_prompts`).
     `reference`: the untouched model's results (default: results['evals']['untouched']), which the transfer
     probe conditions on; `tasks`: only these tasks (and no sample answers)."""
     from lingotune import inference
@@ -189,8 +206,9 @@ def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompt
                                        reference=reference, tasks=tasks)
     if tasks is not None:
         return
-    samples = results.setdefault("samples", [{"prompt": p} for p in prompts])
-    answers = inference.generate_chat(model, tok, [[{"role": "user", "content": p}] for p in prompts], 48, desc="samples")
+    samples = results.setdefault("samples", [dict(p) for p in prompts])
+    answers = inference.generate_chat(model, tok, [[{"role": "user", "content": s["prompt"]}] for s in samples], 48,
+                                      desc="samples")
     for s, a in zip(samples, answers):
         s[label] = a.strip()
 
@@ -281,7 +299,7 @@ def check_instruct(recipe: Recipe, model) -> None:
         raise PropagationError("propagate.instruct: its tokenizer has no chat template (is it an instruct model?)")
 
 
-def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: list[str], results: dict,
+def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: list[dict], results: dict,
                             console: Console, do_eval: bool) -> None:
     """LEP step 4: the instruct model with the adapted vocabulary and rows, evaluated beside the instruct model."""
     from lingotune.propagate import propagate, save_propagation
@@ -347,7 +365,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     results.update(data=built.report, model_load_seconds=load_seconds)
     torch.manual_seed(recipe.seed)
 
-    prompts = sample_prompts(built, recipe.output.sample_prompts)
+    prompts = sample_prompts(recipe, built) if do_eval else []
     if main and do_eval and "untouched" not in results["evals"]:  # evaluation: rank 0 alone
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
         files.save_json(run_dir / "results.json", results)
@@ -384,7 +402,7 @@ def start_processes(recipe: Recipe) -> int:
     return accelerator_for(recipe.train.precision).num_processes
 
 
-def finish(model, tok, recipe: Recipe, run_dir: Path, prompts: list[str], results: dict, console: Console, *,
+def finish(model, tok, recipe: Recipe, run_dir: Path, prompts: list[dict], results: dict, console: Console, *,
            do_eval: bool, propagate: bool, t_start: float) -> None:
     """Rank 0, after training: evaluate the adapted model, propagate, write results.json and report.md."""
     if do_eval:

@@ -35,6 +35,11 @@ class BuiltData:
     text: list[str] = field(default_factory=list)  # plain target-language text (sources used as `text`)
     prefs: list[PrefRecord] = field(default_factory=list)  # preference pairs (sources of format prefs)
 
+    def texts(self) -> list[str]:
+        """Every text training may see: each message of stage1 and stage2, the plain text, each pair's sides."""
+        out = [m["content"] for ex in self.stage1 + self.stage2 for m in ex.messages]
+        return out + self.text + [t for p in self.prefs for t in (p.prompt, p.chosen, p.rejected, p.system) if t]
+
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         from lingotune.files import atomic_write_text, save_json
 

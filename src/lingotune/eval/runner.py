@@ -16,13 +16,13 @@ from pathlib import Path
 from rich.console import Console
 
 from lingotune.eval.config import EvalConfig
-from lingotune.eval.copy import run_copy
-from lingotune.eval.multiple_choice import run_multiple_choice
+from lingotune.eval.copy import build_messages as copy_messages, run_copy
+from lingotune.eval.multiple_choice import mc_context, run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
 from lingotune.eval.transfer import run_alignment, run_transfer
-from lingotune.eval.translation import run_translation
-from lingotune.eval.yesno import run_yesno
+from lingotune.eval.translation import build_messages as translation_messages, run_translation
+from lingotune.eval.yesno import run_yesno, user_prompt as yesno_prompt
 from lingotune.paths import data_root
 from lingotune.files import atomic_write_text, safe_name, save_json
 
@@ -122,5 +122,43 @@ def leakage_texts(cfg: EvalConfig, lang: str, root: Path | None) -> list[str]:
             rows = load_examples(spec, root, spec.lang or lang)
         except (OSError, ValueError):
             continue
-        texts += [v for r in rows for v in r.values() if isinstance(v, str)]
+        texts += [t for r in rows for t in row_texts(r)]
     return texts
+
+
+def row_texts(row: dict) -> list[str]:
+    """An example's texts (its string fields), as the leakage check sees them."""
+    return [v for v in row.values() if isinstance(v, str)]
+
+
+def question(spec: TaskSpec, row: dict, lang: str, seed: int) -> str | None:
+    """The user prompt a task puts to the model for one example (0-shot); None for perplexity tasks, which ask
+    nothing."""
+    if spec.kind == "yesno":
+        return yesno_prompt(spec, row, lang, seed)
+    if spec.kind == "multiple_choice":
+        return mc_context(spec, row, lang)
+    if spec.kind == "translation":
+        return translation_messages(spec, row)[-1]["content"]
+    if spec.kind == "copy":
+        return copy_messages(spec, row, lang)[-1]["content"]
+    return None
+
+
+def sample_questions(cfg: EvalConfig, lang: str, root: Path | None, limit: int) -> list[dict]:
+    """Up to `limit` questions of the evaluated examples of `cfg`'s tasks, taken in turn from each task that
+    asks something (in file order within a task): {"prompt", "source": "<task>, example <id>", "texts": the
+    example's texts}. Tasks whose data is absent contribute nothing."""
+    per_task = []
+    for name in cfg.task_names(lang):
+        spec = load_task(name)
+        task_lang = spec.lang or lang
+        try:
+            rows = load_examples(spec, root, task_lang, cfg.limits.get(spec.name, cfg.limit), cfg.sample, cfg.seed)
+            asked = [(q, r) for r in rows if (q := question(spec, r, task_lang, cfg.seed))]
+        except (OSError, ValueError, ImportError):
+            continue
+        per_task.append([{"prompt": q, "source": f"{spec.name}, example {r['id']}", "texts": row_texts(r)}
+                         for q, r in asked])
+    out = [t[i] for i in range(max(map(len, per_task), default=0)) for t in per_task if i < len(t)]
+    return out[:limit]
