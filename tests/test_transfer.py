@@ -164,3 +164,4 @@ def test_every_stage_evaluates_after_stage_one(tiny_model_dir, tmp_path):
         res["evals"]["untouched"]["align_facts"]["layers"]["cos_dist"][0]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Knowledge transfer and alignment" in report and "| layer | untouched | dpart-stage1 | dpart |" in report
+    assert "(report_layers_align_facts.png)" in report and (tmp_path / "run" / "report_layers_align_facts.png").stat().st_size

@@ -105,3 +105,21 @@ def bar_grid(path: Path, panels: list[tuple[str, list[str], list[float | None], 
         ax.axis("off")
     fig.tight_layout()
     return save(fig, path)
+
+
+def per_layer(path: Path, title: str, series: dict[str, dict[str, list[float]]], keys: tuple[str, ...]) -> Path:
+    """One panel per key (e.g. cos_dist, cos_margin) with one line per model over the layers (x = layer index,
+    0 = the embeddings); `series`: model label -> key -> values per layer."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 2.9), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, values in series.items():
+            ax.plot(range(len(values[key])), values[key], marker="o", markersize=2.5, label=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

@@ -149,12 +149,25 @@ def draw(run_dir: Path, results: dict) -> tuple[dict[str, str], dict[str, str]]:
         else:
             why[f"loss/{stage}"] = (f"metrics.jsonl has no step of {stage}" if log.exists() else
                                     "the run directory has no metrics.jsonl (the training loop's per-step log)")
+    for task, series in alignment_series(results.get("evals") or {}).items():
+        drawn[f"layers/{task}"] = plots.per_layer(run_dir / f"report_layers_{task}.png", f"{task}: each target question "
+                                                  "against its English twin, per layer", series, ("cos_dist", "cos_margin")).name
     panels = eval_panels(results.get("evals") or {})
     if panels:
         drawn["eval"] = plots.bar_grid(run_dir / "report_eval.png", panels).name
     elif results.get("evals"):
         why["eval"] = "no task has a score (each was skipped)"
     return drawn, why
+
+
+def alignment_series(evals: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """task -> model label -> the alignment task's per-layer values (`layers`), for every alignment task."""
+    out: dict[str, dict] = {}
+    for label, tasks in evals.items():
+        for task, res in (tasks or {}).items():
+            if isinstance(res, dict) and isinstance(res.get("layers"), dict):
+                out.setdefault(task, {})[label] = res["layers"]
+    return out
 
 
 def eval_panels(evals: dict) -> list[tuple]:
@@ -235,8 +248,9 @@ def render(results: dict, drawn: dict[str, str] | None = None, why: dict[str, st
         elif "eval" in why:
             out += ["", f"No evaluation chart: {why['eval']}."]
         probe = transfer_lines(results["evals"])
-        if probe:
-            out += ["", "## Knowledge transfer and alignment", ""] + probe
+        layers = [f"![{k.split('/', 1)[1]} per layer]({v})" for k, v in drawn.items() if k.startswith("layers/")]
+        if probe or layers:
+            out += ["", "## Knowledge transfer and alignment", ""] + probe + (["", " ".join(layers)] if layers else [])
     samples = results.get("samples") or []
     if samples and any(k not in ("prompt", "source") for k in samples[0]):
         out += samples_md(samples)
