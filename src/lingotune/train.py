@@ -156,13 +156,14 @@ def _nbytes(tensors) -> int:
 class MasterAdamW(torch.optim.AdamW):
     """AdamW that steps fp32 master copies of weights held in bf16/fp16, then copies them back.
 
-    At the paper's 2e-5, most updates of a bf16 weight are below its rounding step (2**-8 of its size) and
-    plain AdamW on it loses them; here they accumulate in the fp32 master, and the weight gets its rounding.
-    `params` (the model's weights, any dtype) are what the loop fills with gradients and clips; the
-    param_groups hold the masters (fp32; a weight already in fp32 is its own master), so the LR schedule
-    and the state (step, exp_avg, exp_avg_sq) are AdamW's own. One weight steps at a time, so the fp32
-    gradient costs one weight's size at most; the masters cost 4 bytes per low-precision parameter.
-    `state_dict` carries the masters (key "master"), so a resumed run continues exactly.
+    At the paper's 2e-5, most updates of a bf16 weight are below its rounding step (about 2**-8 of its
+    size) and plain AdamW on it loses them; here they accumulate in the fp32 master, and the weight gets
+    its rounding. `weights` (the model's, any dtype) are what the loop fills with gradients and clips;
+    the param_groups hold the masters (fp32; a weight already in fp32 is its own master), so the LR
+    schedule and the state (step, exp_avg, exp_avg_sq) are AdamW's own. One weight steps at a time, so
+    the fp32 gradient costs one weight's size at most; the masters cost 4 bytes per low-precision
+    parameter. `state_dict` carries them (key "master", None for fp32 weights), so a resumed run
+    continues exactly.
     """
 
     def __init__(self, groups: list[dict], **kw):
@@ -200,7 +201,8 @@ class MasterAdamW(torch.optim.AdamW):
                 p.grad.zero_()
 
     def state_dict(self):
-        return {**super().state_dict(), "master": [m.detach() for m in self.masters]}
+        return {**super().state_dict(), "master": [None if m is p else m.detach()
+                                                   for p, m in zip(self.weights, self.masters)]}
 
     def load_state_dict(self, state_dict) -> None:
         state_dict = dict(state_dict)

@@ -130,8 +130,8 @@ class DataConfig(Strict):
         "together", description="How the stage-1 DParT pairs are batched. together (as the paper presents them): "
         "both questions of a pair (target-language, and English + instruction) in the same optimizer step (the "
         "step's batch_size x grad_accum examples; the halves may land in different micro-batches, processes or "
-        "packed rows, and never attend to each other); with an odd step batch, one pair is split over two "
-        "consecutive steps every second step. shuffled: every example on its own, as runs started before this "
+        "packed rows, and never attend to each other); with an odd step batch and no single examples to fill the "
+        "odd slot, one pair is split over two consecutive steps every second step. shuffled: every example on its own, as runs started before this "
         "setting existed were trained (they resume with it). No effect on data without pairs (stage2, text, prefs).")
     max_stage1: int | None = Field(None, ge=1, description="Keep at most this many stage-1 examples (after shuffling).")
     max_stage2: int | None = Field(None, ge=1, description="Keep at most this many stage-2 examples (after shuffling).")
