@@ -36,8 +36,9 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Dtype of the weights held in memory (bf16 compute comes from `precision`). "
         "bfloat16 halves their memory; every weight trained in bf16 then gets an fp32 master copy that the optimizer "
-        "steps (4 more bytes per trained parameter: about 27 GiB for full fine-tuning of a 7B model; the row-sparse "
-        "stage 1 keeps masters for its touched rows only), so updates below bf16's rounding step are not lost.",
+        "steps (4 more bytes per trained parameter: 27 GiB for full fine-tuning of Mistral-7B's 7.24B; the "
+        "row-sparse stage 1 keeps masters for its touched rows only), so updates below bf16's rounding step are "
+        "not lost.",
     )
     tie: Literal["untie", "tied"] = Field(
         "untie",
