@@ -150,7 +150,7 @@ CASES = [
     ("resume-nothing", f"run {M} --out fresh --resume", None, "fresh: nothing to resume"),
     ("resume-changed-recipe", f"run {M} --out old --resume --set train.lr=0.5",
      lambda m: _earlier_run("old", m), "the recipe changed fields that shape training (train.lr was "),
-    ("resume-run-from-before-pair-batching", f"run {M} --out old --resume",
+    ("resume-run-from-before-pair-batching", f"run {M} --out old --resume --set data.pair_batching=together",
      lambda m: (_earlier_run("old", m), _drop_field("old/recipe.yaml", "pair_batching")),
      "the recipe changed fields that shape training (data.pair_batching was shuffled)"),
     ("overwrite-not-ours", f"run {M} --out in --overwrite", lambda m: _write("in/thesis.tex", "years of work"),

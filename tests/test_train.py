@@ -250,7 +250,7 @@ def test_gradient_accumulation_weights_every_label_token_equally(tmp_path, metho
 
 def test_resume_refuses_a_pair_batching_the_checkpoint_was_not_trained_with():
     """A checkpoint from before data.pair_batching was trained with shuffled batches: resuming it with
-    together (the default) would change the batches mid-stage, so it is refused; with shuffled it resumes."""
+    together would change the batches mid-stage, so it is refused; with shuffled it resumes."""
     from lingotune.train import _fingerprint_diff
 
     old = {"train.lr": 0.01}

@@ -283,9 +283,9 @@ class CompareConfig(Strict):
     variants: dict[str, dict[str, Any]] = Field(
         {"dpart_all": {"method.name": "dpart", "train.loss_on": "all"},
          "lora_all": {"method.name": "lora", "train.loss_on": "all"},
-         "dpart_shuffled": {"method.name": "dpart", "data.pair_batching": "shuffled"}},
+         "dpart_together": {"method.name": "dpart", "data.pair_batching": "together"}},
         description="Named variants: a method plus recipe overrides (dotted keys): dpart_all (DParT with the loss on "
-        "the whole sequence), lora_all (its LoRA control), dpart_shuffled (DParT's pairs not kept in one step).",
+        "the whole sequence), lora_all (its LoRA control), dpart_together (DParT with each pair in one step).",
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds; every method runs once per seed.")
     datasets: dict[str, DataConfig] | None = Field(
