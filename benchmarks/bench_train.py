@@ -185,8 +185,9 @@ def bench_recipe(spec: dict):
 def build_items(spec: dict, tok, recipe, vocab: int) -> tuple[list[dict], list[dict]]:
     """(tokenized examples {input_ids, labels} with answer-only labels, the examples of the first
     `steps` batches laid out in lingotune's batch order, for the peers' sequential samplers)."""
-    from lingotune.data.batches import BatchPlan, tokenize_all
+    from lingotune.data.batches import tokenize_all
     from lingotune.data.records import Example
+    from lingotune.train import plan_of
 
     if spec["data"] == "synthetic":
         items = synthetic_items(max(256, spec["steps"] * spec["batch_size"]), spec["seq_len"], vocab,
@@ -205,8 +206,9 @@ def build_items(spec: dict, tok, recipe, vocab: int) -> tuple[list[dict], list[d
             ru = (flores / "rus_Cyrl.devtest").read_text(encoding="utf-8").splitlines()
             examples = [Example(messages=[{"role": "user", "content": f"Translate to Russian: {a}"},
                                           {"role": "assistant", "content": b}]) for a, b in zip(en, ru)]
-        items, _ = tokenize_all(examples, tok, spec["seq_len"], "answer")
-    plan = BatchPlan(len(items), spec["batch_size"], recipe.seed)
+        items, _ = tokenize_all(examples, tok, spec["seq_len"], "answer",
+                                pairs=recipe.data.pair_batching == "together")
+    plan = plan_of(items, spec["batch_size"], recipe.seed)
     return items, [items[i] for step in range(spec["steps"]) for i in plan.indices(step)]
 
 

@@ -50,6 +50,12 @@ def _earlier_run(folder: str, model: Path) -> None:
     _write(f"{folder}/results.json", "{}")
 
 
+def _drop_field(path: str, name: str) -> None:
+    """Take a field out of a YAML file, as a recipe written before the field existed lacks it."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    Path(path).write_text("".join(x for x in lines if not x.strip().startswith(f"{name}:")), encoding="utf-8")
+
+
 def _alpaca(path: str, *outputs: str) -> None:
     _write(path, _jsonl(*({"instruction": f"Вопрос номер {i} о погоде в городе?", "output": o}
                           for i, o in enumerate(outputs))))
@@ -143,7 +149,10 @@ CASES = [
     ("run-dir-exists", f"run {M} --out old", lambda m: _earlier_run("old", m), "old: run directory exists; pass --resume"),
     ("resume-nothing", f"run {M} --out fresh --resume", None, "fresh: nothing to resume"),
     ("resume-changed-recipe", f"run {M} --out old --resume --set train.lr=0.5",
-     lambda m: _earlier_run("old", m), "the recipe changed fields that shape training (train.lr)"),
+     lambda m: _earlier_run("old", m), "the recipe changed fields that shape training (train.lr was "),
+    ("resume-run-from-before-pair-batching", f"run {M} --out old --resume --set data.pair_batching=together",
+     lambda m: (_earlier_run("old", m), _drop_field("old/recipe.yaml", "pair_batching")),
+     "the recipe changed fields that shape training (data.pair_batching was shuffled)"),
     ("overwrite-not-ours", f"run {M} --out in --overwrite", lambda m: _write("in/thesis.tex", "years of work"),
      "in: exists and is not a lingotune run directory"),
     ("overwrite-cwd", f"run {M} --out . --overwrite",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +176,19 @@ def test_run_report_marks_direction_and_primary():
     assert "| bpc | **bits_per_char** ↓ | 3.00 [2.90, 3.10] | 2.50 |" in lines
     assert "| bpc | perplexity ↓ | 20.00 | 20.00 |" in lines
     assert not any("tokens" in x for x in lines)  # not a declared metric
+
+
+def test_the_grid_controls_change_one_field_each(tmp_path):
+    """lora_all is LoRA with dpart_all's loss (every token), dpart_together is DParT with each pair in one
+    step; each differs from its method's cell in that one training field."""
+    from lingotune.compare import cell_recipe
+    from lingotune.recipe import load_recipe, training_fields
+
+    recipe = load_recipe(Path(__file__).parents[1] / "src/lingotune/recipes/results_ru.yaml")
+    cells = {m: training_fields(cell_recipe(recipe, m, 0, recipe.data, tmp_path)) for m in recipe.compare.methods}
+    assert {"lora_all", "dpart_all", "dpart_together"} <= set(cells)
+    for variant, method, field, value in [("lora_all", "lora", "train.loss_on", "all"),
+                                          ("dpart_all", "dpart", "train.loss_on", "all"),
+                                          ("dpart_together", "dpart", "data.pair_batching", "together")]:
+        diff = {k for k in cells[method] if cells[method][k] != cells[variant][k]}
+        assert diff == {field} and cells[variant][field] == value

@@ -111,3 +111,49 @@ def test_artefacts_load_back_in_the_ecosystem(tiny_llama, tmp_path):
     with torch.no_grad():
         got = loaded(input_ids=x).logits
     torch.testing.assert_close(got, expected)
+
+
+# The 7B shapes of the paper's Table 6 (the models' published configs), built on the meta device: no weights.
+SEVEN_B = {
+    "llama2": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                   num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)),
+    "mistral": ("MistralConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                      num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)),
+    "falcon": ("FalconConfig", dict(hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
+                                    multi_query=True, new_decoder_architecture=False, vocab_size=65024)),
+}
+
+
+def _lora_count(shape: str, lora) -> int:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from lingotune.methods.base import add_lora
+
+    name, kw = SEVEN_B[shape]
+    with torch.device("meta"):
+        model = add_lora(AutoModelForCausalLM.from_config(getattr(transformers, name)(**kw)), lora)
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("recipe_file, shape, table6", [
+    ("paper_llama2_7b_alpaca_ru.yaml", "llama2", 67_108_864),   # Table 6: 67.1M
+    ("paper_mistral7b_alpaca_ru.yaml", "mistral", 54_525_952),  # Table 6: 54.52M
+    ("paper_mistral7b_openorca_ar.yaml", "mistral", 54_525_952),
+])
+def test_paper_recipes_lora_has_the_table6_trainable_count(recipe_file, shape, table6):
+    """The paper recipes' LoRA (r=128 on PEFT's default targets q_proj, v_proj) on the Llama-2-7B and
+    Mistral-7B shapes (Mistral's GQA makes v_proj 4096 -> 1024): exactly the paper's Table 6 counts."""
+    from lingotune.recipe import DEFAULT_RECIPE, load_recipe
+
+    lora = load_recipe(DEFAULT_RECIPE.parent / recipe_file).method.lora
+    assert _lora_count(shape, lora) == table6
+
+
+def test_only_r128_on_pefts_defaults_fits_falcon_too():
+    """Falcon-7B's Table 6 count (37.74M) fits r=128 on query_key_value (PEFT's default for Falcon); the other
+    reading, r=64 on every attention projection (query_key_value and dense), gives 37.49M."""
+    from lingotune.recipe import LoraSettings
+
+    assert _lora_count("falcon", LoraSettings(r=128, target_modules=["query_key_value"])) == 37_748_736
+    assert _lora_count("falcon", LoraSettings(r=64, target_modules=["query_key_value", "dense"])) == 37_486_592

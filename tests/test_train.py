@@ -14,29 +14,36 @@ from lingotune import methods
 from lingotune.train import TrainingError, TrainingInterrupted, lr_factor
 
 
-def _run(model, recipe, tmp_path, resume=False, on_step=None, steps=6, method="lora"):
+def _run(model, recipe, tmp_path, resume=False, on_step=None, steps=6, method="lora", items=None):
     stage = methods.stages(method, recipe)[0]
-    return train_one(model, stage, recipe, tmp_path, steps=steps, resume=resume, on_step=on_step)
+    return train_one(model, stage, recipe, tmp_path, steps=steps, resume=resume, on_step=on_step, items=items)
+
+
+def _paired_items() -> list[dict]:
+    """make_items() as six DParT pairs (data.pair_batching: together): items 2k and 2k+1 share a pair id."""
+    return [{**it, "pair": f"p{i // 2}"} for i, it in enumerate(make_items())]
 
 
 def _trained_state(model):
     return {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k or "embed_tokens" in k}
 
 
-@pytest.mark.parametrize("method, fast", [("lora", True), ("dpart", True), ("dpart", False)])
-def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, method, fast):
+@pytest.mark.parametrize("method, fast, paired", [("lora", True, False), ("dpart", True, False), ("dpart", False, False),
+                                                  ("dpart", True, True)])
+def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, method, fast, paired):
     fresh = fresh_tiny
 
     recipe = make_recipe(**{"train.fast": fast})
-    ref_model, ref = _run(fresh(), recipe, tmp_path / "ref", method=method)
+    items = _paired_items() if paired else None
+    ref_model, ref = _run(fresh(), recipe, tmp_path / "ref", method=method, items=items)
 
     def interrupt(step, loss):
         if step == 5:  # Ctrl-C: the step in flight finishes, is checkpointed, then the stage stops
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted, match="checkpoint at step 5 .*--resume"):
-        _run(fresh(), recipe, tmp_path / "cut", on_step=interrupt, method=method)
-    model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True, method=method)
+        _run(fresh(), recipe, tmp_path / "cut", on_step=interrupt, method=method, items=items)
+    model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True, method=method, items=items)
     assert res.resumed_from == 5 and res.steps == ref.steps == 6
     assert res.first_loss == ref.first_loss and res.tokens == ref.tokens  # the whole stage, not the resumed part
     before = json.loads(next((tmp_path / "cut").glob("*/checkpoint/step-00000005/meta.json")).read_text())
@@ -239,3 +246,103 @@ def test_gradient_accumulation_weights_every_label_token_equally(tmp_path, metho
     assert set(g2) == set(g8) and g8
     for k in g8:
         torch.testing.assert_close(g2[k], g8[k], rtol=1e-4, atol=1e-7)
+
+
+def test_resume_refuses_a_pair_batching_the_checkpoint_was_not_trained_with():
+    """A checkpoint from before data.pair_batching was trained with shuffled batches: resuming it with
+    together would change the batches mid-stage, so it is refused; with shuffled it resumes."""
+    from lingotune.train import _fingerprint_diff
+
+    old = {"train.lr": 0.01}
+    assert _fingerprint_diff(old, {"train.lr": 0.01, "data.pair_batching": "together"}) == ["data.pair_batching"]
+    assert _fingerprint_diff(old, {"train.lr": 0.01, "data.pair_batching": "shuffled"}) == []
+    assert _fingerprint_diff({**old, "data.pair_batching": "together"},
+                             {"train.lr": 0.01, "data.pair_batching": "shuffled"}) == ["data.pair_batching"]
+
+
+# ----------------------------------------------------------------------------- fp32 master weights (dense, bf16)
+
+
+def test_master_weights_accumulate_small_bf16_updates_as_fp32_adamw_does():
+    """100 AdamW steps at 2e-5 on a bf16 weight: with fp32 masters the weight follows a pure fp32 AdamW on the
+    same gradients (the master to float rounding, the weight to bf16's); plain AdamW on the bf16 weight loses
+    every update (each is below half of bf16's spacing here) and drifts away from the reference."""
+    from lingotune.train import MasterAdamW
+
+    torch.manual_seed(0)
+    start = (0.0625 + 0.0625 * torch.rand(64, 32)).to(torch.bfloat16)  # [1/16, 1/8): bf16 spacing 2**-11
+    grads = [(0.5 + torch.randn(64, 32)).to(torch.bfloat16) for _ in range(100)]  # as a bf16 model's backward gives
+    ref = torch.nn.Parameter(start.float())
+    weights = {k: torch.nn.Parameter(start.clone()) for k in ("master", "plain")}
+    opts = {"ref": torch.optim.AdamW([ref], lr=2e-5, weight_decay=0.0),
+            "master": MasterAdamW([{"params": [weights["master"]], "lr": 2e-5, "name": "all"}], lr=2e-5,
+                                  weight_decay=0.0),
+            "plain": torch.optim.AdamW([weights["plain"]], lr=2e-5, weight_decay=0.0)}
+    for g in grads:
+        ref.grad, weights["master"].grad, weights["plain"].grad = g.float(), g.clone(), g.clone()
+        for opt in opts.values():
+            opt.step()
+            opt.zero_grad()
+    moved = (ref.detach() - start.float()).abs().mean()
+    assert moved > 2 ** -11  # the reference moved more than one bf16 step
+    torch.testing.assert_close(opts["master"].masters[0], ref.detach(), rtol=0, atol=1e-6)
+    err_master = (weights["master"].detach().float() - ref.detach()).abs()
+    err_plain = (weights["plain"].detach().float() - ref.detach()).abs()
+    assert weights["master"].dtype == torch.bfloat16 and err_master.max() <= 2 ** -12  # ref rounded to bf16
+    assert torch.equal(weights["plain"].detach(), start)  # every update lost
+    assert err_plain.mean() > 4 * err_master.mean() and err_plain.mean() > 0.9 * moved
+
+
+def test_full_fine_tuning_on_a_bf16_model_keeps_fp32_masters_and_resumes_exactly(tmp_path):
+    """method full on model.dtype: bfloat16: every weight gets an fp32 master (noted), the checkpoint holds
+    the masters, and a run interrupted at step 2 and resumed ends bit-identical to an uninterrupted one."""
+    recipe = make_recipe(**{"train.full_lr": 1e-4})
+
+    def fresh():
+        return fresh_tiny().to(torch.bfloat16)
+
+    ref_model, ref = _run(fresh(), recipe, tmp_path / "ref", method="full", steps=3)
+    assert any(n.startswith("fp32 master weights for ") for n in ref.fast_path)
+
+    def interrupt(step, loss):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        _run(fresh(), recipe, tmp_path / "cut", on_step=interrupt, method="full", steps=3)
+    state = torch.load(next((tmp_path / "cut").glob("*/checkpoint/step-00000002/state.pt")), weights_only=True)
+    assert len(state["optimizer"]["master"]) == len(list(ref_model.parameters()))
+    assert all(m.dtype == torch.float32 for m in state["optimizer"]["master"])
+    model, res = _run(fresh(), recipe, tmp_path / "cut", resume=True, method="full", steps=3)
+    assert res.resumed_from == 2
+    for (n, a), (_, b) in zip(ref_model.named_parameters(), model.named_parameters()):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b), n
+
+
+def test_lora_adapters_on_a_bf16_base_are_fp32_and_bf16_embeddings_beside_them_get_masters():
+    """PEFT keeps adapters in fp32 on a bf16 base (autocast_adapter_dtype), so LoRA needs no master; the
+    combined method's bf16 input embeddings, trained dense beside them, get one, and nothing else does."""
+    from lingotune.train import MasterAdamW, make_optimizer
+
+    recipe = make_recipe()
+    model, groups = methods.stages("lora", recipe)[0].setup(fresh_tiny().to(torch.bfloat16))
+    assert {p.dtype for g in groups for p in g["params"]} == {torch.float32}
+    opt, _, notes = make_optimizer(model, groups, recipe.train, row_sparse=False)
+    assert type(opt) is torch.optim.AdamW and notes == []
+    model, groups = methods.stages("combined", recipe)[0].setup(fresh_tiny(tie=False).to(torch.bfloat16))
+    opt, _, notes = make_optimizer(model, groups, recipe.train, row_sparse=False)
+    emb = model.get_input_embeddings().weight
+    assert isinstance(opt, MasterAdamW) and notes == [f"fp32 master weights for {emb.numel():,} bf16/fp16 "
+                                                      f"parameters ({4 * emb.numel() / 2**20:.1f} MB)"]
+    low = [m for p, m in zip(opt.weights, opt.masters) if m is not p]
+    assert len(low) == 1 and low[0].dtype == torch.float32 and torch.equal(low[0], emb.detach().float())
+
+
+def test_sharded_training_of_bf16_weights_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """FSDP/DeepSpeed own the weights, so no master copy can be kept: a one-line error says to load in fp32."""
+    from lingotune import train
+
+    monkeypatch.setattr(train, "_data_parallel", lambda accelerator: False)
+    recipe = make_recipe()
+    with pytest.raises(TrainingError, match=r"^train: FSDP/DeepSpeed .* \(model.dtype: float32\)"):
+        _run(fresh_tiny().to(torch.bfloat16), recipe, tmp_path, method="full", steps=1)

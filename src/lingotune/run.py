@@ -29,7 +29,7 @@ from lingotune.errors import RunDirError, TrainingError, UserError
 from lingotune.losses import PairLoss
 from lingotune.models import load_model, resolve
 from lingotune.recipe import Recipe, RecipeError, changed_training_fields, dump_recipe, parse_recipe, training_fields
-from lingotune.train import environment, train_stage
+from lingotune.train import EARLIER, environment, train_stage
 
 __all__ = ["RunDirError", "run"]
 
@@ -80,12 +80,21 @@ def check_resumable(recipe: Recipe, run_dir: Path) -> None:
     if not path.exists():
         raise RunDirError(f"{run_dir}: nothing to resume (no recipe.yaml); run without --resume to start again")
     try:
-        old = parse_recipe(files.read_yaml(path, "recipe") or {}, str(path))
+        raw = files.read_yaml(path, "recipe") or {}
+        for key, value in EARLIER.items():  # a field the run's recipe predates: the value it was trained with
+            section = raw
+            for part in key.split(".")[:-1]:
+                section = section.get(part) if isinstance(section, dict) else None
+            if isinstance(section, dict) and key.rsplit(".", 1)[-1] not in section:
+                section[key.rsplit(".", 1)[-1]] = value
+        old = parse_recipe(raw, str(path))
     except UserError as e:
         raise RunDirError(f"{path}: cannot read the run's recipe ({str(e)[:200]}); start again with --overwrite") from None
-    changed = changed_training_fields(training_fields(old), training_fields(recipe))
+    before = training_fields(old)
+    changed = changed_training_fields(before, training_fields(recipe))
     if changed:
-        raise RecipeError(f"--resume: the recipe changed fields that shape training ({', '.join(changed)}); "
+        was = ", ".join(f"{k} was {before.get(k)}" for k in changed)
+        raise RecipeError(f"--resume: the recipe changed fields that shape training ({was}); "
                           f"resume with the run's own recipe ({path}) or start again with --overwrite")
 
 
@@ -120,7 +129,8 @@ def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple
             chats = [ex for key in stage.data if key not in ("text", "prefs") for ex in getattr(built, key)]
             chats += [pair_examples(p)[0] for p in built.prefs] if "prefs" in stage.data else []  # the chosen side
             texts = built.text if "text" in stage.data else []
-            items, dropped = tokenize_all(chats, tok, max_len, recipe.train.loss_on)
+            items, dropped = tokenize_all(chats, tok, max_len, recipe.train.loss_on,
+                                          pairs=recipe.data.pair_batching == "together")
             more, cut = tokenize_texts(texts, tok, max_len)
             items, dropped = items + more, dropped + cut
             hint = "a source used as text" if "text" in stage.data else "data.sources and data.max_stage1/max_stage2"

@@ -34,7 +34,7 @@ import torch
 
 from lingotune import distributed
 from lingotune.checkpoint import Checkpoints
-from lingotune.data.batches import BatchPlan, item_tokens, make_batch
+from lingotune.data.batches import BatchPlan, item_tokens, make_batch, pair_units
 from lingotune.errors import TrainingError, TrainingInterrupted
 from lingotune.losses import CausalLM, LabelOnly
 from lingotune.models import bf16_supported, count_parameters
@@ -153,13 +153,75 @@ def _nbytes(tensors) -> int:
 # ----------------------------------------------------------------------------- optimizer
 
 
+class MasterAdamW(torch.optim.AdamW):
+    """AdamW that steps fp32 master copies of weights held in bf16/fp16, then copies them back.
+
+    At the paper's 2e-5, most updates of a bf16 weight are below its rounding step (about 2**-8 of its
+    size) and plain AdamW on it loses them; here they accumulate in the fp32 master, and the weight gets
+    its rounding. `weights` (the model's, any dtype) are what the loop fills with gradients and clips;
+    the param_groups hold the masters (fp32; a weight already in fp32 is its own master), so the LR
+    schedule and the state (step, exp_avg, exp_avg_sq) are AdamW's own. One weight steps at a time, so
+    the fp32 gradient costs one weight's size at most; the masters cost 4 bytes per low-precision
+    parameter. `state_dict` carries them (key "master", None for fp32 weights), so a resumed run
+    continues exactly.
+    """
+
+    def __init__(self, groups: list[dict], **kw):
+        self.weights, masters = [], []
+        for g in groups:
+            for p in g["params"]:
+                self.weights.append(p)
+                masters.append(p if p.dtype == torch.float32 else p.detach().float().requires_grad_(True))
+        it = iter(masters)
+        super().__init__([{**g, "params": [next(it) for _ in g["params"]]} for g in groups], **kw)
+        self.masters = masters
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        pairs = [(p, m) for p, m in zip(self.weights, self.masters) if p.grad is not None]
+        fp32 = [(p, p.grad) for p, m in pairs if m is p]
+        for p, _ in fp32:  # hidden while the low-precision weights step one by one
+            p.grad = None
+        for p, m in pairs:
+            if m is not p:
+                m.grad = p.grad.float()
+                super().step()  # steps `m` alone: no other master holds a gradient now
+                m.grad = None
+                p.copy_(m)
+        for p, g in fp32:
+            p.grad = g
+        if fp32:
+            super().step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.weights:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def state_dict(self):
+        return {**super().state_dict(), "master": [None if m is p else m.detach()
+                                                   for p, m in zip(self.weights, self.masters)]}
+
+    def load_state_dict(self, state_dict) -> None:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("master", None)
+        super().load_state_dict(state_dict)
+        with torch.no_grad():
+            for p, m, s in zip(self.weights, self.masters, saved or [None] * len(self.masters)):
+                if m is not p:  # a checkpoint without masters (before them): start from the restored weight
+                    m.copy_(p.float() if s is None else s)
+
+
 def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool, combine=None):
     """(optimizer, gradients-to-clip callable, fast-path notes).
 
     row_sparse (the stage trains only the untied input embeddings, and the fast path applies): a
     SparseEmbedding that gathers the batch's rows, and LazyRowAdam with state for touched rows
     only (see lingotune.fast for its exact semantics); `combine` sums the rows over processes
-    (`distributed.union_rows`). Everything else: AdamW over the groups.
+    (`distributed.union_rows`). Everything else: AdamW over the groups, with fp32 master weights
+    (`MasterAdamW`) where a trained weight is held in bf16/fp16.
     """
     from lingotune.fast import LazyRowAdam, install_sparse_embedding
 
@@ -172,9 +234,12 @@ def make_optimizer(model, groups: list[dict], cfg, row_sparse: bool, combine=Non
         opt.param_groups[0]["name"] = groups[0]["name"]
         return opt, opt.gradients, ["row-sparse embeddings, lazy row Adam"]
     opt_groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups]
-    opt = torch.optim.AdamW(opt_groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     params = [p for g in groups for p in g["params"]]
-    return opt, lambda: [p.grad for p in params if p.grad is not None], []
+    low = sum(p.numel() for p in params if p.dtype != torch.float32)
+    kind = MasterAdamW if low else torch.optim.AdamW
+    opt = kind(opt_groups, lr=groups[0]["lr"], weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    notes = [f"fp32 master weights for {low:,} bf16/fp16 parameters ({4 * low / 2**20:.1f} MB)"] if low else []
+    return opt, lambda: [p.grad for p in params if p.grad is not None], notes
 
 
 def _row_sparse_allowed(model, cfg, row_sparse: bool, data_parallel: bool) -> bool:
@@ -308,6 +373,10 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     tracked = {n: p for n, p in model.named_parameters() if p.requires_grad}  # by name, before any module swap
     parallel = _data_parallel(accelerator)
     sparse = _row_sparse_allowed(model, cfg, row_sparse, parallel)
+    if not parallel and any(p.dtype != torch.float32 for g in groups for p in g["params"]):
+        raise TrainingError(f"{name}: FSDP/DeepSpeed shard the weights, so lingotune cannot keep fp32 master copies "
+                            "of the bf16/fp16 weights this stage trains; load the model in float32 (model.dtype: "
+                            "float32) and compute in bf16 with train.precision: bf16")
     optimizer, grads, notes = make_optimizer(model, groups, cfg, sparse,
                                              combine=distributed.union_rows if world > 1 else None)
     label_only = cfg.fast and parallel  # inside the wrapped forward (LabelOnly), so DDP's hooks run
@@ -348,7 +417,7 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
 
     run = StageRun(name, wrapped, items, steps, cfg, accelerator, world > 1 and not sparse, optimizer, scheduler,
                    loss, label_only,
-                   grads, tracked, BatchPlan(len(items), cfg.batch_size * cfg.grad_accum, seed), pack, pad_id,
+                   grads, tracked, plan_of(items, cfg.batch_size * cfg.grad_accum, seed), pack, pad_id,
                    Checkpoints(stage_dir / "checkpoint", cfg.keep_checkpoints), log_path, log_key, fingerprint,
                    notes, counts, cleanup)
     try:
@@ -362,6 +431,13 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     return run
 
 
+def plan_of(items: list[dict], global_batch: int, seed: int) -> BatchPlan:
+    """The stage's batch plan: pairs kept in one step where the items carry them (data.pair_batching:
+    together, `data.batches.tokenize_all`), else every item shuffled on its own."""
+    units = pair_units(items)
+    return BatchPlan(len(items), global_batch, seed, units if len(units) < len(items) else None)
+
+
 def fingerprint_hash(fields: dict | None) -> str | None:
     """sha256 of the recipe's training fields (sorted JSON): what a checkpoint was trained with."""
     import hashlib
@@ -369,9 +445,16 @@ def fingerprint_hash(fields: dict | None) -> str | None:
     return None if fields is None else hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+# Training fields added later whose default changes what runs made before them did: the value those runs
+# were trained with (a checkpoint or run recipe without the field has it).
+EARLIER = {"data.pair_batching": "shuffled"}
+
+
 def _fingerprint_diff(old: dict, new: dict) -> list[str]:
     """Training fields both recipes have, with different values. A field only one side has was added or
-    removed by a newer lingotune; its default keeps the old behaviour, so it does not block a resume."""
+    removed by a newer lingotune; its default keeps the old behaviour (or `EARLIER` says what the old one
+    was), so it does not block a resume."""
+    old = {**{k: v for k, v in EARLIER.items() if k in new}, **old}
     return sorted(k for k in set(old) & set(new) if old[k] != new[k])
 
 

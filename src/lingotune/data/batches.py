@@ -11,6 +11,7 @@ rows (never packed).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -57,15 +58,21 @@ def tokenize_example(ex: Example, tok, max_len: int, loss_on: Literal["answer", 
     return {"input_ids": input_ids, "labels": labels}
 
 
-def tokenize_all(examples: list[Example], tok, max_len: int, loss_on: str) -> tuple[list[dict], int]:
-    """(tokenized examples, number dropped because truncation left no label)."""
+def tokenize_all(examples: list[Example], tok, max_len: int, loss_on: str,
+                 pairs: bool = False) -> tuple[list[dict], int]:
+    """(tokenized examples, number dropped because truncation left no label).
+
+    pairs (data.pair_batching: together): a DParT stage-1 example (meta stage 1) keeps its `pair_id` as the
+    item's "pair"; `pair_units` groups the adjacent items of one pair, so `BatchPlan` keeps them in one step."""
     out, dropped = [], 0
     for ex in examples:
         t = tokenize_example(ex, tok, max_len, loss_on)
         if t is None:
             dropped += 1
-        else:
-            out.append(t)
+            continue
+        if pairs and ex.meta.get("stage") == 1 and ex.meta.get("pair_id") is not None:
+            t["pair"] = ex.meta["pair_id"]
+        out.append(t)
     return out, dropped
 
 
@@ -212,35 +219,87 @@ def make_batch(items: list[dict], pad_id: int, max_len: int, pack: bool, device)
 # ----------------------------------------------------------------------------- the seeded plan
 
 
+def pair_units(items: list[dict]) -> list[list[int]]:
+    """Item indices in units: the adjacent items with the same "pair" (both questions of a DParT pair, as
+    `data.pairs.build_stage1` lays them out), every other item alone."""
+    units: list[list[int]] = []
+    for i, item in enumerate(items):
+        key = item.get("pair")
+        if key is not None and units and items[units[-1][-1]].get("pair") == key:
+            units[-1].append(i)
+        else:
+            units.append([i])
+    return units
+
+
 @dataclass
 class BatchPlan:
-    """The sequence of batches of one stage: a pure function of (n items, batch size, seed).
+    """The sequence of batches of one stage: a pure function of (items, batch size, seed).
 
     Every method trained with the same seed and data sees the same batches in the same order,
-    and a resumed run picks up exactly where it stopped.
+    and a resumed run picks up exactly where it stopped. `batch_size` is the step's global batch
+    (train.batch_size x grad_accum). Each epoch is a seeded permutation; the epochs are concatenated
+    and cut into steps of `batch_size` items (a step may span two epochs).
+
+    units None (data.pair_batching: shuffled): a permutation of the items.
+    units given (together; `pair_units`): a permutation of the units, each unit's items adjacent. A unit that
+    does not fit in what is left of a step (a pair with one slot left) moves to the next step, and the next
+    single item of the epoch's order fills the slot; with no single item left in the epoch, the unit is
+    split, its halves in consecutive steps. So with an even global batch and pairs only, both halves of
+    every pair are in the same step; with an odd one (no single items), one pair is split every second
+    step (batch 1: every pair, its halves in consecutive steps). When every unit is one item, the plan is
+    the shuffled one, bit for bit.
     """
 
     n_items: int
     batch_size: int
     seed: int
+    units: list[list[int]] | None = None
 
     def indices(self, step: int) -> list[int]:
-        """Item indices of batch `step` (0-based): epochs of seeded permutations, concatenated."""
-        per_epoch = self.n_items
+        """Item indices of batch `step` (0-based)."""
         start = step * self.batch_size
         out = []
         for pos in range(start, start + self.batch_size):
-            epoch, k = divmod(pos, per_epoch)
-            out.append(int(self._perm(epoch)[k]))
+            epoch, k = divmod(pos, self.n_items)
+            out.append(int(self._order(epoch)[k]))
         return out
 
-    def _perm(self, epoch: int) -> torch.Tensor:
+    def _order(self, epoch: int):
         cache = self.__dict__.setdefault("_cache", {})
         if epoch not in cache:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             cache.clear()
-            cache[epoch] = torch.randperm(self.n_items, generator=g)
+            cache[epoch] = self._perm(epoch) if self.units is None else self._together(epoch)
         return cache[epoch]
+
+    def _perm(self, epoch: int, n: int | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n_items if n is None else n, generator=g)
+
+    def _together(self, epoch: int) -> list[int]:
+        units, size = self.units, self.batch_size
+        order = self._perm(epoch, len(units)).tolist()
+        singles = deque(j for j in order if len(units[j]) == 1)
+        used, out = set(), []
+        offset = epoch * self.n_items  # the epoch's first position in the whole stream
+
+        def room() -> int:
+            return size - (offset + len(out)) % size
+
+        for j in order:
+            if j in used:
+                continue
+            while len(units[j]) > room() and len(units[j]) <= size:  # fill the step with single items
+                while singles and singles[0] in used:
+                    singles.popleft()
+                if not singles:
+                    break  # none left in this epoch: the unit is split over two steps
+                s = singles.popleft()
+                used.add(s)
+                out += units[s]
+            used.add(j)
+            out += units[j]
+        return out
 
     def batches(self, start: int, stop: int) -> Iterator[tuple[int, list[int]]]:
         for step in range(start, stop):

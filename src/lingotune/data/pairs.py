@@ -6,8 +6,10 @@ Stage 1 (embeddings only), per pair, two examples with the same target-language 
 The instruction is `Language.answer_in_en` ("Answer in Russian."), `answer_in_native` ("Ответь на русском
 языке.") or a custom string. `both_share` (default 1.0) is the share of pairs that yield both variants; the
 other pairs yield one, picked by `single_kind` ("random", "target" or "en2target").
-Pairs are shuffled with random.Random(seed); the examples of one pair stay adjacent (target first), as in the
-paper where each question is shown twice. System prompts (OpenOrca) are kept as a system message: the target
+Pairs are shuffled with random.Random(seed); the examples of one pair stay adjacent (target first) in the built
+set. Training keeps them in the same optimizer step, as the paper presents the two questions of a pair
+together, with `data.pair_batching: together` (`data.batches.BatchPlan`); the default, `shuffled`, batches
+each example on its own. System prompts (OpenOrca) are kept as a system message: the target
 record's for "target", the English record's for "en2target" (each falls back to the other when missing).
 
 Stage 2 (LoRA): target-language instructions, target prompt -> target answer, kind "target", shuffled.
