@@ -74,6 +74,7 @@ def test_transfer_is_conditioned_on_what_the_untouched_model_knew(monkeypatch):
              "answers": ["верно"], "kind": "x"} for k in range(4)]
     outs = {"en": ["right", "right", "wrong", "right"], "ru": ["верно", "нет", "верно", "right"]}
     monkeypatch.setattr(transfer, "_prompts", lambda tok, rows, lang, field: lang)
+    monkeypatch.setattr(transfer, "target_budget", lambda tok, rows, budget: 2 * budget)
     monkeypatch.setattr(transfer.inference, "generate", lambda model, tok, prompts, *a, **k: outs[prompts])
     spec = load_task("transfer_facts")
     cfg = EvalConfig(n_bootstrap=0)
@@ -90,6 +91,17 @@ def test_transfer_is_conditioned_on_what_the_untouched_model_knew(monkeypatch):
     assert m["transfer_gain"] == 0.0  # i1 lost (-100), i2 gained (+100)
     ref["correct_ids"] = []
     assert transfer.run_transfer(None, None, spec, rows, "ru", cfg, ref)[1]["transfer_gain"] == 50.0
+
+
+def test_the_target_budget_is_one_of_equal_content():
+    class Tok:  # one token per character
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(range(len(text)))}
+
+    rows = [{"question_en": "abcd", "question": "abcdefghij"}, {"question_en": "ab", "question": "abcde"}]
+    assert transfer.target_budget(Tok(), rows, 24) == 24 * 15 // 6  # 15 target tokens for 6 English ones
+    rows = [{"question_en": "abcd", "question": "ab"}]
+    assert transfer.target_budget(Tok(), rows, 24) == 24  # never less than the English budget
 
 
 def test_distances_and_margins():

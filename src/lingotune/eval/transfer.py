@@ -2,7 +2,9 @@
 language.
 
 Transfer (kind `transfer`). Each item is asked twice, in English ("... Answer in a few words.") and in the
-target language (the same request in it), greedy, through the chat template. An answer is correct when it
+target language (the same request in it), greedy, through the chat template. The English answer gets the
+task's `max_new_tokens`, the target one that times the tokenizer's token ratio of the target questions to
+the English ones (`target_budget`): a budget of equal content, not of equal tokens. An answer is correct when it
 names one of the item's accepted answers in that language (`names_answer`). The headline is
 
     transfer = P(correct in the target language | the *untouched* model is correct in English)
@@ -39,6 +41,7 @@ the untouched model) the paired per-item change of the cosine distance, mean ove
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 
@@ -108,14 +111,24 @@ def _prompts(tok, rows: list[dict], lang: str, field: str) -> list[list[int]]:
             for r in rows]
 
 
+def target_budget(tok, rows: list[dict], budget_en: int) -> int:
+    """New tokens for the target-language answers: the English budget times how many more tokens the
+    tokenizer spends on the target questions than on their English twins (at least 1x), so that both answers
+    get room for the same content (SmolLM2 spends about 3.5x as many tokens on Russian as on English)."""
+    n_en = sum(len(inference.encode(tok, r["question_en"])) for r in rows)
+    n_tgt = sum(len(inference.encode(tok, r["question"])) for r in rows)
+    return math.ceil(budget_en * max(1.0, n_tgt / max(n_en, 1)))
+
+
 def run_transfer(model, tok, spec, rows: list[dict], lang: str, cfg, reference: dict | None = None
                  ) -> tuple[list[dict], dict, dict]:
     """Ask every item in English and in `lang`; (per-example records, metrics, cis). `reference`: the untouched
     model's result of this task: its `known` ids (what it answers correctly in English) and `correct_ids` (in
     `lang`); None for the untouched model itself."""
     known = (reference or {}).get("known")
-    budget = spec.max_new_tokens or cfg.max_new_tokens
-    outs_en = inference.generate(model, tok, _prompts(tok, rows, "en", "question_en"), budget, cfg.batch_size,
+    budget_en = spec.max_new_tokens or cfg.max_new_tokens
+    budget = target_budget(tok, rows, budget_en)
+    outs_en = inference.generate(model, tok, _prompts(tok, rows, "en", "question_en"), budget_en, cfg.batch_size,
                                  desc=f"{spec.name} en")
     outs = inference.generate(model, tok, _prompts(tok, rows, lang, "question"), budget, cfg.batch_size,
                               desc=f"{spec.name} {lang}")
@@ -143,7 +156,7 @@ def run_transfer(model, tok, spec, rows: list[dict], lang: str, cfg, reference: 
                                 for rec in records if "transferred" in rec]
     metrics = {k: (sum(v) / len(v) if v else float("nan")) for k, v in per.items()}
     cis = {k: bootstrap_mean_ci(v, cfg.n_bootstrap, cfg.seed) for k, v in per.items()}
-    metrics.update(n_known=len(on_known), known=own, correct_ids=[r["id"] for r in records if r["correct"]],
+    metrics.update(max_new_tokens={"en": budget_en, lang: budget}, n_known=len(on_known), known=own, correct_ids=[r["id"] for r in records if r["correct"]],
                    known_from="reference" if known is not None else "self")
     return records, metrics, cis
 
