@@ -144,7 +144,7 @@ def test_cli_run_under_torchrun_matches_one_process(tiny_dir, tmp_path):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
-    assert set(two["evals"]) == set(one["evals"]) == {"untouched", "dpart"}  # rank 0 evaluated
+    assert set(two["evals"]) == set(one["evals"]) == {"untouched", "dpart-stage1", "dpart"}  # rank 0 evaluated
     assert (tmp_path / "two" / "report.md").exists()
     for name in ("stage1", "stage2"):
         assert two["stages"][name]["world_size"] == 2

@@ -366,7 +366,8 @@ def test_preference_run_completes_and_resumes_to_the_same_result(method, stages,
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "ref" / "results.json").read_text())
     assert list(results["stages"]) == stages and all(s["complete"] for s in results["stages"].values())
-    assert results["stages"][stages[-1]]["examples"] == len(PREFS) and set(results["evals"]) == {"untouched", method}
+    assert results["stages"][stages[-1]]["examples"] == len(PREFS)
+    assert set(results["evals"]) == {"untouched", f"{method}-{stages[0]}", method}  # eval.every_stage of the default
     assert results["data"]["prefs"] == len(PREFS) and (tmp_path / "ref" / "data" / "prefs.jsonl").exists()
     for name in stages:
         assert list((tmp_path / "ref" / method / name / "checkpoint").glob("step-*"))
