@@ -154,7 +154,7 @@ def answer_file(chatters: list[Chatter], prompts: list[dict], system: str | None
     records = [{"prompt": p["prompt"], "system": p["system"] if p["system"] is not None else system} for p in prompts]
     for c in chatters:
         convs = [conversation(r["system"], [{"role": "user", "content": r["prompt"]}]) for r in records]
-        for conv in convs[:1]:
+        for conv in convs:
             render(c.tok, conv)  # a template that refuses a system prompt fails before any work
         answers = inference.generate_chat(c.model, c.tok, convs, settings.max_new_tokens, batch_size,
                                           desc=f"answers {c.label}", temperature=settings.temperature,

@@ -168,6 +168,8 @@ def chat(
 
     settings = chat_mod.settings_of(max_new_tokens, temperature, top_p, seed)
     todo = chat_mod.read_prompts(prompts, jsonl) if prompts is not None else None
+    if transcript is not None and not transcript.parent.is_dir():
+        raise ValueError(f"option --transcript: {transcript.parent} is not a folder")
     chatters = chat_mod.load_all(model, compare, base, err, device)
     if todo is not None:
         chat_mod.write_records(chat_mod.answer_file(chatters, todo, system, settings, batch_size), out)
