@@ -272,6 +272,9 @@ def test_bad_input_is_one_line(tmp_path, model_dir):
     assert f"{bad} line 3: needs a non-empty string field 'prompt'" in one_error_line(
         run.invoke(app, ["chat", str(model_dir), "--prompts", str(bad)]))
     assert "--base MODEL" in one_error_line(run.invoke(app, ["chat", str(model_dir), "--compare"]))
+    assert "go with --prompts" in one_error_line(run.invoke(app, ["chat", str(model_dir), "--out", "a.jsonl"]))
+    assert "is not a folder" in one_error_line(run.invoke(app, ["chat", str(model_dir), "--transcript",
+                                                                 str(tmp_path / "no" / "t.jsonl")]))
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "results.json").write_text(json.dumps(

@@ -168,6 +168,10 @@ def chat(
 
     settings = chat_mod.settings_of(max_new_tokens, temperature, top_p, seed)
     todo = chat_mod.read_prompts(prompts, jsonl) if prompts is not None else None
+    if prompts is None and (out is not None or jsonl):
+        raise ValueError("options --out and --jsonl go with --prompts FILE")
+    if prompts is not None and transcript is not None:
+        raise ValueError("option --transcript records an interactive chat; with --prompts the records go to --out")
     if transcript is not None and not transcript.parent.is_dir():
         raise ValueError(f"option --transcript: {transcript.parent} is not a folder")
     chatters = chat_mod.load_all(model, compare, base, err, device)

@@ -245,7 +245,8 @@ def generate_chat(model, tok, conversations: list[list[dict]], max_new_tokens: l
         budgets = [max_new_tokens] * len(conversations) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         return model.generate(conversations, budgets, batch_size, stop, desc)
     prompts = [encode(tok, chat_text(tok, c)) for c in conversations]
-    return generate(model, tok, prompts, max_new_tokens, batch_size, stop, desc, temperature, top_p)
+    sampling = {"temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+    return generate(model, tok, prompts, max_new_tokens, batch_size, stop, desc, **sampling)
 
 
 def continuation_logprobs(model, tok, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,
