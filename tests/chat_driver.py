@@ -3,7 +3,7 @@
 The model's real forward runs (so generation, the KV cache and the chat template are lingotune's own), then
 its last logits are replaced so that the n-th reply is CHAT_SCRIPT[n] (JSON list of texts) followed by the
 end-of-sequence token (tokenized by the tokenizer in the directory CHAT_TOKENIZER). With CHAT_HOLD=k, the first reply's k-th decoding step waits until the file
-CHAT_GO exists: the test reads what was streamed while the reply is unfinished.
+CHAT_GO exists (two minutes at most): the test reads what was streamed while the reply is unfinished.
 
     python tests/chat_driver.py chat MODEL_DIR [options]
 """
@@ -34,7 +34,8 @@ def scripted(self, *args, **kwargs):
     else:
         state["step"] += 1
     if state["reply"] == 0 and state["step"] == hold:
-        while not os.path.exists(go):
+        deadline = time.monotonic() + 120  # a test that failed before making the file must not leave us waiting
+        while not os.path.exists(go) and time.monotonic() < deadline:
             time.sleep(0.02)
     out = forward(self, *args, **kwargs)
     target = script[state["reply"] % len(script)]

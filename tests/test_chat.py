@@ -287,14 +287,25 @@ def test_bad_input_is_one_line(tmp_path, model_dir):
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-B]|\r")
 
 
-def spawn(model_dir: Path, args: list[str], script: list[str], hold: int = -1, go: Path | None = None):
-    """tests/chat_driver.py's `lingotune chat ARGS` in a pseudo-terminal (model_dir: where its tokenizer is)."""
-    import pexpect
+@pytest.fixture
+def spawn(model_dir):
+    """spawn(args, script, hold, go): tests/chat_driver.py's `lingotune chat ARGS` in a pseudo-terminal; every
+    child still running at the test's end is killed."""
+    pexpect = pytest.importorskip("pexpect")
+    children = []
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
-           "CHAT_SCRIPT": json.dumps(script, ensure_ascii=False), "CHAT_HOLD": str(hold), "CHAT_GO": str(go or ""), "CHAT_TOKENIZER": str(model_dir)}
-    return pexpect.spawn(sys.executable, [str(Path(__file__).with_name("chat_driver.py")), "chat", *args], env=env,
-                         encoding="utf-8", dimensions=(40, 200), timeout=60)
+    def start(args: list[str], script: list[str], hold: int = -1, go: Path | None = None):
+        env = {**os.environ, "CHAT_SCRIPT": json.dumps(script, ensure_ascii=False), "CHAT_HOLD": str(hold),
+               "CHAT_GO": str(go or ""), "CHAT_TOKENIZER": str(model_dir),
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        children.append(pexpect.spawn(sys.executable, [str(Path(__file__).with_name("chat_driver.py")), "chat", *args],
+                                      env=env, encoding="utf-8", dimensions=(40, 200), timeout=60))
+        return children[-1]
+
+    yield start
+    for child in children:
+        if child.isalive():
+            child.terminate(force=True)
 
 
 def screen(child) -> str:
@@ -302,11 +313,12 @@ def screen(child) -> str:
     return ANSI.sub("", child.before + (child.after if isinstance(child.after, str) else ""))
 
 
-def test_terminal_streams_and_the_commands_change_the_conversation(tmp_path, model_dir, tok):
-    pexpect = pytest.importorskip("pexpect")
+def test_terminal_streams_and_the_commands_change_the_conversation(tmp_path, model_dir, tok, spawn):
+    import pexpect
+
     go, log = tmp_path / "go", tmp_path / "transcript.jsonl"
     replies = ["안녕하세요! Привет, мир.", "спасибо", "좋아요", "мир"]
-    child = spawn(model_dir, [str(model_dir), "--transcript", str(log)], replies, hold=6, go=go)
+    child = spawn([str(model_dir), "--transcript", str(log)], replies, hold=6, go=go)
     child.expect("you>")
     child.sendline("/system Be brief.")
     child.expect("system prompt set")
@@ -344,27 +356,30 @@ def test_terminal_streams_and_the_commands_change_the_conversation(tmp_path, mod
     assert turns[0]["new_tokens"] == len(inference.encode(tok, replies[0])) + 1  # the reply, then <|im_end|>
 
 
-def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_ends(tmp_path, model_dir):
-    pexpect = pytest.importorskip("pexpect")
+def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_ends(tmp_path, model_dir, spawn):
+    import pexpect
+
     go, log = tmp_path / "never", tmp_path / "t.jsonl"
-    child = spawn(model_dir, [str(model_dir), "--transcript", str(log)], ["안녕하세요"], hold=4, go=go)
+    child = spawn([str(model_dir), "--transcript", str(log)], ["안녕하세요"], hold=4, go=go)
     child.expect("you>")
     child.sendline("hello")
     child.expect("안")
     child.sendintr()  # Ctrl-C while the reply is held
     child.expect("reply interrupted")
     child.expect("you>")
+    assert child.waitnoecho(timeout=30)  # readline reads the terminal (else a Ctrl-D typed ahead is lost)
     child.sendeof()  # Ctrl-D at the prompt
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0 and not log.exists()
 
 
-def test_terminal_compare_shows_both_answers_side_by_side(tmp_path, model_dir, tok):
-    pexpect = pytest.importorskip("pexpect")
+def test_terminal_compare_shows_both_answers_side_by_side(tmp_path, model_dir, tok, spawn):
+    import pexpect
+
     run, _ = make_run(tmp_path, model_dir, tok)
     log = tmp_path / "t.jsonl"
-    child = spawn(model_dir, [str(run), "--compare", "--transcript", str(log)], ["Привет, мир", "안녕하세요"])
+    child = spawn([str(run), "--compare", "--transcript", str(log)], ["Привет, мир", "안녕하세요"])
     child.expect("you>")
     child.sendline("hi")
     child.expect("you>")
