@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import fresh_tiny, make_recipe
+from helpers import fresh_tiny
 from lingotune import inference
 from lingotune.cli import app
 
@@ -156,64 +156,48 @@ def test_sampling_follows_the_seed(tok):
 
 # ------------------------------------------------------------------------------------------ run directories
 
-def make_run(root: Path, model_dir: Path, tok, method: str = "dpart") -> tuple[Path, object]:
-    """A run directory as `lingotune run` leaves it (results.json and each stage's artefacts, written by the
-    methods' own save functions), and the in-memory model it should load as.
+FAST = ["--set", "data.max_stage1=8", "--set", "data.max_stage2=4", "--set", "method.stage1.steps=3",
+        "--set", "method.stage2.steps=3", "--set", "train.batch_size=2", "--set", "train.max_len=256",
+        "--set", "train.lr=0.05", "--set", "train.embedding_lr=0.5"]
 
-    dpart: stage1 trained embeddings; stage2 LoRA on top (and the embeddings again). dpo: an sft adapter,
-    merged, then a dpo adapter on the merged model."""
+
+def train(out: Path, model_dir: Path, *args: str) -> Path:
+    """`lingotune train` (dpart unless `args` say otherwise) of the tiny model into `out`: a real run directory."""
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--set", f"model.source={model_dir}", *FAST, *args])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, model_dir):
+    """A finished dpart run of the tiny model (stage1: embeddings, stage2: embeddings and a LoRA adapter)."""
+    return train(tmp_path_factory.mktemp("runs") / "dpart", model_dir)
+
+
+def trained(run: Path, model_dir: Path):
+    """The reference for a dpart run, built by hand: the base model, stage2's embeddings, stage2's adapter."""
+    from lingotune.models import load_adapted
+
+    return load_adapted(str(model_dir), adapter=str(run / "dpart" / "stage2" / "adapter"),
+                        embeddings=str(run / "dpart" / "stage2" / "embeddings.safetensors"))[0]
+
+
+def test_a_run_loads_as_it_was_trained_even_when_moved(tmp_path, model_dir, tok):
     from transformers import AutoModelForCausalLM
 
-    from lingotune.files import save_json
-    from lingotune.methods.base import add_lora, merge_adapters, prepare_embeddings, save_adapter, save_embeddings
+    from lingotune import chat
 
-    lora = make_recipe().method.lora
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    run = root / f"run-{method}"
-    torch.manual_seed(1)
-    stages = {}
-
-    def randomize_lora(m):
-        with torch.no_grad():
-            for n, p in m.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.3)
-
-    if method == "dpart":
-        w = prepare_embeddings(model, "untie")
-        with torch.no_grad():
-            w.add_(torch.randn_like(w) * 0.3)
-        stages["stage1"] = {"embeddings": save_embeddings(model, run / method / "stage1")}
-        model = add_lora(model, lora)
-        randomize_lora(model)
-        stages["stage2"] = {"adapter": save_adapter(model, run / method / "stage2"),
-                            "embeddings": save_embeddings(model, run / method / "stage2")}
-    else:
-        for name in ("sft", "dpo"):
-            model = add_lora(merge_adapters(model), lora)
-            randomize_lora(model)
-            stages[name] = {"adapter": save_adapter(model, run / method / name)}
-    save_json(run / "results.json", {"model": str(model_dir), "method": method,
-                                     "stages": {k: {"complete": True, "artefacts": v} for k, v in stages.items()}})
-    return run, model.eval()
-
-
-@pytest.mark.parametrize("method", ["dpart", "dpo"])
-def test_load_run_puts_the_stages_on_in_order(tmp_path, model_dir, tok, method):
-    from transformers import AutoModelForCausalLM
-
-    from lingotune.models import load_run
-
-    run, expected = make_run(tmp_path / "a", model_dir, tok, method)
-    moved = tmp_path / "moved"
-    run.rename(moved)  # results.json's artefact paths now point nowhere: they are found under the run directory
-    model, _ = load_run(moved)
+    moved = train(tmp_path / "a", model_dir).rename(tmp_path / "moved")  # results.json's artefact paths point
+    # nowhere now: the artefacts are found under the run directory
+    assert chat.check(str(moved)) == str(model_dir)  # the base model that --compare answers with
+    got = chat.load(str(moved), "adapted")
+    assert got.source == str(moved.resolve()) and len(got.tok) == len(tok)
     ids = torch.tensor([chat_ids(tok, [user("Привет, 안녕")])])
     with torch.no_grad():
-        want, got = expected(input_ids=ids).logits, model(input_ids=ids).logits
+        want, logits = trained(moved, model_dir)(input_ids=ids).logits, got.model(input_ids=ids).logits
         untouched = AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert (got - untouched).abs().max() > 1e-2  # the stages did change the model
+    torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
+    assert (logits - untouched).abs().max() > 1e-2  # the stages did change the model
 
 
 def test_prompts_file_answers_equal_batched_generation(tmp_path, model_dir, tok):
@@ -233,8 +217,8 @@ def test_prompts_file_answers_equal_batched_generation(tmp_path, model_dir, tok)
     assert rows[0]["settings"] == {"max_new_tokens": 12, "greedy": True}
 
 
-def test_compare_on_a_run_answers_with_its_base_and_the_adapted_model(tmp_path, model_dir, tok):
-    run, adapted = make_run(tmp_path, model_dir, tok)
+def test_compare_on_a_run_answers_with_its_base_and_the_adapted_model(tmp_path, run, model_dir, tok):
+    adapted = trained(run, model_dir)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "Привет"}, ensure_ascii=False) + "\n"
                        + json.dumps({"prompt": "hi", "system": "Answer in Russian."}) + "\n", encoding="utf-8")
@@ -256,30 +240,29 @@ def one_error_line(res) -> str:
 
 
 def test_bad_input_is_one_line(tmp_path, model_dir):
-    run = CliRunner()
-    line = one_error_line(run.invoke(app, ["chat", str(tmp_path / "no-such-run")]))
+    cli = CliRunner()
+    line = one_error_line(cli.invoke(app, ["chat", str(tmp_path / "no-such-run")]))
     assert "no-such-run" in line and "no such directory" in line
     (tmp_path / "empty").mkdir()
-    line = one_error_line(run.invoke(app, ["chat", str(tmp_path / "empty")]))
+    line = one_error_line(cli.invoke(app, ["chat", str(tmp_path / "empty")]))
     assert "neither a run directory" in line
-    line = one_error_line(run.invoke(app, ["chat", str(model_dir), "--prompts", str(tmp_path / "missing.txt")]))
+    line = one_error_line(cli.invoke(app, ["chat", str(model_dir), "--prompts", str(tmp_path / "missing.txt")]))
     assert "missing.txt: cannot read prompts" in line
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n{"prompt": "b"\n', encoding="utf-8")
-    assert one_error_line(run.invoke(app, ["chat", str(model_dir), "--prompts", str(bad)])).startswith(
+    assert one_error_line(cli.invoke(app, ["chat", str(model_dir), "--prompts", str(bad)])).startswith(
         f"error: {bad} line 2: not valid JSON")
     bad.write_text('{"prompt": "a"}\n\n{"text": "b"}\n', encoding="utf-8")
     assert f"{bad} line 3: needs a non-empty string field 'prompt'" in one_error_line(
-        run.invoke(app, ["chat", str(model_dir), "--prompts", str(bad)]))
-    assert "--base MODEL" in one_error_line(run.invoke(app, ["chat", str(model_dir), "--compare"]))
-    assert "go with --prompts" in one_error_line(run.invoke(app, ["chat", str(model_dir), "--out", "a.jsonl"]))
-    assert "is not a folder" in one_error_line(run.invoke(app, ["chat", str(model_dir), "--transcript",
+        cli.invoke(app, ["chat", str(model_dir), "--prompts", str(bad)]))
+    assert "--base MODEL" in one_error_line(cli.invoke(app, ["chat", str(model_dir), "--compare"]))
+    assert "go with --prompts" in one_error_line(cli.invoke(app, ["chat", str(model_dir), "--out", "a.jsonl"]))
+    assert "is not a folder" in one_error_line(cli.invoke(app, ["chat", str(model_dir), "--transcript",
                                                                  str(tmp_path / "no" / "t.jsonl")]))
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    (unfinished / "results.json").write_text(json.dumps(
-        {"model": str(model_dir), "method": "dpart", "stages": {"stage1": {"complete": False, "artefacts": {}}}}))
-    assert "stage 'stage1' did not finish" in one_error_line(run.invoke(app, ["chat", str(unfinished)]))
+    half = train(tmp_path / "half", model_dir, "--stage", "stage1")  # stage 1 of dpart only: not finished
+    assert "stage stage2 of dpart is not trained" in one_error_line(cli.invoke(app, ["chat", str(half)]))
+    (half / "recipe.yaml").unlink()
+    assert "not a finished run (no recipe.yaml)" in one_error_line(cli.invoke(app, ["chat", str(half)]))
 
 
 # ------------------------------------------------------------------------------------------ a real terminal
@@ -374,10 +357,9 @@ def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_ends(tmp_path, model_dir, spaw
     assert child.exitstatus == 0 and not log.exists()
 
 
-def test_terminal_compare_shows_both_answers_side_by_side(tmp_path, model_dir, tok, spawn):
+def test_terminal_compare_shows_both_answers_side_by_side(tmp_path, run, spawn):
     import pexpect
 
-    run, _ = make_run(tmp_path, model_dir, tok)
     log = tmp_path / "t.jsonl"
     child = spawn([str(run), "--compare", "--transcript", str(log)], ["Привет, мир", "안녕하세요"])
     child.expect("you>")

@@ -54,11 +54,14 @@ TEXTS = {
     "en": ("Translate into English:", ("Passage", "Question", "Answer"), "English",
            ["starter_heldout"]),
     "ru": ("Переведи на русский язык:", ("Текст", "Вопрос", "Ответ"), "Russian",
-           ["danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en", "flores_ru_bpc", "starter_heldout"]),
+           ["danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en", "flores_ru_bpc", "starter_heldout",
+            "transfer_facts", "transfer_xquad", "align_facts"]),
     "ar": ("ترجم إلى العربية:", ("النص", "السؤال", "الإجابة"), "Arabic",
-           ["idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout"]),
+           ["idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout",
+            "transfer_facts", "transfer_xquad", "align_facts"]),
     "ko": ("한국어로 번역하세요:", ("지문", "질문", "답"), "Korean",
-           ["kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic", "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout"]),
+           ["kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic", "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout",
+            "transfer_facts", "align_facts"]),
 }
 
 # Every starter template, filled with x="X", y="y" (one line each: "kind: question -> answer",

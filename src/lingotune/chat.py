@@ -1,5 +1,8 @@
 """`lingotune chat`: talk to a run directory, a model directory (an export) or a model id.
 
+A run directory is read and rebuilt by the export's own `read_run` and `build_model`: chat talks to exactly
+the model `lingotune export` would write.
+
 Interactive: each reply streams as it is generated (`inference.stream`); the conversation is kept as
 messages and rendered through the model's chat template every turn; `/system TEXT`, `/reset`, `/exit`;
 Ctrl-D or Ctrl-C at the prompt ends the session (exit code 0), Ctrl-C during a reply stops that reply.
@@ -54,28 +57,46 @@ class Chatter:
     tok: object
 
 
+def is_run(path: Path) -> bool:
+    """A run directory (lingotune's marker of a run, or a results.json), finished or not."""
+    from lingotune import rundir
+
+    return (path / "results.json").is_file() or rundir.marker_kind(path) == "run"
+
+
 def check(source: str) -> str | None:
-    """Cheap checks before anything loads: the base model source of a run directory, None for a model.
-    A directory with results.json is a run; one with config.json a model directory (an export)."""
-    from lingotune.models import ModelLoadError, read_run, resolve
+    """Cheap checks before anything loads (`export.read_run`'s for a run directory: marker, recipe.yaml, every
+    stage finished, its artefacts there); the model the run started from, None for a model. A propagated LEP
+    run started from its instruct model. A directory with config.json is a model directory (an export)."""
+    from lingotune.export import chain, read_run
+    from lingotune.models import ModelLoadError, resolve
 
     path = Path(source).expanduser()
-    if (path / "results.json").is_file():
-        return read_run(path)["model"]
-    if path.is_dir() and not (path / "config.json").exists():
+    base = None
+    if is_run(path):
+        recipe, results = read_run(path)
+        if results.get("propagation"):
+            return recipe.propagate.instruct  # the run's product is the propagated model (its propagated/)
+        chain(path, recipe, results)
+        base = recipe.model.source
+    elif path.is_dir() and not (path / "config.json").exists():
         raise ModelLoadError(f"model {source!r}: neither a run directory (results.json) nor a model directory (config.json)")
-    if not source.startswith("bundled"):
-        resolve(source)
-    return None
+    if not (base or source).startswith("bundled"):
+        resolve(base or source)
+    return base
 
 
 def load(source: str, label: str, device: str = "cpu") -> Chatter:
-    """A run directory through `models.load_run`, anything else through `models.load_model`."""
-    from lingotune.models import load_model, load_run
+    """A run directory as `lingotune export` builds it (`export.build_model`: an extended vocabulary or ChatML's
+    tokens, every stage's artefacts, a propagated model, the recipe's dtype), anything else through
+    `models.load_model`."""
+    from lingotune.export import build_model, read_run
+    from lingotune.models import load_model
 
     path = Path(source).expanduser()
-    if (path / "results.json").is_file():
-        model, tok = load_run(path, device=device)
+    if is_run(path):
+        model, tok, _ = build_model(path, *read_run(path))
+        model.to(device)
     else:
         model, tok = load_model(source, device=device)
         model.eval()

@@ -13,7 +13,6 @@ Nothing that is not finite is ever written: `assert_finite` guards every save.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lingotune.errors import TrainingError, one_line, write_reason
+from lingotune.files import sha256_file
 
 _PREFIX = "step-"
 _KEYS = ("params", "optimizer", "scheduler", "rng")
@@ -32,14 +32,6 @@ def assert_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TrainingError(f"{what}: {name} holds NaN or inf values; not saved")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -87,7 +79,7 @@ class Checkpoints:
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": torch.get_rng_state()}
             torch.save(state, tmp / "state.pt")
-            info = {"step": step, "bytes": (tmp / "state.pt").stat().st_size, "sha256": _sha256(tmp / "state.pt"), **meta}
+            info = {"step": step, "bytes": (tmp / "state.pt").stat().st_size, "sha256": sha256_file(tmp / "state.pt"), **meta}
             with open(tmp / "meta.json", "w") as f:
                 f.write(json.dumps(info))
                 f.flush()
@@ -119,7 +111,7 @@ class Checkpoints:
         path = folder / "state.pt"
         if not path.exists() or path.stat().st_size != meta.get("bytes"):
             raise ValueError("state.pt is missing or truncated")
-        if _sha256(path) != meta.get("sha256"):
+        if sha256_file(path) != meta.get("sha256"):
             raise ValueError("state.pt does not match its checksum")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -82,6 +82,18 @@ def train(
 
 @app.command()
 @user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (holding results.json).", show_default=False),
+    html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page (plots inlined)."),
+):
+    """Write a run's report.md and its plots again from results.json (and, with --html, report.html)."""
+    from lingotune.report import write_report
+
+    console.print(f"[green]wrote[/] {write_report(run_dir, html=html)}")
+
+
+@app.command()
+@user_errors
 def compare(
     recipe: Optional[Path] = RecipeArg,
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Grid directory (one sub-directory per dataset and cell)."),
@@ -139,6 +151,25 @@ def info(
     if root:
         table.add_row("data sets", ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())))
     console.print(table)
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="The directory to write (a Hugging Face model directory)."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write a PEFT adapter (LoRA + the changed "
+                                      "embedding rows) for the base model instead of merged weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
+    license_: Optional[str] = typer.Option(None, "--license", help="The licence for the model card (default: the "
+                                           "base model's, where known)."),
+):
+    """A finished run as one model directory (merged weights, tokenizer, chat template) with a model card."""
+    from lingotune.export import export
+
+    res = export(run_dir, out, adapter_only=adapter_only, overwrite=overwrite, licence=license_)
+    console.print(f"[green]exported[/] {res['out']} ({res['bytes'] / 1e6:.1f} MB) in {res['seconds']:.0f} s: "
+                  + "; ".join(res["parts"]), highlight=False)
 
 
 @app.command()

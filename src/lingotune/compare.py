@@ -20,7 +20,7 @@ from lingotune.compare_report import UNTOUCHED, summarize
 from lingotune.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, set_path
 from lingotune.run import (
     build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
-    tokenize_stages, train_method,
+    stage_evaluator, tokenize_stages, train_method,
 )
 
 
@@ -101,7 +101,7 @@ def _judge(out_dir: Path, recipe: Recipe, judged, console: Console) -> None:
         write_results(out_dir / d, summary, records, "judge.json")
 
 
-def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], judged, console: Console) -> None:
+def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[dict], judged, console: Console) -> None:
     """The untouched model: once per dataset (its prompts come from the dataset)."""
     if _complete(udir):
         return
@@ -112,7 +112,7 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[str], judged
     files.save_json(udir / "results.json", res)
 
 
-def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[str], judged,
+def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,
           console: Console) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +122,10 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     stages = select_stages(r, None, res)
     model = copy.deepcopy(model0)
     t = time.perf_counter()
-    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console)
-    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console)
+    reference = files.read_json(cell_dir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
+    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
+                         after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference))
+    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True
@@ -150,8 +152,9 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         builts[dname] = built = build_data(cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir), console)
         for method in cmp.methods:  # tokenized once per method: a cell's seed does not change its examples
             r = cell_recipe(recipe, method, recipe.seed, dcfg, out_dir)
-            if r.vocab.scenario != "none" or r.propagate.instruct:
-                raise RecipeError(f"compare: {method!r} adapts the vocabulary or propagates (vocab, propagate); "
+            if r.vocab.scenario != "none" or r.propagate.instruct or r.model.chat_tokens != "own":
+                raise RecipeError(f"compare: {method!r} adapts the vocabulary or propagates (vocab, "
+                                  "model.chat_tokens, propagate); "
                                   "the grid does not run LEP cells yet: use lingotune run")
             tokenized[dname, method] = tokenize_stages(r, select_stages(r, None, {}), built, tok)
     rundir.prepare(out_dir, action, "grid")
@@ -160,7 +163,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         base = cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir / dname)
         built = builts[dname]
         built.write(out_dir / dname / "data")
-        prompts = sample_prompts(built, recipe.output.sample_prompts)
+        prompts = sample_prompts(base, built)
         _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, judged, console)
         for method in cmp.methods:
             for seed in cmp.seeds:

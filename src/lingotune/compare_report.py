@@ -11,11 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
 from lingotune.eval.declared import arrow, result_metrics
-from lingotune import files
+from lingotune import files, plots
 from lingotune.files import atomic_write_text
 from lingotune.recipe import Recipe
 from lingotune.stats import paired_permutation, paired_t_pvalue, t_interval
@@ -41,6 +40,22 @@ def task_results(cell: dict) -> dict[str, dict]:
     """The cell's evaluated (not skipped) task results, under its own label."""
     evals = cell["evals"].get(cell["_variant"], {})
     return {t: r for t, r in evals.items() if isinstance(r, dict) and not r.get("skipped")}
+
+
+def skipped_md(cells: list[dict], dataset: str) -> list[str]:
+    """One line per task skipped in some cell of `dataset`: the variants and each whole reason (never cut)."""
+    reasons: dict[str, dict[str, list[str]]] = {}
+    for c in cells:
+        if c["_dataset"] != dataset:
+            continue
+        for label, tasks in c["evals"].items():
+            for task, r in (tasks or {}).items():
+                if isinstance(r, dict) and r.get("skipped"):
+                    who = reasons.setdefault(task, {}).setdefault(" ".join(str(r["skipped"]).split()), [])
+                    if label not in who:
+                        who.append(label)
+    lines = [f"- `{task}` ({', '.join(who)}): {why}" for task, by in reasons.items() for why, who in by.items()]
+    return ["", "Skipped tasks:", ""] + lines if lines else []
 
 
 def _number(v) -> float | None:
@@ -317,7 +332,7 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
         cols = _columns(rows, meta[d])
         summary["datasets"][d] = rows
         write_csv(out_dir / f"table_{d}.csv", rows, cols)
-        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d])
+        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d]) + skipped_md(cells, d)
         sig = summary["significance"][d] = significance(cells, d, cmp.candidate, cmp.baseline)
         if sig:
             lines += significance_md(sig, cmp.candidate, cmp.baseline)
@@ -335,60 +350,45 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
 # ----------------------------------------------------------------------------- plots
 
 
-def _loss_plot(plt, path: Path, dataset: str, variants: list[str], cells: list[dict]) -> None:
+def _loss_plot(path: Path, dataset: str, variants: list[str], cells: list[dict]) -> None:
     """Training-loss curves per method and seed (stages concatenated)."""
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for v in variants:
         for c in cells:
-            log = Path(c["_dir"]) / "metrics.jsonl"
-            if c["_dataset"] != dataset or c["_variant"] != v or not c["stages"] or not log.exists():
+            if c["_dataset"] != dataset or c["_variant"] != v or not c["stages"]:
                 continue
-            xs, ys, offset, last_stage = [], [], 0, None
-            for rec in (json.loads(x) for x in log.read_text().splitlines()):
-                if rec["stage"] != last_stage and xs:
-                    offset = xs[-1]
-                last_stage = rec["stage"]
-                xs.append(offset + rec["step"])
-                ys.append(rec["loss"])
-            ax.plot(xs, ys, label=f"{v} s{c['seed']}", alpha=0.7)
+            xs, ys, offset = [], [], 0
+            for steps, losses in plots.read_losses(Path(c["_dir"]) / "metrics.jsonl").values():
+                xs += [offset + s for s in steps]
+                ys += losses
+                offset = xs[-1]
+            if xs:
+                ax.plot(xs, ys, label=f"{v} s{c['seed']}", alpha=0.7)
     ax.set_xlabel("step (stages concatenated)")
     ax.set_ylabel("training loss")
     if ax.lines:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
-def _bar_plot(plt, path: Path, panels: list, by_variant: dict, variants: list[str]) -> None:
+def _bar_plot(path: Path, panels: list, by_variant: dict, variants: list[str]) -> None:
     """Bars with 95% t-intervals per method, one panel per (task, result name, declaration)."""
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, (t, key, info) in zip(axes.flat, panels):
+    grid = []
+    for t, key, info in panels:
         stats = [t_interval(list(vals.values())) if (vals := by_variant[v].get(t, {}).get(key)) else (0.0, 0.0)
                  for v in variants]
-        ax.bar(range(len(variants)), [m for m, _ in stats], yerr=[h for _, h in stats], capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{t}: {key} {arrow(info)}", fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        grid.append((f"{t}: {key} {arrow(info)}", variants, [m for m, _ in stats], [(h, h) for _, h in stats]))
+    plots.bar_grid(path, grid)
 
 
 def plot(out_dir: Path, dataset: str, by_variant: dict, meta: dict, variants: list[str], cells: list[dict]) -> list[Path]:
     """loss_<dataset>.png, and bars_<dataset>.png of each task's primary metric (when any); the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = [out_dir / f"loss_{dataset}.png"]
-    _loss_plot(plt, paths[0], dataset, variants, cells)
+    _loss_plot(paths[0], dataset, variants, cells)
     panels = [(t, key, info) for t in sorted(meta) for key, info in meta[t].items() if info["primary"]]
     if panels:
         paths.append(out_dir / f"bars_{dataset}.png")
-        _bar_plot(plt, paths[1], panels, by_variant, variants)
+        _bar_plot(paths[1], panels, by_variant, variants)
     return paths

@@ -57,6 +57,15 @@ def atomic_dir(path: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

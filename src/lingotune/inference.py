@@ -92,6 +92,16 @@ def _pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
+def _pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def pad_id(tok) -> int:
     pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return 0 if pid is None else int(pid)
@@ -110,6 +120,17 @@ class StopAfterLine:
 
 
 STOP_RULES = {"eos": None, "line": StopAfterLine}
+TURN_END = "<|im_end|>"  # ChatML's end of a turn: generation stops there in every model whose tokenizer has it
+
+
+def stop_ids(model, tok) -> list[int]:
+    """The token ids that end a generation: the model's generation config's eos ids, the tokenizer's eos,
+    and `<|im_end|>` where the tokenizer holds it as an added token (ChatML, `model.chat_tokens`)."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    extra = [tok.eos_token_id, tok.added_tokens_encoder.get(TURN_END)]
+    return list(dict.fromkeys(int(i) for i in ids + extra if i is not None))
 
 
 def _check_stop(stop: str) -> None:
@@ -122,7 +143,8 @@ def _generate_ids(model, tok, ids, mask, max_new_tokens: int, stop: str, tempera
     """The new token ids (batch x new) of `model.generate` on a left-padded batch: the one call of it.
 
     temperature 0 is greedy; above 0 samples (with nucleus `top_p`) from torch's global generator. `streamer`:
-    transformers' streamer protocol (`put(ids)`, prompt first, then each new token; `end()`)."""
+    transformers' streamer protocol (`put(ids)`, prompt first, then each new token; `end()`). It stops at any
+    of `stop_ids` (ChatML's `<|im_end|>` included), at the rule `stop` or at the budget."""
     from transformers import StoppingCriteriaList
 
     rule = STOP_RULES[stop]
@@ -130,7 +152,8 @@ def _generate_ids(model, tok, ids, mask, max_new_tokens: int, stop: str, tempera
     sample = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None}
     gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_id(tok),
-                         use_cache=True, top_k=None, streamer=streamer, **sample, **extra)
+                         eos_token_id=stop_ids(model, tok), use_cache=True, top_k=None, streamer=streamer, **sample,
+                         **extra)
     return gen[:, ids.shape[1]:]
 
 
@@ -139,8 +162,8 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
     """Greedy continuations (decoded, special tokens dropped) of tokenized prompts, in order.
 
     Prompts are sorted by length into left-padded batches (less padding); `max_new_tokens` may be
-    per prompt (a batch uses the largest of its members). `stop`: "eos" (the end-of-sequence token
-    or the budget) or "line" (also once the first non-blank line is complete, see StopAfterLine).
+    per prompt (a batch uses the largest of its members). `stop`: "eos" (an end-of-sequence token,
+    `stop_ids`, or the budget) or "line" (also once the first non-blank line is complete, see StopAfterLine).
     `temperature` > 0 samples instead (`top_p`: nucleus), from torch's global generator (seed it first).
     """
     _check_stop(stop)
@@ -328,19 +351,31 @@ def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: st
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     with inference(model):
         for _, chunk in batches(order, batch_size, desc):
-            n = max(len(texts[i]) for i in chunk)
-            ids = torch.full((len(chunk), n), pad_id(tok), dtype=torch.long)
-            mask = torch.zeros((len(chunk), n), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, :len(texts[i])] = torch.tensor(texts[i])
-                mask[r, :len(texts[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = _pad_right([texts[i] for i in chunk], pad_id(tok), device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
             nll = nll * mask[:, 1:]
             for r, i in enumerate(chunk):
                 out[i] = (float(nll[r].sum()), max(len(texts[i]) - 1, 0))
     return out
+
+
+def hidden_means(model, tok, texts: list[list[int]], batch_size: int = 8, desc: str = "hidden states") -> torch.Tensor:
+    """[len(texts), layers + 1, hidden] float32: each token sequence's hidden states mean-pooled over its tokens,
+    at the embedding output (index 0) and after every layer (the model's `output_hidden_states`)."""
+    refuse_api(model, "hidden states")
+    device = model_device(model)
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with inference(model):
+        for _, chunk in batches(order, batch_size, desc):
+            ids, mask = _pad_right([texts[i] for i in chunk], pad_id(tok), device)
+            hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            m = mask.unsqueeze(-1).float()
+            pooled = torch.stack([(h.float() * m).sum(1) / m.sum(1).clamp_min(1) for h in hs], dim=1)
+            for r, i in enumerate(chunk):
+                out[i] = pooled[r].cpu()
+    return torch.stack(out)
 
 
 # --------------------------------------------------------------------------------------------- API models

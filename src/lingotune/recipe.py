@@ -53,6 +53,15 @@ class ModelConfig(Strict):
         False, description="Run Python code shipped with a hub model (its own modeling files). Off: only "
         "architectures transformers itself implements load; turn on only for a model whose code you trust.",
     )
+    chat_tokens: Literal["own", "chatml"] = Field(
+        "own",
+        description="'own' (default): the model's own chat template (a base model without one gets lingotune's "
+        "Alpaca-style fallback). 'chatml' (paper appendix A.6): add <|im_start|> and <|im_end|> as special tokens "
+        "where the tokenizer lacks them, their rows (input embeddings and an untied head) starting at the mean of "
+        "the old rows, and use the ChatML template unless the model's own already is ChatML. Stage 1 trains the "
+        "new input rows (every example uses them), as do combined and full; methods that train no embeddings (lora, "
+        "LoRA-only preference methods) leave them at the mean. Generation stops at <|im_end|>.",
+    )
 
 
 class LoraSettings(Strict):
@@ -240,7 +249,21 @@ class OutputConfig(Strict):
         return v
     overwrite: bool = Field(False, description="Replace an existing run directory. Off: an existing run is never overwritten.")
     save_full_model: bool = Field(True, description="Full fine-tuning: save the whole model (large).")
-    sample_prompts: int = Field(4, ge=0, description="Target-language prompts answered by the untouched and adapted model in report.md.")
+    sample_prompts: int = Field(
+        4, ge=0, description="How many held-out prompts the untouched and the adapted model answer in report.md: "
+        "questions of the run's evaluation tasks (their evaluated examples, in turn from each task that asks "
+        "something), leaving out any that a training example contains; `samples` replaces them.")
+    samples: list[str] = Field(
+        default_factory=list, description="Prompts of your own for report.md's sample answers (labelled 'recipe "
+        "samples'), instead of the evaluation tasks' questions; empty = the tasks' questions (`sample_prompts`).")
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, v: list[str]) -> list[str]:
+        blank = [i for i, p in enumerate(v) if not p.strip()]
+        if blank:
+            raise ValueError(f"entry {blank[0]} is blank; give each sample prompt some text")
+        return v
 
 
 class CompareJudge(Strict):

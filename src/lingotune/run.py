@@ -41,17 +41,34 @@ def progress_bar(console: Console | None = None) -> Progress:
     )
 
 
-def sample_prompts(built, n: int) -> list[str]:
-    """Target-language prompts from the stage-2 set, taken from its end (a fixed, seeded choice)."""
-    seen, out = set(), []
-    for ex in reversed(built.stage2):
-        p = ex.messages[-2]["content"]
-        if p not in seen:
-            seen.add(p)
-            out.append(p)
-        if len(out) == n:
-            break
-    return out
+def sample_prompts(recipe: Recipe, built) -> list[dict]:
+    """The held-out prompts of report.md's sample answers, each {"prompt", "source"}: the recipe's
+    `output.samples`, or `output.sample_prompts` questions of the run's evaluation tasks that no training text
+    contains, as the data layer's leakage index sees it (a word n-gram shared with the example's texts, as the
+    build's leakage check), nor is (the same prompt). The prompt itself is not indexed: its template words
+    (e.g. "... в этой стране? Ответь да или нет.") recur in the training questions of the starter data."""
+    from lingotune.data.validate import LeakageIndex
+    from lingotune.eval.runner import sample_questions
+    from lingotune.paths import data_root
+
+    if recipe.output.samples:
+        return [{"prompt": p, "source": "recipe samples"} for p in recipe.output.samples]
+    n = recipe.output.sample_prompts
+    if n == 0:
+        return []
+    root = data_root(recipe.eval.data_root or recipe.data.root)
+    found = sample_questions(recipe.eval, recipe.language, root, 4 * n)
+    ngram = recipe.data.checks.leakage_ngram
+    index = LeakageIndex([t for q in found for t in q["texts"]], n=ngram)  # the examples' texts, as the build's check
+    train = built.texts()
+    suspects = [t for t in train if index.leaks(t)]  # one pass over the training texts; then per question
+    seen = {" ".join(t.split()) for t in train}
+    out = []
+    for q in found:
+        own = LeakageIndex(q["texts"], n=ngram)
+        if " ".join(q["prompt"].split()) not in seen and not any(own.leaks(t) for t in suspects):
+            out.append({"prompt": q["prompt"], "source": q["source"]})
+    return out[:n]
 
 
 # ----------------------------------------------------------------------------- checks before anything is written
@@ -120,14 +137,18 @@ def tokenize_stages(recipe: Recipe, stages: list, built, tok) -> dict[str, tuple
 
 
 def adapt_vocabulary(recipe: Recipe, tok, built):
-    """(adapted tokenizer, report) per the recipe's `vocab:` section, or (None, None)."""
+    """(adapted tokenizer, report) per the recipe's `vocab:` section and `model.chat_tokens`, or (None, None)."""
     from lingotune import vocab
     from lingotune.data.formats import read_texts
     from lingotune.paths import data_root
 
     root = data_root(recipe.data.root)
     texts = [t for rel in recipe.vocab.corpus for t in read_texts(root / rel if root else rel)] or built.text
-    return vocab.adapt(recipe.vocab, tok, recipe.language, texts)
+    new_tok, report = vocab.adapt(recipe.vocab, tok, recipe.language, texts)
+    if recipe.model.chat_tokens == "chatml":  # ChatML's tokens on top (appendix A.6): the same resize path
+        new_tok, chat = vocab.with_chat_tokens(new_tok or tok)
+        report = {**(report or {}), **chat}
+    return new_tok, report
 
 
 def check_method(recipe: Recipe, model) -> None:
@@ -170,18 +191,41 @@ def load(recipe: Recipe, console: Console):
     return model, tok, round(time.perf_counter() - t, 2)
 
 
-def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[str], results: dict,
-                   console: Console) -> None:
-    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts`."""
+def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[dict], results: dict,
+                   console: Console, reference: dict | None = None, tasks: list[str] | None = None) -> None:
+    """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts` (`sample_prompts`).
+    `reference`: the untouched model's results (default: results['evals']['untouched']), which the transfer
+    probe conditions on; `tasks`: only these tasks (and no sample answers)."""
     from lingotune import inference
     from lingotune.eval import evaluate
 
     console.print(f"[bold]eval[/] {label} model …")
-    results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language)
-    samples = results.setdefault("samples", [{"prompt": p} for p in prompts])
-    answers = inference.generate_chat(model, tok, [[{"role": "user", "content": p}] for p in prompts], 48, desc="samples")
+    if reference is None and label != "untouched":
+        reference = results["evals"].get("untouched")
+    results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language,
+                                       reference=reference, tasks=tasks)
+    if tasks is not None:
+        return
+    samples = results.setdefault("samples", [dict(p) for p in prompts])
+    answers = inference.generate_chat(model, tok, [[{"role": "user", "content": s["prompt"]}] for s in samples], 48,
+                                      desc="samples")
     for s, a in zip(samples, answers):
         s[label] = a.strip()
+
+
+def stage_evaluator(recipe: Recipe, tok, run_dir: Path, results: dict, console: Console, reference: dict | None = None):
+    """What `train_method` runs after every stage but the last: rank 0 evaluates the `eval.every_stage` tasks
+    under '<method>-<stage>' (once: a resumed run keeps the earlier result). None when there are none."""
+    if not recipe.eval.every_stage or not distributed.is_main():
+        return None
+
+    def after(model, stage: str) -> None:
+        label = f"{recipe.method.name}-{stage}"
+        if label not in results["evals"]:
+            evaluate_model(model, tok, recipe, run_dir, label, [], results, console, reference,
+                           tasks=recipe.eval.every_stage)
+            files.save_json(run_dir / "results.json", results)
+    return after
 
 
 def restore_stage(model, stage_dir: Path) -> None:
@@ -195,35 +239,44 @@ def restore_stage(model, stage_dir: Path) -> None:
             named[n].copy_(p)
 
 
+def _train_one(model, groups, tok, recipe: Recipe, stage, tokenized: dict, run_dir: Path, results: dict,
+               resume: bool, progress, fingerprint) -> None:
+    stage_dir = run_dir / recipe.method.name / stage.name
+    items, dropped = tokenized[stage.name]
+    res = train_stage(
+        model, groups, items, steps=stage.steps, cfg=recipe.train, seed=recipe.seed,
+        pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=run_dir / "metrics.jsonl",
+        log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
+        row_sparse=stage.row_sparse, loss=stage.loss, fingerprint=fingerprint,
+    )
+    main = distributed.is_main()
+    results["stages"][stage.name] = {
+        **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
+        "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
+        "artefacts": stage.save(model, stage_dir, tok) if main else {}, "complete": True,
+    }
+    if main:
+        files.save_json(run_dir / "results.json", results)
+
+
 def train_method(model, tok, recipe: Recipe, stages: list, tokenized: dict, run_dir: Path, results: dict, *,
-                 resume: bool, console: Console):
-    """Run the stages through the one loop; a stage finished earlier is restored, not redone."""
+                 resume: bool, console: Console, after_stage=None):
+    """Run the stages through the one loop; a stage finished earlier is restored, not redone.
+    `after_stage(model, stage name)` runs after every stage but the last (the `eval.every_stage` tasks)."""
     fingerprint = training_fields(recipe)
     main = distributed.is_main()
-    with progress_bar(console) as bar:
-        progress = bar if main else None
-        for stage in stages:
-            stage_dir = run_dir / recipe.method.name / stage.name
-            torch.manual_seed(recipe.seed)
-            model, groups = stage.setup(model)
-            if results["stages"].get(stage.name, {}).get("complete"):
-                restore_stage(model, stage_dir)
-                console.print(f"[dim]{stage.name}: done earlier, restored[/]")
-                continue
-            items, dropped = tokenized[stage.name]
-            res = train_stage(
-                model, groups, items, steps=stage.steps, cfg=recipe.train, seed=recipe.seed,
-                pad_id=tok.pad_token_id, stage_dir=stage_dir, log_path=run_dir / "metrics.jsonl",
-                log_key={"method": recipe.method.name, "stage": stage.name}, resume=resume, progress=progress,
-                row_sparse=stage.row_sparse, loss=stage.loss, fingerprint=fingerprint,
-            )
-            results["stages"][stage.name] = {
-                **res.to_dict(), **stage.notes, "data": stage.data, "examples": len(items),
-                "dropped_by_truncation": dropped, "loss_on": recipe.train.loss_on,
-                "artefacts": stage.save(model, stage_dir, tok) if main else {}, "complete": True,
-            }
-            if main:
-                files.save_json(run_dir / "results.json", results)
+    for stage in stages:
+        torch.manual_seed(recipe.seed)
+        model, groups = stage.setup(model)
+        if results["stages"].get(stage.name, {}).get("complete"):
+            restore_stage(model, run_dir / recipe.method.name / stage.name)
+            console.print(f"[dim]{stage.name}: done earlier, restored[/]")
+        else:
+            with progress_bar(console) as bar:
+                _train_one(model, groups, tok, recipe, stage, tokenized, run_dir, results, resume,
+                           bar if main else None, fingerprint)
+        if after_stage is not None and stage is not stages[-1]:
+            after_stage(model, stage.name)
     results["train_seconds"] = round(sum(s.get("seconds", 0) for s in results["stages"].values()), 2)
     return model
 
@@ -246,7 +299,7 @@ def check_instruct(recipe: Recipe, model) -> None:
         raise PropagationError("propagate.instruct: its tokenizer has no chat template (is it an instruct model?)")
 
 
-def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: list[str], results: dict,
+def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: list[dict], results: dict,
                             console: Console, do_eval: bool) -> None:
     """LEP step 4: the instruct model with the adapted vocabulary and rows, evaluated beside the instruct model."""
     from lingotune.propagate import propagate, save_propagation
@@ -312,7 +365,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
     results.update(data=built.report, model_load_seconds=load_seconds)
     torch.manual_seed(recipe.seed)
 
-    prompts = sample_prompts(built, recipe.output.sample_prompts)
+    prompts = sample_prompts(recipe, built) if do_eval else []
     if main and do_eval and "untouched" not in results["evals"]:  # evaluation: rank 0 alone
         evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
         files.save_json(run_dir / "results.json", results)
@@ -326,7 +379,8 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
         if main:
             with files.atomic_dir(run_dir / "tokenizer") as tmp:
                 tok.save_pretrained(tmp)
-    model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console)
+    model = train_method(model, tok, recipe, stages, tokenized, run_dir, results, resume=resume, console=console,
+                         after_stage=stage_evaluator(recipe, tok, run_dir, results, console) if do_eval else None)
 
     if main:
         finish(model, tok, recipe, run_dir, prompts, results, console, do_eval=do_eval and only_stage is None,
@@ -348,7 +402,7 @@ def start_processes(recipe: Recipe) -> int:
     return accelerator_for(recipe.train.precision).num_processes
 
 
-def finish(model, tok, recipe: Recipe, run_dir: Path, prompts: list[str], results: dict, console: Console, *,
+def finish(model, tok, recipe: Recipe, run_dir: Path, prompts: list[dict], results: dict, console: Console, *,
            do_eval: bool, propagate: bool, t_start: float) -> None:
     """Rank 0, after training: evaluate the adapted model, propagate, write results.json and report.md."""
     if do_eval:

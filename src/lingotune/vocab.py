@@ -393,20 +393,59 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
     one id to the mean of the old rows that spell it (`piece_map`), separately for the input
     embeddings and an untied output head; a tied model's one matrix is set once. Returns counts.
 
-    Rows whose token maps to exactly its own old id keep their values (all old tokens of `extend`).
-    A token the old tokenizer cannot spell at all keeps transformers' initialisation (counted).
+    The old ids' rows keep their values (`extend` and `with_chat_tokens` keep every old id; an old token
+    the old model itself segments into other pieces, as 260 of Gemma-3's do, is not re-initialised).
+    A special token new to the vocabulary (ChatML's, `with_chat_tokens`) starts as the mean of all the
+    old tokens' rows. Any other token the old tokenizer cannot spell keeps transformers' initialisation
+    (counted). The matrix never shrinks (a model may hold more rows than its tokenizer has tokens).
     """
     pieces = piece_map(new_tok, old_tok)
+    old_specials = _special_ids(old_tok)
+    new_specials = sorted(i for t, i in _special_ids(new_tok).items() if t not in old_specials)
     inp = model.get_input_embeddings().weight.detach().clone()
     head = model.get_output_embeddings()
     tied = head is None or head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     old_head = None if tied else head.weight.detach().clone()
-    model.resize_token_embeddings(len(new_tok), mean_resizing=False)
-    todo = [(i, p) for i, p in enumerate(pieces) if p and p != [i]]
+    rows = max(len(new_tok), inp.shape[0])
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    n_old = min(len(old_tok), inp.shape[0])
+    todo = [(i, p) for i, p in enumerate(pieces) if i >= n_old and p and p != [i]]
     targets = [(model.get_input_embeddings().weight, inp)] + ([] if tied else [(model.get_output_embeddings().weight, old_head)])
     for weight, old in targets:
         for i, p in todo:
             weight[i] = old[p].mean(0).to(weight.dtype)
-    model.config.vocab_size = len(new_tok)
-    return {"rows": len(pieces), "set_to_mean": len(todo), "unspellable": sum(1 for p in pieces if not p),
-            "tied": tied}
+        for i in new_specials:
+            weight[i] = old[:n_old].mean(0).to(weight.dtype)
+    model.config.vocab_size = rows
+    return {"rows": len(pieces), "set_to_mean": len(todo), "new_special_tokens": len(new_specials),
+            "unspellable": sum(1 for i, p in enumerate(pieces) if not p and i not in new_specials), "tied": tied}
+
+
+# ----------------------------------------------------------------------------- ChatML for base models
+
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def with_chat_tokens(tok):
+    """(a copy of `tok` with ChatML, report): `<|im_start|>` and `<|im_end|>` added as special tokens where
+    it does not hold them as one token each, and ChatML's chat template, unless its own template already
+    is ChatML (uses `<|im_start|>`). The caller resizes the model (`init_new_rows`: new rows start at the
+    mean of the old rows), as for an extended vocabulary (paper appendix A.6)."""
+    import copy
+
+    new = copy.deepcopy(tok)
+    vocab = tok.get_vocab()
+    missing = [t for t in CHATML_TOKENS if tok(t, add_special_tokens=False)["input_ids"] != [vocab.get(t)]]
+    if missing:
+        new.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    own = not tok.init_kwargs.get("lingotune_fallback_template") and "<|im_start|>" in (tok.chat_template or "")
+    if not own:
+        new.chat_template = CHATML_TEMPLATE
+        new.init_kwargs.pop("lingotune_fallback_template", None)
+    return new, {"chat_tokens": "chatml", "added": missing, "template": "own" if own else "chatml"}

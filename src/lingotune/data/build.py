@@ -35,6 +35,11 @@ class BuiltData:
     text: list[str] = field(default_factory=list)  # plain target-language text (sources used as `text`)
     prefs: list[PrefRecord] = field(default_factory=list)  # preference pairs (sources of format prefs)
 
+    def texts(self) -> list[str]:
+        """Every text training may see: each message of stage1 and stage2, the plain text, each pair's sides."""
+        out = [m["content"] for ex in self.stage1 + self.stage2 for m in ex.messages]
+        return out + self.text + [t for p in self.prefs for t in (p.prompt, p.chosen, p.rejected, p.system) if t]
+
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         from lingotune.files import atomic_write_text, save_json
 
@@ -72,15 +77,15 @@ def load_source(spec: SourceSpec, lang: str, root: Path | None, seed: int = 0) -
     if fmt in SINGLE:
         rlang = spec.lang or lang
         if fmt == "hub":
-            recs = formats.read_hub(spec.path, "auto", rlang, spec.split, lim, spec.id_field)
+            recs = formats.read_hub(spec.hub_spec(), "auto", rlang, limit=lim, id_field=spec.id_field)
         elif fmt == "hf_disk":
             recs = formats.read_hf_disk(_resolve(root, spec.path), "auto", rlang, spec.split, lim, spec.id_field)
         else:
             recs = formats.read_file(_resolve(root, spec.path), fmt, rlang, lim, spec.id_field, spec.all_turns)
         return [], recs
     if fmt == "paired":
-        pairs = sources.read_paired(_resolve(root, spec.en), _resolve(root, spec.target), lang, spec.align,
-                                    spec.id_field, "auto", spec.mode, lim)
+        pairs = sources.read_paired(spec.en_hub or _resolve(root, spec.en), spec.target_hub or _resolve(root, spec.target),
+                                    lang, spec.align, spec.id_field, "auto", spec.mode, lim)
     elif fmt == "parallel_text":
         pairs = sources.read_parallel_text(_resolve(root, spec.en), _resolve(root, spec.target), lang, lim)
     else:
@@ -112,7 +117,7 @@ def _check_source(i: int, spec: SourceSpec, pairs: list, recs: list[Record], lan
     translation = spec.format in TRANSLATION_FORMATS or spec.mode == "translate"
     opts = dict(script_check=ck.script_check, threshold=ck.script_threshold, min_letters=ck.min_letters,
                 strict=ck.strict, drop_duplicates=ck.drop_duplicates)
-    entry = {"index": i, "format": spec.format, "path": spec.path or spec.target or "", "use": spec.uses,
+    entry = {"index": i, "format": spec.format, "path": spec.where(), "use": spec.uses,
              "pairs_read": len(pairs), "stage2_read": len(recs)}
     rep = ValidationReport()
     loaded = recs

@@ -89,7 +89,8 @@ def _print_report(report: dict) -> None:
 @app.command()
 @user_errors
 def translate(
-    input: Path = typer.Argument(..., help="English records: alpaca/openorca/sharegpt/prompt_completion JSON or JSONL."),
+    input: Optional[Path] = typer.Argument(None, help="English records: alpaca/openorca/sharegpt/prompt_completion "
+                                           "JSON or JSONL (or give --hub)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (id, prompt, completion, system), pairs with the "
                              "input by id (format paired, align id) or by position."),
     to: str = typer.Option(..., "--to", help="Target language."),
@@ -103,14 +104,32 @@ def translate(
     batch_size: int = typer.Option(8, min=1, help="Texts per backend call."),
     limit: Optional[int] = typer.Option(None, min=1, help="Translate at most this many records."),
     device: str = typer.Option("cpu", help="seq2seq/causal: torch device."),
+    hub: Optional[str] = typer.Option(None, "--hub", help="Read a hub dataset instead of INPUT: its id, or a local "
+                                      "folder in the hub's layout (needs `datasets`)."),
+    hub_config: Optional[str] = typer.Option(None, "--hub-config", help="--hub: the config (subset) name."),
+    hub_split: str = typer.Option("train", "--hub-split", help="--hub: the split."),
+    hub_revision: Optional[str] = typer.Option(None, "--hub-revision", help="--hub: the git revision."),
+    columns: list[str] = typer.Option([], "--column", help="--hub: rename a column, HUB_NAME=FIELD (e.g. "
+                                      "question=instruction). Repeatable."),
 ):
     """Translate English records (resumable: an interrupted job does not redo finished items)."""
     from lingotune.data import formats
     from lingotune.data import translate as tr
+    from lingotune.hub import HubSpec
     from lingotune.languages import get_language
 
     get_language(to), get_language(src)
-    records = formats.read_file(input, "auto", src, limit)
+    if (input is None) == (hub is None):
+        raise UserError("give either INPUT (a file) or --hub (a hub dataset), not both or neither")
+    if hub is not None:
+        bad = [c for c in columns if "=" not in c]
+        if bad:
+            raise UserError(f"option '--column': {bad[0]!r} is not HUB_NAME=FIELD")
+        spec = HubSpec(path=hub, name=hub_config, split=hub_split, revision=hub_revision,
+                       columns=dict(c.split("=", 1) for c in columns))
+        records = formats.read_hub(spec, "auto", src, limit=limit)
+    else:
+        records = formats.read_file(input, "auto", src, limit)
     for i, r in enumerate(records):
         if r.id is None:
             r.id = str(i)

@@ -11,6 +11,12 @@
           en: my/alpaca_en.json
           target: my/alpaca_ru.jsonl
           align: id
+        - format: paired         # both sides from the hub: one dataset's en and ru configs, joined on `id`
+          en_hub: {path: org/parallel, name: en, split: train}
+          target_hub: {path: org/parallel, name: ru, split: train}
+          align: id
+        - format: hub            # target-language instructions from the hub (stage 2)
+          hub: {path: org/alpaca-ru, split: train, columns: {question: instruction, answer: output}}
       pairs: {instruction: en, both_share: 1.0}
       max_stage1: null
       checks: {script_check: true, leakage_check: true}
@@ -27,6 +33,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lingotune.hub import HubSpec
 
 
 Format = Literal["starter", "alpaca", "openorca", "sharegpt", "prompt_completion", "parallel_text", "hf_disk", "hub",
@@ -60,6 +68,11 @@ class SourceSpec(Strict):
                              "e.g. ./runs/prefs_ko/labels.jsonl). Shared sets default to their folder under the root.")
     en: str | None = Field(None, description="paired / parallel_text: the English file.")
     target: str | None = Field(None, description="paired / parallel_text: the target-language file.")
+    hub: HubSpec | None = Field(None, description="format hub: the dataset as {path, name, split, revision, columns, "
+                                "values} (instead of 'path' and 'split'); path may be a local folder in the hub's layout.")
+    en_hub: HubSpec | None = Field(None, description="paired: the English side from a hub dataset (instead of 'en').")
+    target_hub: HubSpec | None = Field(None, description="paired: the target side from a hub dataset (instead of "
+                                       "'target'), e.g. the same dataset's other config, joined by align: id.")
     lang: str | None = Field(None, description="Single-file formats and prefs: the language the file is written "
                              "in (default: the recipe's language).")
     align: Literal["index", "id"] = Field("index", description="paired: align records by position or by `id_field`.")
@@ -80,19 +93,33 @@ class SourceSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.format in SINGLE and not self.path:
-            raise ValueError(f"format {self.format} needs 'path'")
+        if self.hub and self.format != "hub":
+            raise ValueError(f"'hub' is for format hub (format {self.format}: 'en_hub'/'target_hub' for paired)")
+        if (self.en_hub or self.target_hub) and self.format != "paired":
+            raise ValueError("'en_hub' and 'target_hub' are for format paired")
+        if self.format in SINGLE and not (self.path or self.hub):
+            raise ValueError(f"format {self.format} needs 'path'" + (" or 'hub'" if self.format == "hub" else ""))
         if self.format in SINGLE and self.use in ("pairs", "both"):
             raise ValueError(f"format {self.format} has no English side, so use must be 'stage2' "
                              f"(for pairs use format 'paired' with a translation, see `lingotune data translate`)")
-        if self.format in TWO_FILES and not (self.en and self.target):
-            raise ValueError(f"format {self.format} needs 'en' and 'target' files")
+        if self.format in TWO_FILES and not ((self.en or self.en_hub) and (self.target or self.target_hub)):
+            raise ValueError(f"format {self.format} needs 'en' and 'target' files" +
+                             (" (or 'en_hub' and 'target_hub')" if self.format == "paired" else ""))
         if self.format == "text" and (not self.path or self.use not in (None, "text")):
             raise ValueError("format text needs 'path' and is used as text only")
         is_prefs = self.format == "prefs"
         if is_prefs != (self.uses == "prefs") or (is_prefs and not self.path):
             raise ValueError("format prefs needs 'path' and is used as prefs only (and only format prefs is)")
         return self
+
+    def hub_spec(self) -> HubSpec:
+        """format hub: `hub`, or `path` and `split`."""
+        return self.hub or HubSpec(path=self.path, split=self.split)
+
+    def where(self) -> str:
+        """The source's file, folder or hub dataset, for reports."""
+        side = self.hub or self.target_hub
+        return side.label() if side else self.path or self.target or ""
 
     @property
     def uses(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lingotune.data.records import DataError, Example, PrefRecord, Record
+from lingotune.hub import HubError, HubSpec, load_rows
 
 FORMATS = ("alpaca", "openorca", "sharegpt", "prompt_completion")
 
@@ -294,16 +295,29 @@ def read_hf_disk(path: str | Path, fmt: str = "auto", lang: str = "en", split: s
     return records_from_rows(_hf_rows(ds, str(path)), fmt, lang, limit, id_field)
 
 
-def read_hub(name: str, fmt: str = "auto", lang: str = "en", split: str = "train", limit: int | None = None,
-             id_field: str | None = "id", config: str | None = None) -> list[Record]:
-    """Records of a dataset on the Hugging Face hub (needs a network and `datasets`)."""
-    datasets = _datasets()
-    sl = f"{split}[:{limit}]" if limit else split
+def read_hub(spec: HubSpec | str, fmt: str = "auto", lang: str = "en", split: str = "train",
+             limit: int | None = None, id_field: str | None = "id") -> list[Record]:
+    """Records of a hub dataset (a HubSpec, or an id read with `split`), or of a local folder in its layout."""
+    if not isinstance(spec, HubSpec):
+        spec = HubSpec(path=spec, split=split)
+    return records_from_rows(source_rows(spec, limit), fmt, lang, limit, id_field)
+
+
+def source_rows(source, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(where, row) of a JSON/JSONL file, or of a hub dataset (a `lingotune.hub.HubSpec`; where =
+    "hub:<id>:<config>/<split>:<row>"); a hub that cannot be read is a DataError naming the dataset."""
+    if not isinstance(source, HubSpec):
+        return iter_rows(source)
     try:
-        ds = datasets.load_dataset(name, config, split=sl)
-    except Exception as e:  # the hub raises many types; the user needs one line
-        raise DataError(f"hub dataset {name!r}: cannot load ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return records_from_rows(_hf_rows(ds, f"hub:{name}"), fmt, lang, limit, id_field)
+        rows = load_rows(source, limit)
+    except HubError as e:
+        raise DataError(str(e)) from None
+    return ((f"hub:{source.label()}:{i}", r) for i, r in enumerate(rows, 1))
+
+
+def source_name(source) -> str:
+    """A file's path or a hub dataset's label, for messages."""
+    return source.label() if isinstance(source, HubSpec) else str(source)
 
 
 # --------------------------------------------------------------------------------------------- examples

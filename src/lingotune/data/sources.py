@@ -37,7 +37,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lingotune.data.formats import field, iter_rows, read_file, read_text
+from lingotune.data.formats import (field, iter_rows, read_text, records_from_rows, source_name,
+                                    source_rows)
 from lingotune.data.records import DataError, Record
 from lingotune.languages import get_language
 
@@ -104,9 +105,11 @@ def read_parallel_text(en_path: str | Path, tgt_path: str | Path, lang: str, lim
     return _limit(pairs, limit)
 
 
-def read_paired(en_path: str | Path, tgt_path: str | Path, lang: str, align: str = "index", id_field: str = "id",
+def read_paired(en_path, tgt_path, lang: str, align: str = "index", id_field: str = "id",
                 fmt: str = "auto", mode: str = "qa", limit: int | None = None) -> list[Pair]:
-    """An English file and its translation, aligned by position ("index") or by `id_field` ("id")."""
+    """An English side and its translation, aligned by position ("index") or by `id_field` ("id"). Each side
+    is a file or a hub dataset (`lingotune.hub.HubSpec`, e.g. one dataset's `en` and `ru` configs); aligned
+    by id, a target record whose id has no English record is a DataError naming the field."""
     _check_mode(mode)
     if align not in ("index", "id"):
         raise DataError(f"field 'align' must be 'index' or 'id', got {align!r}")
@@ -114,11 +117,12 @@ def read_paired(en_path: str | Path, tgt_path: str | Path, lang: str, align: str
         en = _prompt_only(en_path, "en", id_field)
         tgt = _prompt_only(tgt_path, lang, id_field)
     else:
-        en = read_file(en_path, fmt, "en", id_field=id_field)
-        tgt = read_file(tgt_path, fmt, lang, id_field=id_field)
+        en = records_from_rows(source_rows(en_path), fmt, "en", id_field=id_field)
+        tgt = records_from_rows(source_rows(tgt_path), fmt, lang, id_field=id_field)
+    en_name, tgt_name = source_name(en_path), source_name(tgt_path)
     if align == "index":
         if len(en) != len(tgt):
-            raise DataError(f"{tgt_path}: {len(tgt)} records but {en_path} has {len(en)}; align by 'id' or fix the files")
+            raise DataError(f"{tgt_name}: {len(tgt)} records but {en_name} has {len(en)}; align by 'id' or fix the files")
         pairs = list(zip(en, tgt))
     else:
         by_id = {}
@@ -130,17 +134,19 @@ def read_paired(en_path: str | Path, tgt_path: str | Path, lang: str, align: str
         for t in tgt:
             if t.id is None:
                 raise DataError(f"{t.source}: field '{id_field}' is missing (needed for align: id)")
-            if t.id in by_id:
-                pairs.append((by_id[t.id], t))
+            if t.id not in by_id:
+                raise DataError(f"{t.source}: field '{id_field}' {t.id!r} has no record in {en_name}; the sides do "
+                                f"not share ids")
+            pairs.append((by_id[t.id], t))
     if mode == "translate":
         pairs = as_translation(pairs, lang)
     return _limit(pairs, limit)
 
 
-def _prompt_only(path, lang: str, id_field: str) -> list[Record]:
+def _prompt_only(source, lang: str, id_field: str) -> list[Record]:
     """Records from rows that may have only a prompt (HPLT test prompts): prompt/instruction/question."""
     out = []
-    for where, obj in iter_rows(path):
+    for where, obj in source_rows(source):
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         key = next((k for k in ("prompt", "instruction", "question") if k in obj), "prompt")
@@ -159,7 +165,19 @@ def read_xquad(directory: str | Path, lang: str, limit: int | None = None) -> li
     return _limit(pairs, limit)
 
 
-def _squad(path: Path, lang: str) -> dict[str, Record]:
+def xquad_transfer_rows(directory: str | Path, lang: str) -> list[dict]:
+    """XQuAD as rows of the transfer probe (lingotune.eval.transfer): {id, context_en, context, question_en,
+    question, answers_en, answers}, the questions carrying their passage ("<Passage>: ...\n\n<Question>: ..."
+    in each language), paired by `qas[].id`."""
+    directory = Path(directory)
+    en = _squad(_need(directory / "xquad.en.json"), "en", with_context=True)
+    tgt = _squad(_need(directory / f"xquad.{lang}.json"), lang, with_context=True)
+    return [{"id": k, "context_en": en[k][1], "context": t[1], "question_en": en[k][0].prompt, "question": t[0].prompt,
+             "answers_en": [en[k][0].response], "answers": [t[0].response]} for k, t in tgt.items() if k in en]
+
+
+def _squad(path: Path, lang: str, with_context: bool = False) -> dict:
+    """qas id -> Record (passage + question, the first answer), or (Record, passage) `with_context`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
@@ -179,7 +197,8 @@ def _squad(path: Path, lang: str) -> dict[str, Record]:
                     continue
                 text = field(answers[0], "text", f"{where}.qas[{qid}].answers[0]").strip()
                 prompt = f"{passage_l}: {context}\n\n{question_l}: {field(q, 'question', where).strip()}"
-                out[qid] = Record(prompt, text, None, qid, lang, f"{path}:{qid}")
+                rec = Record(prompt, text, None, qid, lang, f"{path}:{qid}")
+                out[qid] = (rec, context) if with_context else rec
     return out
 
 

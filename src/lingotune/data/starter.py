@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -311,3 +312,75 @@ def write(data: StarterData, out_dir: str | Path) -> dict[str, Path]:
         paths[name] = atomic_write_text(out / f"{name}.jsonl",
                                         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return paths
+
+
+# ------------------------------------------------------------------ items of the knowledge-transfer probe
+
+PROBE_KINDS = ("currency", "language", "city")
+N_SUMS = 40
+MAX_SHARED = 2
+
+
+def _probe_words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.casefold())
+
+
+def accepted_answers(value: dict, others: list[dict], entity: dict, lang: str) -> list[str]:
+    """What counts as naming `value` in `lang`: its whole name, and each word of it (of 3+ letters) that at most
+    `MAX_SHARED` other values of the same kind also have and that is not a word of the entity's name ("yen" of
+    "Japanese yen", "dirham" of "UAE dirham"; not "dollar", which twenty currencies share)."""
+    counts: dict[str, int] = {}
+    for o in others:
+        if o[lang] != value[lang]:
+            for w in set(_probe_words(o[lang])):
+                counts[w] = counts.get(w, 0) + 1
+    own = set(_probe_words(entity[lang]))
+    words = [w for w in _probe_words(value[lang]) if len(w) >= 3 and counts.get(w, 0) <= MAX_SHARED and w not in own]
+    return list(dict.fromkeys([value[lang].casefold()] + words))
+
+
+def transfer_items(lang: str, heldout_fraction: float = 0.2) -> list[dict]:
+    """The probe's items, the same questions in English and in `lang` (lingotune.eval.transfer):
+    - one per held-out CLDR fact (`is_heldout`, the starter data's split, so never a training fact) of the
+      kinds in `PROBE_KINDS`, asked with the kind's first `starter_qa` question;
+    - `N_SUMS` sums of two numbers written in words (num2words), answered by the number in digits or words.
+    Rows {id, kind, question_en, question, answers_en, answers, echo_free}, in an order mixed by a hash of the id (so a
+    `limit` keeps every kind)."""
+    starter_language(lang)
+    target, en = get_language(lang), get_language("en")
+    target.require("probe_sum", DataError, "the transfer probe")
+    facts = list(all_facts(lang))
+    values: dict[str, list[dict]] = {}
+    for f in facts:
+        values.setdefault(f.kind, []).append(f.value)
+    rows = []
+    for f in facts:
+        if f.kind not in PROBE_KINDS or not is_heldout(f.id, heldout_fraction):
+            continue
+        q_en, q = en.starter_qa[f.kind][0][0], target.starter_qa[f.kind][0][0]
+        rows.append({"id": f"probe:{f.id}", "kind": f.kind,
+                     "question_en": _fill(q_en, f.entity["en"], f.value["en"]),
+                     "question": _fill(q, f.entity[lang], f.value[lang]),
+                     "answers_en": accepted_answers(f.value, values[f.kind], f.entity, "en"),
+                     "answers": accepted_answers(f.value, values[f.kind], f.entity, lang), "echo_free": True})
+    rows += _sum_items(lang)
+    return sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+
+
+def _sum_items(lang: str) -> list[dict]:
+    from num2words import num2words
+
+    codes = {c: get_language(c).require("num2words", DataError, "the transfer probe") for c in ("en", lang)}
+    rng = random.Random("probe-sums")
+    pairs = sorted({(rng.randint(2, 20), rng.randint(2, 20)) for _ in range(4 * N_SUMS)})
+    rng.shuffle(pairs)
+    rows = []
+    for a, b in sorted(pairs[:N_SUMS]):
+        words = {c: (num2words(a, lang=code), num2words(b, lang=code), num2words(a + b, lang=code))
+                 for c, code in codes.items()}
+        rows.append({"id": f"probe:sum:{a}+{b}", "kind": "sum",
+                     "question_en": get_language("en").probe_sum.format(a=words["en"][0], b=words["en"][1]),
+                     "question": get_language(lang).probe_sum.format(a=words[lang][0], b=words[lang][1]),
+                     "answers_en": [str(a + b), words["en"][2]], "answers": [str(a + b), words[lang][2]],
+                     "echo_free": False})
+    return rows

@@ -16,6 +16,11 @@ class EvalConfig(BaseModel):
         default_factory=list,
         description="Task names (files in lingotune/eval/tasks) or paths to task YAML files; empty = the default suite of the run's language.",
     )
+    every_stage: list[str] = Field(
+        default_factory=list,
+        description="Tasks also evaluated after every stage but the last (label '<method>-<stage>', e.g. "
+        "dpart-stage1), to see what each stage moves; list them in `tasks` too, so the untouched model has them.",
+    )
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many examples per task (None = all).")
     limits: dict[str, int] = Field(
         default_factory=dict,

@@ -25,12 +25,15 @@ KIND_METRICS: dict[str, dict[str, bool]] = {
     "translation": {"chrf++": True, "bleu": True, "comet": True},
     "perplexity": {"bits_per_char": False, "perplexity": False, "nll_per_token": False},
     "copy": {"len": True, "lcs": True},
+    "transfer": {"transfer": True, "transfer_gain": True, "accuracy": True, "accuracy_en": True, "lang_share": True},
+    "alignment": {"cos_dist": False, "l2_dist": False, "cos_margin": True, "l2_margin": True, "cos_dist_change": False},
 }
 # the primary metric when a task file declares none
 DEFAULT_PRIMARY = {"yesno": "accuracy", "multiple_choice": "accuracy", "translation": "chrf++",
-                   "perplexity": "bits_per_char", "copy": "lcs"}
+                   "perplexity": "bits_per_char", "copy": "lcs", "transfer": "transfer", "alignment": "cos_margin"}
 # the per-example record field holding each example's correctness, where a metric has one
-PER_EXAMPLE = {("yesno", "accuracy"): "correct", ("multiple_choice", "accuracy"): "correct", ("copy", "lcs"): "lcs"}
+PER_EXAMPLE = {("yesno", "accuracy"): "correct", ("multiple_choice", "accuracy"): "correct", ("copy", "lcs"): "lcs",
+               ("transfer", "transfer"): "transferred", ("transfer", "accuracy"): "correct"}
 # scoring modes that rename a kind's metrics (and their per-example field): mode -> infix
 MODES = {"yesno": {"generate": "", "loglik": "_ll"}}
 

@@ -16,12 +16,13 @@ from pathlib import Path
 from rich.console import Console
 
 from lingotune.eval.config import EvalConfig
-from lingotune.eval.copy import run_copy
-from lingotune.eval.multiple_choice import run_multiple_choice
+from lingotune.eval.copy import build_messages as copy_messages, run_copy
+from lingotune.eval.multiple_choice import mc_context, run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
-from lingotune.eval.translation import run_translation
-from lingotune.eval.yesno import run_yesno
+from lingotune.eval.transfer import run_alignment, run_transfer
+from lingotune.eval.translation import build_messages as translation_messages, run_translation
+from lingotune.eval.yesno import run_yesno, user_prompt as yesno_prompt
 from lingotune.paths import data_root
 from lingotune.files import atomic_write_text, safe_name, save_json
 
@@ -39,8 +40,10 @@ def _clean(v):
     return v
 
 
-def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str) -> tuple[dict, list[dict]]:
-    """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent."""
+def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str,
+             reference: dict | None = None) -> tuple[dict, list[dict]]:
+    """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent.
+    `reference`: the untouched model's result of this task (a transfer task scores the items it knew)."""
     task_lang = spec.lang or lang
     limit = cfg.limits.get(spec.name, cfg.limit)
     if limit is None and spec.kind == "perplexity":
@@ -53,8 +56,12 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
         records, metrics, cis = run_perplexity(model, tok, spec, rows, cfg)
     elif spec.kind == "copy":
         records, metrics, cis = run_copy(model, tok, spec, rows, cfg, task_lang)
+    elif spec.kind == "transfer":
+        records, metrics, cis = run_transfer(model, tok, spec, rows, task_lang, cfg, reference)
+    elif spec.kind == "alignment":
+        records, metrics, cis = run_alignment(model, tok, spec, rows, task_lang, cfg, reference)
     else:
-        shots = cfg.shots if cfg.shots is not None and spec.train_file else spec.shots
+        shots = cfg.shots if cfg.shots is not None and (spec.train_file or spec.hub_train_split) else spec.shots
         train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
         if any(k > 0 for k in shots) and not train:
             raise FileNotFoundError(f"task {spec.name}: k-shot needs a train_file")
@@ -70,15 +77,17 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
 
 
 def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, label: str = "model",
-             lang: str = "ru") -> dict:
-    """Run `cfg.tasks` (or the default suite of `lang`) and return {task: {metric: value, "ci", "metrics", "n", "seconds", "skipped"}}.
+             lang: str = "ru", reference: dict | None = None, tasks: list[str] | None = None) -> dict:
+    """Run `cfg.tasks` (or the default suite of `lang`; or `tasks`) and return {task: {metric: value, "ci",
+    "metrics", "n", "seconds", "skipped"}}. `reference`: the untouched model's results (transfer tasks score
+    every model on the items the untouched model answers correctly in English).
 
     A task whose data is missing is skipped with its reason in "skipped"; an unknown task name or
     a bad task file raises ValueError before anything runs.
     """
     safe_name(label, "evaluation label")
     root = data_root(cfg.data_root)
-    names = cfg.task_names(lang)
+    names = cfg.task_names(lang) if tasks is None else tasks
     specs = [load_task(n) for n in names]
     results: dict[str, dict] = {}
     folder = Path(out_dir) / label if out_dir is not None else None
@@ -87,7 +96,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
     for spec in specs:
         t0 = time.perf_counter()
         try:
-            result, records = run_task(model, tokenizer, spec, cfg, root, lang)
+            result, records = run_task(model, tokenizer, spec, cfg, root, lang, (reference or {}).get(spec.name))
             result["skipped"] = None
         except (FileNotFoundError, ImportError) as e:
             reason = str(e) if isinstance(e, FileNotFoundError) else f"cannot import {e.name or e} ({e})"
@@ -113,5 +122,43 @@ def leakage_texts(cfg: EvalConfig, lang: str, root: Path | None) -> list[str]:
             rows = load_examples(spec, root, spec.lang or lang)
         except (OSError, ValueError):
             continue
-        texts += [v for r in rows for v in r.values() if isinstance(v, str)]
+        texts += [t for r in rows for t in row_texts(r)]
     return texts
+
+
+def row_texts(row: dict) -> list[str]:
+    """An example's texts (its string fields), as the leakage check sees them."""
+    return [v for v in row.values() if isinstance(v, str)]
+
+
+def question(spec: TaskSpec, row: dict, lang: str, seed: int) -> str | None:
+    """The user prompt a task puts to the model for one example (0-shot); None for perplexity tasks, which ask
+    nothing."""
+    if spec.kind == "yesno":
+        return yesno_prompt(spec, row, lang, seed)
+    if spec.kind == "multiple_choice":
+        return mc_context(spec, row, lang)
+    if spec.kind == "translation":
+        return translation_messages(spec, row)[-1]["content"]
+    if spec.kind == "copy":
+        return copy_messages(spec, row, lang)[-1]["content"]
+    return None
+
+
+def sample_questions(cfg: EvalConfig, lang: str, root: Path | None, limit: int) -> list[dict]:
+    """Up to `limit` questions of the evaluated examples of `cfg`'s tasks, taken in turn from each task that
+    asks something (in file order within a task): {"prompt", "source": "<task>, example <id>", "texts": the
+    example's texts}. Tasks whose data is absent contribute nothing."""
+    per_task = []
+    for name in cfg.task_names(lang):
+        spec = load_task(name)
+        task_lang = spec.lang or lang
+        try:
+            rows = load_examples(spec, root, task_lang, cfg.limits.get(spec.name, cfg.limit), cfg.sample, cfg.seed)
+            asked = [(q, r) for r in rows if (q := question(spec, r, task_lang, cfg.seed))]
+        except (OSError, ValueError, ImportError):
+            continue
+        per_task.append([{"prompt": q, "source": f"{spec.name}, example {r['id']}", "texts": row_texts(r)}
+                         for q, r in asked])
+    out = [t[i] for i in range(max(map(len, per_task), default=0)) for t in per_task if i < len(t)]
+    return out[:limit]

@@ -1,7 +1,13 @@
 """Evaluation tasks described as data: one small YAML file per task.
 
-A task file names its data (files relative to the data root), how to read it, the prompt
-template(s), the label field and how labels map to answers. The built-in tasks live in
+A task file names its data (files relative to the data root, and/or its public copy on the Hugging Face
+hub: `hub: {path, name, split, revision, columns, values}`, see `lingotune.hub`), how to read it, the prompt
+template(s), the label field and how labels map to answers.
+
+Where rows come from: the task's file under the data root when it is there, else its `hub:` copy, else the
+task is skipped with one line that says both why and how to get the data (`FileNotFoundError`). Rows from
+the hub are given the file's field names and values by `columns`/`values`, so everything after reading is
+the same for both. The built-in tasks live in
 `lingotune/eval/tasks/*.yaml`; a user's file is loaded by path (`--tasks my.yaml`).
 
 Templates: Python `str.format` with the row's field names (`{passage}`), or Jinja when the
@@ -24,6 +30,7 @@ from lingotune.data.records import DataError
 from lingotune.eval.declared import MetricSpec, check_metrics, describe
 from lingotune.errors import pydantic_line
 from lingotune.files import FileFormatError, read_yaml, safe_name
+from lingotune.hub import HubError, HubSpec, load_rows
 from lingotune.languages import get_language
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -49,14 +56,25 @@ class TaskSpec(BaseModel):
 
     name: str = Field(description="Task name: the key in results and the file stem of its outputs.")
     lang: str | None = Field(None, description="Language of the task (ISO code); null = the run's language.")
-    kind: Literal["yesno", "translation", "perplexity", "multiple_choice", "copy"] = Field(description="How the task is scored.")
+    kind: Literal["yesno", "translation", "perplexity", "multiple_choice", "copy", "transfer", "alignment"] = Field(
+        description="How the task is scored (transfer, alignment: lingotune.eval.transfer).")
     description: str = Field("", description="One line on what the task is and where it comes from.")
-    format: Literal["jsonl", "tsv", "lines", "parallel", "starter"] = Field(
+    format: Literal["jsonl", "tsv", "lines", "parallel", "starter", "starter_transfer", "xquad"] = Field(
         description="Reader: jsonl (one object a line), tsv (with a header), lines (one text a line), "
-        "parallel (two line-aligned files), starter (lingotune.data.starter held-out questions)."
+        "parallel (two line-aligned files), starter (lingotune.data.starter held-out questions), starter_transfer "
+        "(the transfer probe's own items: held-out CLDR facts and sums, in English and the run's language), xquad "
+        "(`file` is a folder with xquad.en.json and xquad.<lang>.json: passage + question in both languages)."
     )
     file: str | None = Field(None, description="Data file relative to the data root (the source side for `parallel`).")
     target_file: str | None = Field(None, description="`parallel` only: the line-aligned target-side file.")
+    hub: HubSpec | None = Field(None, description="The data's copy on the Hugging Face hub (or a local folder in the "
+                                "hub's layout), read when `file` is not under the data root: {path, name, split, "
+                                "revision, columns, values}. `lines` reads field 'text'; `parallel` reads fields "
+                                "'source' and 'target', or 'text' of `hub` and of `target_hub`.")
+    target_hub: HubSpec | None = Field(None, description="`parallel` only: the target side as another hub split "
+                                       "(e.g. another config), aligned with `hub` by position; ids must agree.")
+    hub_train_split: str | None = Field(None, description="Split of `hub` the k-shot demonstrations come from when "
+                                        "`train_file` is not under the data root (e.g. 'train').")
     group_lines: int | None = Field(
         None, ge=2, description="`lines` only: one row per `group_lines` consecutive non-blank lines joined by a space "
         "(paragraphs; the last row holds the remainder); null = one row a line."
@@ -68,7 +86,13 @@ class TaskSpec(BaseModel):
         None, description="Keep one half of a set that has no official split: rows whose sha256(carve_key fields) "
         "starts with an even 32-bit number are 'dev', odd ones 'test'."
     )
-    carve_key: list[str] = Field(default_factory=list, description="Fields hashed by `carve`.")
+    carve_key: list[str] = Field(default_factory=list, description="Fields hashed by `carve` and `keep_fraction`.")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="Keep only rows whose sha256(carve_key fields), read as a fraction of 2^32, is "
+        "below this (a stable held-out share, e.g. the XQuAD paragraphs the probe keeps out of training)."
+    )
+    max_new_tokens: int | None = Field(None, ge=1, le=512, description="transfer: tokens generated per answer "
+                                       "(null = the evaluation's max_new_tokens).")
     system: str | None = Field(None, description="System prompt (template); null = the chat template's default.")
     prompts: list[str] = Field(default_factory=list, description="User prompt template(s); with several, one is drawn per example (seeded).")
     choices: list[str] = Field(default_factory=list, description="multiple_choice: one template per option (the continuation scored).")
@@ -122,10 +146,17 @@ class TaskSpec(BaseModel):
     def _check(self) -> "TaskSpec":
         if self.lang is not None:
             get_language(self.lang)
-        if self.format != "starter" and not self.file:
-            raise ValueError("field 'file' is required unless format is 'starter'")
-        if self.format == "parallel" and not self.target_file:
+        if self.format not in ("starter", "starter_transfer") and not (self.file or self.hub):
+            raise ValueError("field 'file' or 'hub' is required unless format is 'starter' or 'starter_transfer'")
+        if (self.kind in ("transfer", "alignment")) != (self.format in ("starter_transfer", "xquad")):
+            raise ValueError("kinds 'transfer' and 'alignment' go with formats 'starter_transfer' and 'xquad' "
+                             "(rows with the question in English and in the target language), and only with them")
+        if self.format == "xquad" and self.hub:
+            raise ValueError("format 'xquad' reads the data root's xquad folder; it has no hub copy yet")
+        if self.format == "parallel" and self.file and not self.target_file:
             raise ValueError("format 'parallel' needs field 'target_file'")
+        if self.target_hub and not (self.hub and self.format == "parallel"):
+            raise ValueError("'target_hub' needs format 'parallel' and 'hub'")
         if self.group_lines is not None and self.format != "lines":
             raise ValueError(f"'group_lines' needs format 'lines', not {self.format!r}")
         if self.kind == "yesno":
@@ -138,8 +169,8 @@ class TaskSpec(BaseModel):
             raise ValueError("kind 'multiple_choice' needs 'prompts' (the context) and at least two 'choices'")
         if self.kind == "translation" and not (self.src_lang and self.tgt_lang):
             raise ValueError("kind 'translation' needs 'src_lang' and 'tgt_lang'")
-        if self.carve and not self.carve_key:
-            raise ValueError("'carve' needs 'carve_key' (the fields hashed)")
+        if (self.carve or self.keep_fraction) and not self.carve_key:
+            raise ValueError("'carve' and 'keep_fraction' need 'carve_key' (the fields hashed)")
         if any(k < 0 for k in self.shots):
             raise ValueError("shots must be >= 0")
         return self
@@ -237,22 +268,30 @@ def _read_starter(lang: str) -> list[dict]:
 
 
 def read_rows(spec: TaskSpec, root: Path | None, lang: str, which: str = "file") -> list[dict]:
-    """Rows of the task's `file` (or `train_file`), renamed; FileNotFoundError names the missing file."""
+    """Rows of the task's `file` (or `train_file`), else of its hub copy, renamed and with ids; a
+    FileNotFoundError says why neither could be read and how to get the data."""
     if spec.format == "starter":
         return [{**r, "id": r.get("id", i)} for i, r in enumerate(_read_starter(lang))]
+    if spec.format == "starter_transfer":
+        return importlib.import_module("lingotune.data.starter").transfer_items(lang)
+    if spec.format == "xquad":
+        try:
+            folder = data_path(root, spec.file)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; format xquad reads the data root only (a folder with xquad.en.json and "
+                                    f"xquad.<lang>.json, from github.com/google-deepmind/xquad)") from None
+        return importlib.import_module("lingotune.data.sources").xquad_transfer_rows(folder, lang)
     rel = spec.file if which == "file" else spec.train_file
-    path = data_path(root, rel)
-    if spec.format == "jsonl":
-        rows = _read_jsonl(path)
-    elif spec.format == "tsv":
-        rows = _read_tsv(path)
-    elif spec.format == "lines":
-        rows = [{"text": t} for t in group_lines(_read_lines(path), spec.group_lines)]
-    else:  # parallel
-        src, tgt = _read_lines(path), _read_lines(data_path(root, spec.target_file))
-        if len(src) != len(tgt):
-            raise DataError(f"{spec.target_file}: {len(tgt)} lines, {rel} has {len(src)}: files must be line-aligned")
-        rows = [{"source": s, "target": t} for s, t in zip(src, tgt)]
+    try:
+        rows = _read_file_rows(spec, root, rel)
+    except FileNotFoundError as e:
+        split = spec.hub.split if spec.hub and which == "file" else spec.hub_train_split
+        if spec.hub is None or split is None:
+            raise FileNotFoundError(f"{e}; no hub copy is named (give the task a `hub:`)") from None
+        try:
+            rows = _read_hub_rows(spec, split)
+        except HubError as h:
+            raise FileNotFoundError(f"{e}; {h}") from None
     if spec.rename:
         rows = [{spec.rename.get(k, k): v for k, v in r.items()} for r in rows]
     for i, r in enumerate(rows):
@@ -260,9 +299,55 @@ def read_rows(spec: TaskSpec, root: Path | None, lang: str, which: str = "file")
     return rows
 
 
+def _read_file_rows(spec: TaskSpec, root: Path | None, rel: str | None) -> list[dict]:
+    path = data_path(root, rel)
+    if spec.format == "jsonl":
+        return _read_jsonl(path)
+    if spec.format == "tsv":
+        return _read_tsv(path)
+    if spec.format == "lines":
+        return [{"text": t} for t in group_lines(_read_lines(path), spec.group_lines)]
+    src, tgt = _read_lines(path), _read_lines(data_path(root, spec.target_file))
+    if len(src) != len(tgt):
+        raise DataError(f"{spec.target_file}: {len(tgt)} lines, {rel} has {len(src)}: files must be line-aligned")
+    return [{"source": s, "target": t} for s, t in zip(src, tgt)]
+
+
+def _read_hub_rows(spec: TaskSpec, split: str) -> list[dict]:
+    """The hub copy's rows of `split`, in the shape the file's reader gives."""
+    src = spec.hub.model_copy(update={"split": split})
+    rows = load_rows(src)
+    if spec.format == "lines":
+        return [{"text": t} for t in group_lines([_field(r, "text", src) for r in rows], spec.group_lines)]
+    if spec.format != "parallel":
+        return rows
+    if spec.target_hub is None:
+        return [{"source": _field(r, "source", src), "target": _field(r, "target", src),
+                 **({"id": r["id"]} if "id" in r else {})} for r in rows]
+    tgt = spec.target_hub.model_copy(update={"split": split})
+    trows = load_rows(tgt)
+    if len(trows) != len(rows):
+        raise DataError(f"hub dataset {tgt.label()}: {len(trows)} rows, {src.label()} has {len(rows)}: the sides "
+                        f"must be aligned")
+    out = []
+    for i, (s, t) in enumerate(zip(rows, trows)):
+        if "id" in s and "id" in t and str(s["id"]) != str(t["id"]):
+            raise DataError(f"hub dataset {tgt.label()}: row {i + 1}: field 'id' {t['id']!r} differs from "
+                            f"{src.label()} ({s['id']!r}); the sides are not aligned")
+        out.append({"source": _field(s, "text", src), "target": _field(t, "text", tgt), **({"id": s["id"]} if "id" in s else {})})
+    return out
+
+
+def _field(row: dict, name: str, spec: HubSpec):
+    if name not in row:
+        raise DataError(f"hub dataset {spec.label()}: no field {name!r} (fields: {', '.join(map(str, row))}); "
+                        f"map a column to it with 'columns'")
+    return row[name]
+
+
 def data_path(root: Path | None, rel: str | None) -> Path:
     if rel is None:
-        raise FileNotFoundError("no file given")
+        raise FileNotFoundError("no file is given")
     p = Path(rel).expanduser()
     if not p.is_absolute():
         if root is None:
@@ -273,11 +358,19 @@ def data_path(root: Path | None, rel: str | None) -> Path:
     return p
 
 
+def _key_hash(row: dict, key: list[str]) -> int:
+    text = "\x1f".join(str(row.get(k, "")) for k in key)
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
+
+
 def carve_part(row: dict, key: list[str]) -> str:
     """'dev' or 'test' for a row, from the sha256 of its key fields (stable across runs and machines)."""
-    text = "\x1f".join(str(row.get(k, "")) for k in key)
-    h = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16)
-    return "dev" if h % 2 == 0 else "test"
+    return "dev" if _key_hash(row, key) % 2 == 0 else "test"
+
+
+def kept(row: dict, key: list[str], fraction: float) -> bool:
+    """Whether a row falls in the `keep_fraction` share (sha256 of its key fields below fraction x 2^32)."""
+    return _key_hash(row, key) < fraction * 2**32
 
 
 def map_label(spec: TaskSpec, row: dict, where: str = "") -> Any:
@@ -311,6 +404,8 @@ def load_examples(spec: TaskSpec, root: Path | None, lang: str, limit: int | Non
     rows = read_rows(spec, root, lang)
     if spec.carve:
         rows = [r for r in rows if carve_part(r, spec.carve_key) == spec.carve]
+    if spec.keep_fraction is not None:
+        rows = [r for r in rows if kept(r, spec.carve_key, spec.keep_fraction)]
     out = []
     for i, r in enumerate(rows):
         r = dict(r)
@@ -321,10 +416,11 @@ def load_examples(spec: TaskSpec, root: Path | None, lang: str, limit: int | Non
 
 def load_demos(spec: TaskSpec, root: Path | None, lang: str) -> list[dict]:
     """Rows of `train_file` (for k-shot demonstrations) with labels mapped; [] when there is none."""
-    if not spec.train_file:
+    if not (spec.train_file or spec.hub_train_split):
         return []
     rows = read_rows(spec, root, lang, which="train")
-    return [{**r, "label": map_label(spec, r, where=f"{spec.train_file}: row {i + 1}")} for i, r in enumerate(rows)]
+    return [{**r, "label": map_label(spec, r, where=f"{spec.train_file or spec.hub_train_split}: row {i + 1}")}
+            for i, r in enumerate(rows)]
 
 
 # ---------------------------------------------------------------- k-shot demonstrations
