@@ -161,11 +161,14 @@ def test_generation_stops_at_im_end(monkeypatch):
     monkeypatch.setattr(model, "forward", scripted)
     got = inference.generate(model, tok, [prompt], 12)
     assert got == ["Да"]
+    streamed = inference.stream(model, tok, prompt, 12, lambda piece: None)  # a reply `lingotune chat` shows
+    assert (streamed.text, streamed.new_tokens) == ("Да", len(answer) + 1)
 
 
 def test_a_chatml_run_trains_saves_and_exports_with_the_tokens(base_model_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lingotune import chat, inference
     from lingotune.models import apply_adapter, apply_embeddings
 
     monkeypatch.chdir(tmp_path)
@@ -201,6 +204,11 @@ def test_a_chatml_run_trains_saves_and_exports_with_the_tokens(base_model_dir, t
         torch.testing.assert_close(exported(ids).logits, ref(ids).logits, rtol=0, atol=1e-4)
     assert not torch.equal(exported.model.embed_tokens.weight[n], mean)  # stage 1 trained the new rows
     torch.testing.assert_close(exported.lm_head.weight[n], mean, rtol=0, atol=0)  # untie: the head kept its init
+    chatted = chat.load("r", "adapted")  # `lingotune chat r`: the same model and tokenizer as the export
+    assert len(chatted.tok) == n + 2 and chatted.tok.chat_template == CHATML_TEMPLATE
+    assert n + 1 in inference.stop_ids(chatted.model, chatted.tok)
+    with torch.no_grad():
+        torch.testing.assert_close(chatted.model(ids).logits, exported(ids).logits, rtol=0, atol=1e-5)
 
 
 def test_old_rows_keep_their_values_even_where_the_old_model_spells_the_token_otherwise():

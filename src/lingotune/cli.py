@@ -172,6 +172,48 @@ def export_cmd(
                   + "; ".join(res["parts"]), highlight=False)
 
 
+@app.command()
+@user_errors
+def chat(
+    model: str = typer.Argument("bundled", help="A run directory, a model directory (e.g. an export), a hub id or "
+                                "bundled[:name]."),
+    compare: bool = typer.Option(False, "--compare", help="The untouched model answers beside it (a run's own base "
+                                 "model, or --base)."),
+    base: Optional[str] = typer.Option(None, "--base", help="--compare: the untouched model (default: a run's base)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt to start with."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Answer these prompts and exit: a file ('-': stdin), "
+                                          "one prompt a line, or JSONL with a 'prompt' field (*.jsonl or --jsonl)."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="--prompts is JSONL whatever its name."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="--prompts: write the JSONL records here (default: stdout)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply, in tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above: sample."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Sampling: nucleus probability mass, in (0, 1]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling: seed torch's generator."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="--prompts: prompts per generation batch."),
+    transcript: Optional[Path] = typer.Option(None, "--transcript", help="Append each turn here as JSONL (the rendered "
+                                              "chat-template input, the reply, tokens, timings)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+):
+    """Talk to a model: replies stream as they are generated; or answer a file of prompts into JSONL."""
+    from lingotune import chat as chat_mod
+
+    settings = chat_mod.settings_of(max_new_tokens, temperature, top_p, seed)
+    todo = chat_mod.read_prompts(prompts, jsonl) if prompts is not None else None
+    if prompts is None and (out is not None or jsonl):
+        raise ValueError("options --out and --jsonl go with --prompts FILE")
+    if prompts is not None and transcript is not None:
+        raise ValueError("option --transcript records an interactive chat; with --prompts the records go to --out")
+    if transcript is not None and not transcript.parent.is_dir():
+        raise ValueError(f"option --transcript: {transcript.parent} is not a folder")
+    chatters = chat_mod.load_all(model, compare, base, err, device)
+    if todo is not None:
+        chat_mod.write_records(chat_mod.answer_file(chatters, todo, system, settings, batch_size), out)
+        if out is not None:
+            err.print(f"{len(todo)} answers: {out}")
+        return
+    chat_mod.interact(chat_mod.Session(chatters, settings, console, system, transcript))
+
+
 @app.command("recipe")
 def recipe_cmd(
     recipe: Optional[Path] = RecipeArg,

@@ -1,7 +1,9 @@
 """The one inference surface (`lingotune.inference`): chat prompts, batched greedy generation, log-likelihoods.
 
-Evaluation tasks, report samples, the causal-LM translator (and later chat and judges) all call
-these; nothing else batches prompts or calls `model.generate`. Stopping rules are arguments.
+Evaluation tasks, report samples, the causal-LM translator, answers for judges and `lingotune chat` all
+call these; nothing else batches prompts or calls `model.generate` (`_generate_ids` is its one call).
+Stopping rules are arguments. Greedy by default; `temperature` > 0 samples. `stream` passes one reply's
+text on piece by piece as it is generated (`TextPieces`: incremental decoding that never splits a character).
 Works on any causal LM with a Hugging Face tokenizer: a base model, a PeftModel or a merged one.
 Generation pads on the LEFT (the tokenizer's side is restored afterwards); forward passes on
 left-padded batches pass explicit position ids so padding does not shift positions.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -129,20 +133,44 @@ def stop_ids(model, tok) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids + extra if i is not None))
 
 
+def _check_stop(stop: str) -> None:
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
+
+
+def _generate_ids(model, tok, ids, mask, max_new_tokens: int, stop: str, temperature: float = 0.0, top_p: float = 1.0,
+                  streamer=None) -> torch.Tensor:
+    """The new token ids (batch x new) of `model.generate` on a left-padded batch: the one call of it.
+
+    temperature 0 is greedy; above 0 samples (with nucleus `top_p`) from torch's global generator. `streamer`:
+    transformers' streamer protocol (`put(ids)`, prompt first, then each new token; `end()`). It stops at any
+    of `stop_ids` (ChatML's `<|im_end|>` included), at the rule `stop` or at the budget."""
+    from transformers import StoppingCriteriaList
+
+    rule = STOP_RULES[stop]
+    extra = {"stopping_criteria": StoppingCriteriaList([rule(tok, ids.shape[1])])} if rule else {}
+    sample = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+        {"do_sample": False, "temperature": None, "top_p": None}
+    gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_id(tok),
+                         eos_token_id=stop_ids(model, tok), use_cache=True, top_k=None, streamer=streamer, **sample,
+                         **extra)
+    return gen[:, ids.shape[1]:]
+
+
 def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | int, batch_size: int = 8,
-             stop: str = "eos", desc: str = "generate") -> list[str]:
+             stop: str = "eos", desc: str = "generate", temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
     """Greedy continuations (decoded, special tokens dropped) of tokenized prompts, in order.
 
     Prompts are sorted by length into left-padded batches (less padding); `max_new_tokens` may be
     per prompt (a batch uses the largest of its members). `stop`: "eos" (an end-of-sequence token,
     `stop_ids`, or the budget) or "line" (also once the first non-blank line is complete, see StopAfterLine).
+    `temperature` > 0 samples instead (`top_p`: nucleus), from torch's global generator (seed it first).
     """
-    from transformers import StoppingCriteriaList
-
-    if stop not in STOP_RULES:
-        raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
+    _check_stop(stop)
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if isinstance(model, ApiModel):
+        if temperature > 0:
+            raise ApiModelError(f"API model {model.name!r}: replies are greedy here; sampling is for local models")
         return model.generate([model.conversation(tok, p) for p in prompts], budgets, batch_size, stop, desc)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
@@ -150,27 +178,98 @@ def generate(model, tok, prompts: list[list[int]], max_new_tokens: list[int] | i
     with inference(model), padding_side(tok, "left"):
         for _, chunk in batches(order, batch_size, desc):
             ids, mask = _pad_left([prompts[i] for i in chunk], pad_id(tok), device)
-            rule = STOP_RULES[stop]
-            extra = {"stopping_criteria": StoppingCriteriaList([rule(tok, ids.shape[1])])} if rule else {}
-            gen = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets[i] for i in chunk),
-                pad_token_id=pad_id(tok), eos_token_id=stop_ids(model, tok), use_cache=True, temperature=None,
-                top_p=None, top_k=None, **extra,
-            )
+            new = _generate_ids(model, tok, ids, mask, max(budgets[i] for i in chunk), stop, temperature, top_p)
             for row, i in enumerate(chunk):
-                out[i] = tok.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
+                out[i] = tok.decode(new[row], skip_special_tokens=True)
     return out
 
 
+class TextPieces:
+    """A streamer for `model.generate` that turns new tokens into text pieces as soon as they decode whole.
+
+    It decodes a window of the last tokens (the piece already shown as context, so that a tokenizer's spacing
+    rules see what came before) and passes on the text beyond it, holding back while the text ends in an
+    incomplete character ("\ufffd": a multi-byte UTF-8 character split over tokens, as Korean is in a
+    byte-level vocabulary). `end()` flushes what is left. The pieces joined equal decoding all tokens at once.
+    """
+
+    def __init__(self, tok, on_text):
+        self.tok, self.on_text = tok, on_text
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read] is the context already shown, ids[read:] not yet shown
+        self.prompt_seen = False
+        self.pieces: list[str] = []
+        self.first_token_at: float | None = None  # time.perf_counter() when the first new token came
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def _flush(self, final: bool) -> None:
+        shown = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) > len(shown) and (final or not text.endswith("\ufffd")):
+            piece = text[len(shown):]
+            self.prefix, self.read = self.read, len(self.ids)
+            self.pieces.append(piece)
+            self.on_text(piece)
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() passes the prompt first
+            self.prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.ids += value.reshape(-1).tolist()
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+
+@dataclass
+class Streamed:
+    """What `stream` generated: the text (the pieces joined), its new tokens (an end-of-sequence token
+    included), the seconds to the first new token and in all."""
+
+    text: str
+    new_tokens: int
+    first_token_s: float
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decoding speed after the first token (the prompt's processing is in `first_token_s`)."""
+        rest = self.seconds - self.first_token_s
+        return (self.new_tokens - 1) / rest if self.new_tokens > 1 and rest > 0 else 0.0
+
+
+def stream(model, tok, prompt: list[int], max_new_tokens: int, on_text, stop: str = "eos", temperature: float = 0.0,
+           top_p: float = 1.0) -> Streamed:
+    """One continuation of a tokenized prompt, passed to `on_text(piece)` piece by piece as it is generated
+    (`TextPieces`). Same stopping rules and greedy default as `generate` (which it equals for one prompt);
+    it runs on the caller's thread, so Ctrl-C (KeyboardInterrupt) stops it."""
+    _check_stop(stop)
+    refuse_api(model, "token stream")
+    pieces = TextPieces(tok, on_text)
+    start = time.perf_counter()
+    with inference(model):
+        ids, mask = _pad_left([prompt], pad_id(tok), model_device(model))
+        new = _generate_ids(model, tok, ids, mask, max_new_tokens, stop, temperature, top_p, streamer=pieces)
+    end = time.perf_counter()
+    first = (pieces.first_token_at or end) - start
+    return Streamed("".join(pieces.pieces), int(new.shape[1]), first, end - start)
+
+
 def generate_chat(model, tok, conversations: list[list[dict]], max_new_tokens: list[int] | int, batch_size: int = 8,
-                  stop: str = "eos", desc: str = "generate") -> list[str]:
-    """Greedy assistant replies to chat conversations (through the tokenizer's chat template; an `ApiModel`
-    sends each conversation to its endpoint as it is)."""
-    if isinstance(model, ApiModel):
+                  stop: str = "eos", desc: str = "generate", temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+    """Greedy (or, with `temperature` > 0, sampled) assistant replies to chat conversations (through the
+    tokenizer's chat template; an `ApiModel` sends each conversation to its endpoint as it is)."""
+    if isinstance(model, ApiModel) and temperature <= 0:
         budgets = [max_new_tokens] * len(conversations) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         return model.generate(conversations, budgets, batch_size, stop, desc)
     prompts = [encode(tok, chat_text(tok, c)) for c in conversations]
-    return generate(model, tok, prompts, max_new_tokens, batch_size, stop, desc)
+    sampling = {"temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+    return generate(model, tok, prompts, max_new_tokens, batch_size, stop, desc, **sampling)
 
 
 def continuation_logprobs(model, tok, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8,
@@ -354,8 +453,7 @@ class ApiModel:
                  desc: str = "generate") -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
 
-        if stop not in STOP_RULES:
-            raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, got {stop!r}")
+        _check_stop(stop)
         out: list[str] = []
         with ThreadPoolExecutor(max_workers=max(1, batch_size)) as pool:
             for _, chunk in batches(range(len(conversations)), batch_size, desc):

@@ -313,6 +313,8 @@ def apply_adapter(model, adapter: str | Path):
     if not (Path(adapter) / "adapter_config.json").exists():
         raise ModelLoadError(f"adapter {str(adapter)!r}: no adapter_config.json there")
     try:
-        return PeftModel.from_pretrained(model, str(adapter))
+        with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(adapter))
     except (*_load_errors(), KeyError, TypeError) as e:
         raise ModelLoadError(f"adapter {str(adapter)!r}: cannot load ({one_line(e)})") from None
