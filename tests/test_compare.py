@@ -192,3 +192,29 @@ def test_the_grid_controls_change_one_field_each(tmp_path):
                                           ("dpart_together", "dpart", "data.pair_batching", "together")]:
         diff = {k for k in cells[method] if cells[method][k] != cells[variant][k]}
         assert diff == {field} and cells[variant][field] == value
+
+
+def test_grid_scores_the_probe_against_the_untouched_model_after_each_stage(tiny_model_dir, tmp_path):
+    """In a grid, every cell's transfer probe is scored on the items the dataset's untouched model knew, after
+    stage 1 (eval.every_stage) and at the end, and the summary and report take it."""
+    from helpers import make_recipe
+
+    recipe = make_recipe(**{
+        "model.source": str(tiny_model_dir), "data.max_stage1": 8, "data.max_stage2": 4,
+        "method.stage1.steps": 1, "method.stage2.steps": 1, "train.max_len": 64, "train.batch_size": 2,
+        "eval.tasks": ["transfer_facts", "align_facts"], "eval.every_stage": ["transfer_facts", "align_facts"],
+        "eval.limit": 4, "eval.n_bootstrap": 0, "eval.max_new_tokens": 2, "output.sample_prompts": 1,
+        "compare.methods": ["lora", "dpart"], "compare.seeds": [0],
+    })
+    out = tmp_path / "grid"
+    cmp.compare(recipe, out)
+    untouched = json.loads((out / "data" / "untouched" / "results.json").read_text())["evals"]["untouched"]
+    dpart = json.loads((out / "data" / "dpart-s0" / "results.json").read_text())["evals"]
+    assert set(dpart) == {"dpart-stage1", "dpart"}
+    for label in dpart:
+        t = dpart[label]["transfer_facts"]
+        assert t["known_from"] == "reference" and t["n_known"] == len(untouched["transfer_facts"]["known"])
+        assert "cos_dist_change" in dpart[label]["align_facts"]
+    lora = json.loads((out / "data" / "lora-s0" / "results.json").read_text())["evals"]
+    assert set(lora) == {"lora"}  # one stage: nothing to evaluate in between
+    assert "align_facts/cos_margin ↑" in (out / "report.md").read_text()  # the grid table has the probe's columns
