@@ -217,4 +217,10 @@ def test_grid_scores_the_probe_against_the_untouched_model_after_each_stage(tiny
         assert "cos_dist_change" in dpart[label]["align_facts"]
     lora = json.loads((out / "data" / "lora-s0" / "results.json").read_text())["evals"]
     assert set(lora) == {"lora"}  # one stage: nothing to evaluate in between
-    assert "align_facts/cos_margin ↑" in (out / "report.md").read_text()  # the grid table has the probe's columns
+    report = (out / "report.md").read_text()
+    assert "align_facts/cos_margin ↑" in report  # the grid table has the probe's columns
+    rows = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ")]
+    assert rows[:5] == ["| method", "| untouched", "| lora", "| dpart-stage1", "| dpart"]  # after stage 1, then at the end
+    summary = json.loads((out / "summary.json").read_text())
+    stage1 = next(r for r in summary["datasets"]["data"] if r["method"] == "dpart-stage1")
+    assert stage1["trainable params"][0] == 1_572_864  # stage 1's embeddings only

@@ -33,7 +33,21 @@ def load_cells(out_dir: Path) -> list[dict]:
             r["_dir"] = str(p.parent)
             r["_variant"] = r.get("variant", r.get("method"))
             cells.append(r)
+            cells += stage_cells(r)
     return cells
+
+
+def stage_cells(cell: dict) -> list[dict]:
+    """A cell's evaluations after an earlier stage (`eval.every_stage`, labels '<variant>-<stage>') as cells of
+    their own, so the tables and tests show what each stage moved: the stages up to that one, its evaluation."""
+    out, stages = [], list(cell.get("stages") or {})
+    for label in cell.get("evals", {}):
+        stage = label[len(cell["_variant"]) + 1:] if label.startswith(cell["_variant"] + "-") else None
+        if stage in stages:
+            kept = {k: cell["stages"][k] for k in stages[:stages.index(stage) + 1]}
+            out.append({**cell, "_variant": label, "variant": label, "stages": kept,
+                        "train_seconds": round(sum(v.get("seconds", 0) for v in kept.values()), 2)})
+    return out
 
 
 def task_results(cell: dict) -> dict[str, dict]:
@@ -319,7 +333,8 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
     """Write report.md, table_<dataset>.csv and the plots of a grid; return the summary (tables, significance)."""
     cells = load_cells(out_dir)
     cmp = recipe.compare
-    order = [UNTOUCHED] + list(cmp.methods)
+    labels = {c["_variant"] for c in cells}
+    order = [UNTOUCHED] + [v for m in cmp.methods for v in sorted(x for x in labels if x.startswith(m + "-")) + [m]]
     values, meta = collect(cells)
     params, times = _costs(cells)
     summary: dict = {"datasets": {}, "params": params, "significance": {}}
