@@ -204,10 +204,12 @@ def test_grid_scores_the_probe_against_the_untouched_model_after_each_stage(tiny
         "method.stage1.steps": 1, "method.stage2.steps": 1, "train.max_len": 64, "train.batch_size": 2,
         "eval.tasks": ["transfer_facts", "align_facts"], "eval.every_stage": ["transfer_facts", "align_facts"],
         "eval.limit": 4, "eval.n_bootstrap": 0, "eval.max_new_tokens": 2, "output.sample_prompts": 1,
-        "compare.methods": ["lora", "dpart"], "compare.seeds": [0],
+        "compare.methods": ["lora", "dpart", "dpart_all"], "compare.seeds": [0],
     })
     out = tmp_path / "grid"
     cmp.compare(recipe, out)
+    all_ = json.loads((out / "data" / "dpart_all-s0" / "results.json").read_text())["evals"]
+    assert set(all_) == {"dpart_all-stage1", "dpart_all"}  # a variant's stage rows carry the variant's name
     untouched = json.loads((out / "data" / "untouched" / "results.json").read_text())["evals"]["untouched"]
     dpart = json.loads((out / "data" / "dpart-s0" / "results.json").read_text())["evals"]
     assert set(dpart) == {"dpart-stage1", "dpart"}
@@ -220,7 +222,8 @@ def test_grid_scores_the_probe_against_the_untouched_model_after_each_stage(tiny
     report = (out / "report.md").read_text()
     assert "align_facts/cos_margin ↑" in report  # the grid table has the probe's columns
     rows = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ")]
-    assert rows[:5] == ["| method", "| untouched", "| lora", "| dpart-stage1", "| dpart"]  # after stage 1, then at the end
+    assert rows[:7] == ["| method", "| untouched", "| lora", "| dpart-stage1", "| dpart", "| dpart_all-stage1",
+                        "| dpart_all"]  # after stage 1, then at the end
     summary = json.loads((out / "summary.json").read_text())
     stage1 = next(r for r in summary["datasets"]["data"] if r["method"] == "dpart-stage1")
     assert stage1["trainable params"][0] == 1_572_864  # stage 1's embeddings only

@@ -514,3 +514,24 @@ def test_a_huge_learning_rate_on_the_bundled_model_stops_as_diverged(bundled, tm
     with pytest.raises(TrainingError, match=r"training diverged|loss is (nan|inf)|gradient norm is"):
         train_one(model, stage, recipe, tmp_path, items=items, steps=8)
     assert not (tmp_path / "stage1" / "embeddings.safetensors").exists()
+
+
+def test_atomic_dir_touches_no_folder_of_the_user(tmp_path):
+    """The temporary folder has a unique hidden name: a user's `<name>.tmp` next to the target survives, the old
+    target is replaced whole, and a failed block leaves the old one intact."""
+    from lingotune.files import atomic_dir
+
+    (tmp_path / "model.tmp").mkdir()
+    (tmp_path / "model.tmp" / "notes.txt").write_text("mine")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "old.txt").write_text("old")
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert (tmp_path / "model.tmp" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["new.txt"]
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.tmp"]  # no temporary folder left

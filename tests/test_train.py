@@ -346,3 +346,20 @@ def test_sharded_training_of_bf16_weights_is_refused_with_the_fix(tmp_path, monk
     recipe = make_recipe()
     with pytest.raises(TrainingError, match=r"^train: FSDP/DeepSpeed .* \(model.dtype: float32\)"):
         _run(fresh_tiny().to(torch.bfloat16), recipe, tmp_path, method="full", steps=1)
+
+
+def test_master_weights_follow_their_weight_to_another_device():
+    """accelerate moves the model (to a GPU) after the optimizer is made: each fp32 master, and its Adam state,
+    must follow its weight there (here: the meta device stands in for the GPU)."""
+    from lingotune.train import MasterAdamW
+
+    w = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = MasterAdamW([{"params": [w], "lr": 1e-3}], lr=1e-3)
+    w.grad = torch.ones_like(w)
+    opt.step()  # Adam state exists on the CPU now
+    moved = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16, device="meta"))  # the weight, moved
+    opt.weights[0] = moved
+    moved.grad = torch.ones(4, dtype=torch.bfloat16, device="meta")
+    opt.step()
+    master = opt.masters[0]
+    assert master.device.type == "meta" and opt.state[master]["exp_avg"].device.type == "meta"

@@ -273,12 +273,12 @@ class Session:
         texts = {c.label: "" for c in self.chatters}
         notes = {c.label: "" for c in self.chatters}
         got = []
-        with Live(side_by_side(self.chatters, texts, notes), console=self.console, auto_refresh=False,
-                  transient=True) as live:
+        with Live(side_by_side(self.chatters, texts, notes), console=self.console, refresh_per_second=8,
+                  transient=True) as live:  # redrawn 8 times a second, not per token (the table grows)
             for c in self.chatters:
                 def show(piece: str, label=c.label) -> None:
                     texts[label] += piece
-                    live.update(side_by_side(self.chatters, texts, notes), refresh=True)
+                    live.update(side_by_side(self.chatters, texts, notes))
 
                 got.append(self.reply(c, show))
                 notes[c.label] = stats(got[-1])

@@ -124,7 +124,7 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     t = time.perf_counter()
     reference = files.read_json(cell_dir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
-                         after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference))
+                         after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)

@@ -45,7 +45,7 @@ def stage_cells(cell: dict) -> list[dict]:
         stage = label[len(cell["_variant"]) + 1:] if label.startswith(cell["_variant"] + "-") else None
         if stage in stages:
             kept = {k: cell["stages"][k] for k in stages[:stages.index(stage) + 1]}
-            out.append({**cell, "_variant": label, "variant": label, "stages": kept,
+            out.append({**cell, "_variant": label, "variant": label, "_parent": cell["_variant"], "stages": kept,
                         "train_seconds": round(sum(v.get("seconds", 0) for v in kept.values()), 2)})
     return out
 
@@ -333,8 +333,11 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
     """Write report.md, table_<dataset>.csv and the plots of a grid; return the summary (tables, significance)."""
     cells = load_cells(out_dir)
     cmp = recipe.compare
-    labels = {c["_variant"] for c in cells}
-    order = [UNTOUCHED] + [v for m in cmp.methods for v in sorted(x for x in labels if x.startswith(m + "-")) + [m]]
+    after = {}  # variant -> its evaluations after earlier stages (stage_cells), in stage order
+    for c in cells:
+        if "_parent" in c and c["_variant"] not in after.get(c["_parent"], []):
+            after.setdefault(c["_parent"], []).append(c["_variant"])
+    order = [UNTOUCHED] + [v for m in cmp.methods for v in after.get(m, []) + [m]]
     values, meta = collect(cells)
     params, times = _costs(cells)
     summary: dict = {"datasets": {}, "params": params, "significance": {}}
@@ -371,8 +374,8 @@ def _loss_plot(path: Path, dataset: str, variants: list[str], cells: list[dict])
     fig, ax = plt.subplots(figsize=(7, 4))
     for v in variants:
         for c in cells:
-            if c["_dataset"] != dataset or c["_variant"] != v or not c["stages"]:
-                continue
+            if c["_dataset"] != dataset or c["_variant"] != v or not c["stages"] or "_parent" in c:
+                continue  # a stage row shares its cell's log: the cell draws it once
             xs, ys, offset = [], [], 0
             for steps, losses in plots.read_losses(Path(c["_dir"]) / "metrics.jsonl").values():
                 xs += [offset + s for s in steps]

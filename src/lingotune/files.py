@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,14 +46,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path):
-    """Yield a temporary folder next to `path`; once the block succeeds it replaces `path` whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Yield a fresh temporary folder next to `path` (a unique hidden name, so no folder of the user's is ever
+    touched and two writers never share one); once the block succeeds it replaces `path` whole: the old folder
+    is renamed aside first and removed only after the new one is in place."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            path.rename(old / "x")
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old is not None:
+                (old / "x").rename(path)  # put the old folder back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

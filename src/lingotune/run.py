@@ -223,14 +223,16 @@ def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompt
         s[label] = a.strip()
 
 
-def stage_evaluator(recipe: Recipe, tok, run_dir: Path, results: dict, console: Console, reference: dict | None = None):
+def stage_evaluator(recipe: Recipe, tok, run_dir: Path, results: dict, console: Console, reference: dict | None = None,
+                    variant: str | None = None):
     """What `train_method` runs after every stage but the last: rank 0 evaluates the `eval.every_stage` tasks
-    under '<method>-<stage>' (once: a resumed run keeps the earlier result). None when there are none."""
+    under '<variant>-<stage>' (variant: the grid's name of the cell, default the method; once: a resumed run keeps
+    the earlier result). None when there are none."""
     if not recipe.eval.every_stage or not distributed.is_main():
         return None
 
     def after(model, stage: str) -> None:
-        label = f"{recipe.method.name}-{stage}"
+        label = f"{variant or recipe.method.name}-{stage}"
         if label not in results["evals"]:
             evaluate_model(model, tok, recipe, run_dir, label, [], results, console, reference,
                            tasks=recipe.eval.every_stage)

@@ -178,6 +178,9 @@ class MasterAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
+        for i, (p, m) in enumerate(zip(self.weights, self.masters)):
+            if m is not p and m.device != p.device:
+                self._move(i, p.device)
         pairs = [(p, m) for p, m in zip(self.weights, self.masters) if p.grad is not None]
         fp32 = [(p, p.grad) for p, m in pairs if m is p]
         for p, _ in fp32:  # hidden while the low-precision weights step one by one
@@ -192,6 +195,17 @@ class MasterAdamW(torch.optim.AdamW):
             p.grad = g
         if fp32:
             super().step()
+
+    def _move(self, i: int, device) -> None:
+        """Master `i` (and its Adam state) onto its weight's device: the masters are made before accelerate
+        moves the model to a GPU, which moves the weights but not these separate fp32 tensors."""
+        old = self.masters[i]
+        new = old.detach().to(device).requires_grad_(True)
+        for g in self.param_groups:
+            g["params"] = [new if q is old else q for q in g["params"]]
+        state = self.state.pop(old, {})
+        self.state[new] = {k: v.to(device) if torch.is_tensor(v) and k != "step" else v for k, v in state.items()}
+        self.masters[i] = new
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.weights:
@@ -650,6 +664,9 @@ def train_stage(model, groups: list[dict], items: list[dict], *, steps: int, cfg
 def _result(run: StageRun) -> StageResult:
     trainable, total, groups = run.counts
     state_bytes = _nbytes(v for st in run.optimizer.state.values() for v in st.values())
+    inner = getattr(run.optimizer, "optimizer", run.optimizer)  # accelerate's wrapper, or the optimizer itself
+    if isinstance(inner, MasterAdamW):  # its fp32 masters are state too, kept outside `state`
+        state_bytes += _nbytes(m for p, m in zip(inner.weights, inner.masters) if m is not p)
     s = run.stats
     return StageResult(
         stage=run.name, steps=run.steps, seconds=round(s["seconds"], 2), tokens=s["tokens"],
