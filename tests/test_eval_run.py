@@ -260,3 +260,26 @@ def test_leakage_texts_cover_the_default_suite_when_no_tasks_are_named():
     texts = leakage_texts(EvalConfig(), "ru", None)  # no data root: only the starter held-out questions load
     held = [q["question"] for q in generate("ru", seed=0).heldout_yesno]
     assert held and set(held) <= set(texts)
+
+
+def test_generate_limits_generate_on_a_sample_and_score_every_example_by_loglik(tiny_llama, tok, tmp_path, monkeypatch):
+    task, _, _ = _write_data(tmp_path)
+    asked = []
+
+    def fake_generate(model, tok, prompts, *a, **k):
+        asked.append(len(prompts))
+        return ["да"] * len(prompts)
+
+    monkeypatch.setattr(inference, "generate", fake_generate)
+    cfg = EvalConfig(tasks=[str(task)], mode="both", shots=[0], n_bootstrap=0, data_root=str(tmp_path),
+                     generate_limits={"qa": 4})
+    out = tmp_path / "out"
+    res = evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru")["qa"]
+    assert asked == [4] and res["n"] == 6 and res["n_generated"] == 4
+    assert res["accuracy"] == 50.0 and res["rate"] == 100.0  # labels yes, no, yes, no: "да" is right on 2 of 4
+    recs = [json.loads(line) for line in (out / "m" / "qa.jsonl").read_text().splitlines()]
+    assert [("correct" in r) for r in recs] == [True] * 4 + [False] * 2 and all("correct_ll" in r for r in recs)
+    cfg = EvalConfig(tasks=[str(task)], mode="generate", shots=[0], n_bootstrap=0, data_root=str(tmp_path),
+                     generate_limits={"qa": 4})  # only mode both splits the examples
+    res = evaluate(tiny_llama, tok, cfg, lang="ru")["qa"]
+    assert asked[-1] == 6 and "n_generated" not in res

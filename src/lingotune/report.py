@@ -64,7 +64,8 @@ def eval_table(evals: dict) -> list[str]:
                     lo, hi = ci[metric]
                     cell += f" [{_fmt(lo)}, {_fmt(hi)}]"
                 rows.setdefault((task, _metric_label(metric, info)), {})[label] = cell
-            rows.setdefault((task, "n / seconds"), {})[label] = f"{res.get('n', '–')} / {_fmt(res.get('seconds'), 1)}"
+            n = f"{res.get('n', '–')}" + (f" ({res['n_generated']} generated)" if "n_generated" in res else "")
+            rows.setdefault((task, "n / seconds"), {})[label] = f"{n} / {_fmt(res.get('seconds'), 1)}"
     lines = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for (task, metric), cells in rows.items():
         lines.append(f"| {task} | {metric} | " + " | ".join(cells.get(l, "–") for l in labels) + " |")

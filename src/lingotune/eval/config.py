@@ -26,6 +26,11 @@ class EvalConfig(BaseModel):
         default_factory=dict,
         description="Per-task caps that override `limit`, e.g. {danetqa: 24, flores_ru_from_en: 8} (slow tasks get fewer examples).",
     )
+    generate_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Yes/no tasks in mode both: generate (accuracy, rate, f1) on only the first N of the examples "
+        "scored by log-likelihood, e.g. {danetqa: 64} (a whole validation set by log-likelihood, a sample for the rate).",
+    )
     sample: bool = Field(
         False, description="With `limit`: draw the examples at random (seeded) instead of taking the first ones."
     )

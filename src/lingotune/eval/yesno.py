@@ -8,7 +8,9 @@ macro F1 over yes/no.
 Log-likelihood (`mode` loglik): after the same prompt, log P(yes word) vs log P(no word), where
 each side is the log-sum-exp over the canonical word's spellings (lower-case and capitalized,
 e.g. "да"/"Да"), a multi-token spelling scored by the sum of its tokens' log-probs. Reported as
-accuracy_ll and f1_ll (every example gets an answer, so there is no rate).
+accuracy_ll and f1_ll (every example gets an answer, so there is no rate). In mode both,
+`generate_limits` can cap the generation to the first N examples (n_generated): a whole validation set by
+log-likelihood, a sample of it for the answer rate.
 
 When a task has several prompts (TERRa), one is drawn per example with
 `random.Random(f"{seed}:{example id}")`: equal odds, stable under limit/sample.
@@ -79,13 +81,16 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
     metrics, cis = {}, {}
     classes = ["no", "yes"]
     if cfg.mode in ("generate", "both"):
-        outs = inference.generate(model, tok, ids, cfg.max_new_tokens, cfg.batch_size, desc=f"{spec.name} {k}-shot")
-        preds = [parse_yes_no(o, lang) for o in outs]
+        n = cfg.generate_limits.get(spec.name, len(ids)) if cfg.mode == "both" else len(ids)
+        outs = inference.generate(model, tok, ids[:n], cfg.max_new_tokens, cfg.batch_size, desc=f"{spec.name} {k}-shot")
+        preds, gen_golds = [parse_yes_no(o, lang) for o in outs], golds[: len(outs)]
         for r, o, p in zip(records, outs, preds):
             r.update(output=o, parsed=p, correct=p == r["label"])
-        metrics.update({f"accuracy{sfx}": accuracy(preds, golds), f"rate{sfx}": rate(preds),
-                        f"f1{sfx}": macro_f1(preds, golds, classes)})
-        cis.update(classification_cis(preds, golds, cfg.n_bootstrap, cfg.seed, suffix=sfx, classes=classes))
+        metrics.update({f"accuracy{sfx}": accuracy(preds, gen_golds), f"rate{sfx}": rate(preds),
+                        f"f1{sfx}": macro_f1(preds, gen_golds, classes)})
+        if len(outs) < len(ids):
+            metrics[f"n_generated{sfx}"] = len(outs)
+        cis.update(classification_cis(preds, gen_golds, cfg.n_bootstrap, cfg.seed, suffix=sfx, classes=classes))
     if cfg.mode in ("loglik", "both"):
         variants = [(a, w) for a, word in (("yes", language.yes[0]), ("no", language.no[0])) for w in _spellings(word)]
         scores = inference.shared_continuation_logprobs(model, tok, ids, [inference.encode(tok, w) for _, w in variants],
