@@ -188,7 +188,38 @@ def test_reference_judge_outcomes():
     assert jd.ReferenceJudge("Cyrillic", tie_margin=diff - 0.01).verdict(x, y, ref)[0] == "A"
     assert jd.ReferenceJudge("Cyrillic", tie_margin=0.0).verdict(x, x, ref)[0] == "tie"
     # an answer without letters does not fail the script rule
-    assert judge.score("12000", "12000") == (100.0, True)
+    assert judge.score("12000", "12000") == (100.0, True, 0)
+
+
+def test_strip_echo_cuts_runs_copied_from_the_prompt_and_keeps_the_rest_as_written():
+    prompt = "Напишите короткое письмо другу о поездке в Сеул, пожалуйста."
+    answer = "Напишите короткое письмо другу о поездке! Привет, друг, Сеул прекрасен."
+    own, n = jd.strip_echo(answer, prompt, 5)
+    assert (own, n) == ("! Привет, друг, Сеул прекрасен.", 6)
+    assert jd.strip_echo(answer, prompt, 7) == (answer, 0)  # the copied run is 6 words long
+    assert jd.strip_echo(answer, prompt, 0) == (answer, 0)
+    assert jd.strip_echo("НАПИШИТЕ КОРОТКОЕ ПИСЬМО ДРУГУ О", prompt, 5) == ("", 5)  # case-folded
+    # four shared words in a row are not an echo at run 5
+    assert jd.strip_echo("письмо другу о поездке было", prompt, 5)[1] == 4 - 4
+
+
+def test_reference_judge_gives_no_credit_for_repeating_the_question():
+    from lingotune.eval.metrics import chrf_metric
+
+    prompt = "Расскажите, почему небо голубое и почему закат бывает красным."
+    ref = "Небо голубое, потому что воздух рассеивает синий свет сильнее красного; закат бывает красным."
+    echo = prompt  # the whole question repeated
+    answer = "Воздух рассеивает синий свет."
+    # scored whole, the echo wins on overlap with a reference that restates the question ...
+    whole = jd.ReferenceJudge("Cyrillic", echo_run=0)
+    assert chrf_metric().sentence_score(echo, [ref]).score > chrf_metric().sentence_score(answer, [ref]).score
+    assert whole.verdict(echo, answer, ref, prompt)[0] == "A"
+    # ... and with the echo cut it scores 0 and loses
+    judge = jd.ReferenceJudge("Cyrillic")
+    assert judge.score(echo, ref, prompt)[0] == 0.0 and judge.score(echo, ref, prompt)[2] == 9
+    verdict, text = judge.verdict(echo, answer, ref, prompt)
+    assert verdict == "B" and "echoed from the prompt, not scored: 9 vs 0" in text
+    assert judge.identity["echo_run"] == 5 and "echo_run" not in whole.identity
 
 
 def test_target_language_share():

@@ -53,7 +53,7 @@ def judge_setup(recipe: Recipe):
     try:
         prompts = grid_prompts(j, recipe.language, recipe.eval.data_root or recipe.data.root)
         judge = build_judge(j.judge, recipe.language, j.judge_model, Endpoint(j.base_url, j.api_key_env),
-                            j.tie_margin, option="compare.judge.judge_model")
+                            j.tie_margin, option="compare.judge.judge_model", echo_run=j.echo_run)
     except ValueError as e:
         raise RecipeError(f"compare.judge: {e}") from None
     return prompts, judge

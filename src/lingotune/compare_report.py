@@ -311,7 +311,9 @@ def judge_md(judged: dict, order: list[str]) -> list[str]:
     """The win-rate table of one dataset (`compare.judge`), and every variant's target-language share."""
     j, against = judged["judge"], judged["against"]
     lines = ["", f"### Pairwise win rate against `{against}` and target-language share", "",
-             f"Judge: {j['kind']}" + (f" (chrF++ against the reference, script check, tie margin {j['tie_margin']:g})"
+             f"Judge: {j['kind']}" + (f" (chrF++ against the reference, script check, tie margin {j['tie_margin']:g}"
+                                      + (f", runs of {j['echo_run']}+ words echoed from the prompt not scored"
+                                         if j.get("echo_run") else "") + ")"
                                       if j["kind"] == "reference" else "") +
              f"; {judged['prompts']} prompts, each pair judged in both orders (disagreeing orders count as a tie); "
              "n = prompts x seeds; 95% Wilson intervals. Share = answers with at least half of their letters in the "

@@ -289,6 +289,8 @@ class CompareJudge(Strict):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="llm: the endpoint.")
     api_key_env: str | None = Field(None, description="llm: the environment variable holding the API key.")
     tie_margin: float = Field(1.0, ge=0, description="reference: a chrF++ difference up to this is a tie.")
+    echo_run: int = Field(5, ge=0, description="reference: before scoring, cut from each answer every run of this many "
+                          "words or more that it copies from the prompt, so repeating the question earns nothing (0: off).")
     max_new_tokens: int = Field(128, ge=1, le=2048, description="Greedy answer length for the judged prompts.")
 
     @model_validator(mode="after")

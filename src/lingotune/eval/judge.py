@@ -16,7 +16,10 @@ its verdict when both orders agree, and a tie when they do not (position bias ca
   prompt's reference answer and a script check: an answer fails it when fewer than half of its letters are
   in the target language's script (an answer without letters does not fail it). An answer that fails loses
   to one that passes; otherwise the higher chrF++ wins, and a difference of at most `tie_margin` points
-  (default 1.0) is a tie. Prompts without a reference are left out and counted.
+  (default 1.0) is a tie. Prompts without a reference are left out and counted. Echo: before scoring, every
+  run of `echo_run` (default 5) or more consecutive words that the prompt also has is cut from the answer
+  (`strip_echo`), so repeating the question earns no chrF++ (a reference answer often restates it); the
+  words cut are counted in the verdict's text. `echo_run` 0 scores answers whole.
 
 Reported (`summary.json`): wins, ties and losses of A over n prompts, each share with a 95% Wilson score
 interval (closed form, no resampling: the outcomes are categorical counts over prompts), how many pairs
@@ -41,6 +44,7 @@ from lingotune.languages import get_language, letter_script
 
 JUDGES = ("llm", "local", "reference")
 DEFAULT_TIE_MARGIN = 1.0
+DEFAULT_ECHO_RUN = 5
 Z95 = 1.959963984540054
 
 # ----------------------------------------------------------------------------------------- verdicts
@@ -122,27 +126,60 @@ def target_share(answers: list[str], script: str) -> dict:
 
 # ----------------------------------------------------------------------------------------- judges
 
+_WORD = re.compile(r"\w+")
+
+
+def strip_echo(answer: str, prompt: str, run: int) -> tuple[str, int]:
+    """(`answer` without every run of `run` or more consecutive words that the prompt also has in that order,
+    case-folded; the number of words removed). The text between kept words stays as written."""
+    words = [(m.start(), m.end(), m.group().casefold()) for m in _WORD.finditer(answer)]
+    if run <= 0 or len(words) < run:
+        return answer, 0
+    said = [w.casefold() for w in _WORD.findall(prompt)]
+    grams = {tuple(said[i:i + run]) for i in range(len(said) - run + 1)}
+    echoed = [False] * len(words)
+    for i in range(len(words) - run + 1):
+        if tuple(w for _, _, w in words[i:i + run]) in grams:
+            echoed[i:i + run] = [True] * run
+    if not any(echoed):
+        return answer, 0
+    out, pos = [], 0
+    for i, ((start, end, _), cut) in enumerate(zip(words, echoed)):
+        if cut and (i == 0 or not echoed[i - 1]):  # a copied run starts: keep the text before it
+            out.append(answer[pos:start])
+        if cut:
+            pos = end  # ... and drop everything up to the end of its last word
+    out.append(answer[pos:])
+    return "".join(out), sum(echoed)
+
+
 @dataclass
 class ReferenceJudge:
     script: str
     tie_margin: float = DEFAULT_TIE_MARGIN
+    echo_run: int = DEFAULT_ECHO_RUN
     kind: str = "reference"
 
     @property
     def identity(self) -> dict:
-        return {"kind": self.kind, "metric": "chrF++", "tie_margin": self.tie_margin, "script": self.script}
+        return {"kind": self.kind, "metric": "chrF++", "tie_margin": self.tie_margin, "script": self.script,
+                **({"echo_run": self.echo_run} if self.echo_run else {})}
 
-    def score(self, answer: str, reference: str) -> tuple[float, bool]:
-        """(chrF++ against the reference, passes the script check)."""
+    def score(self, answer: str, reference: str, prompt: str = "") -> tuple[float, bool, int]:
+        """(chrF++ against the reference of the answer less what it echoes of the prompt, passes the script
+        check, words removed as echo); 0 when only punctuation is left."""
         from lingotune.eval.metrics import chrf_metric
 
-        chrf = float(chrf_metric().sentence_score(answer, [reference]).score)
-        return chrf, in_script(answer, self.script) is not False
+        own, echoed = strip_echo(answer, prompt, self.echo_run)
+        chrf = float(chrf_metric().sentence_score(own, [reference]).score) if _WORD.search(own) else 0.0
+        return chrf, in_script(answer, self.script) is not False, echoed
 
-    def verdict(self, first: str, second: str, reference: str) -> tuple[str, str]:
+    def verdict(self, first: str, second: str, reference: str, prompt: str = "") -> tuple[str, str]:
         """('A' | 'B' | 'tie', how it was decided) for the answers shown first (A) and second (B)."""
-        (c1, ok1), (c2, ok2) = self.score(first, reference), self.score(second, reference)
+        (c1, ok1, e1), (c2, ok2, e2) = self.score(first, reference, prompt), self.score(second, reference, prompt)
         note = f"chrF++ {c1:.2f} vs {c2:.2f}; target script {'yes' if ok1 else 'no'} vs {'yes' if ok2 else 'no'}"
+        if e1 or e2:
+            note += f"; words echoed from the prompt, not scored: {e1} vs {e2}"
         if ok1 != ok2:
             return ("A" if ok1 else "B"), note + " (script rule)"
         if abs(c1 - c2) <= self.tie_margin:
@@ -150,7 +187,7 @@ class ReferenceJudge:
         return ("A" if c1 > c2 else "B"), note
 
     def judge(self, items: list[tuple[str, str, str, str | None]]) -> list[dict]:
-        return [dict(zip(("verdict", "text"), self.verdict(x, y, ref))) for _, x, y, ref in items]
+        return [dict(zip(("verdict", "text"), self.verdict(x, y, ref, q))) for q, x, y, ref in items]
 
 
 @dataclass
@@ -209,6 +246,7 @@ class JudgeOptions:
     batch_size: int = 8
     limit: int | None = None
     tie_margin: float = DEFAULT_TIE_MARGIN
+    echo_run: int = DEFAULT_ECHO_RUN
     cache_dir: Path | None = None
     data_root: str | None = None
     device: str = "cpu"
@@ -224,16 +262,19 @@ def make_judge(opts: JudgeOptions):
         raise ValueError(f"option --tie-margin: must be >= 0, got {opts.tie_margin:g}")
     if opts.judge != "reference" and not opts.judge_model:
         raise ValueError(f"option --judge-model: judge {opts.judge!r} needs a model")
+    if opts.echo_run < 0:
+        raise ValueError(f"option --echo-run: must be >= 0, got {opts.echo_run}")
     return build_judge(opts.judge, opts.lang, opts.judge_model, opts.endpoint, opts.tie_margin, opts.judge_max_tokens,
-                       opts.batch_size, opts.device)
+                       opts.batch_size, opts.device, echo_run=opts.echo_run)
 
 
 def build_judge(kind: str, lang: str, judge_model: str | None, endpoint: Endpoint, tie_margin: float = DEFAULT_TIE_MARGIN,
-                max_tokens: int = 512, batch_size: int = 8, device: str = "cpu", option: str = "--judge-model"):
+                max_tokens: int = 512, batch_size: int = 8, device: str = "cpu", option: str = "--judge-model",
+                echo_run: int = DEFAULT_ECHO_RUN):
     """A judge of `kind` (see the module doc), checked cheaply: no model is loaded until it first judges."""
     language = get_language(lang)
     if kind == "reference":
-        return ReferenceJudge(language.script, tie_margin)
+        return ReferenceJudge(language.script, tie_margin, echo_run)
     if kind == "local" and judge_model.startswith("api:"):
         how = f"--judge llm --judge-model {judge_model[4:]}" if option.startswith("--") else \
             f"judge: llm with judge_model: {judge_model[4:]}"

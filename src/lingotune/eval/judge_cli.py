@@ -58,6 +58,8 @@ def judge_command(
     batch_size: int = typer.Option(8, min=1, help="Prompts per batch (concurrent requests for an endpoint)."),
     limit: int | None = typer.Option(None, min=1, help="At most this many prompts (the first ones)."),
     tie_margin: float = typer.Option(1.0, help="reference: chrF++ points within which two answers tie."),
+    echo_run: int = typer.Option(5, help="reference: cut from each answer every run of this many words or more that "
+                                 "it copies from the prompt before scoring (0: score answers whole)."),
     cache_dir: Path | None = typer.Option(None, help="Answers and judgements cache (default: <out>/cache)."),
     data_root: str | None = typer.Option(None, help="Root of the shared data, for mt_bench (default: $LINGOTUNE_DATA or ../shared/data)."),
     device: str = typer.Option("cpu", help="Torch device of local models."),
@@ -72,7 +74,7 @@ def judge_command(
         a=ModelSpec(a, a_adapter, a_embeddings), b=ModelSpec(b, b_adapter, b_embeddings), prompts=prompts, judge=judge,
         out=out, lang=lang, judge_model=judge_model, endpoint=Endpoint(base_url, api_key_env, api_timeout, api_retries),
         max_new_tokens=max_new_tokens, judge_max_tokens=judge_max_tokens, batch_size=batch_size, limit=limit,
-        tie_margin=tie_margin, cache_dir=cache_dir, data_root=data_root, device=device, resume=resume, overwrite=overwrite)
+        tie_margin=tie_margin, echo_run=echo_run, cache_dir=cache_dir, data_root=data_root, device=device, resume=resume, overwrite=overwrite)
     summary = run_judge(opts)
     console.print(summary_table(summary))
     notes = [f"{summary['inconsistent']} pairs inconsistent across the two orders (ties)",
