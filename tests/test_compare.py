@@ -70,6 +70,30 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert cell["stages"]["stage1"]["steps"] == 2 and cell["complete"]
 
 
+def test_a_grid_run_in_parts_records_each_part_and_its_wall_time(tiny_model_dir, tmp_path):
+    from helpers import make_recipe
+
+    settings = {"model.source": str(tiny_model_dir), "data.max_stage1": 8, "data.max_stage2": 4,
+                "method.stage1.steps": 1, "method.stage2.steps": 1, "train.max_len": 64, "train.batch_size": 2,
+                "eval.tasks": ["starter_heldout"], "eval.limit": 2, "eval.n_bootstrap": 0, "output.sample_prompts": 0,
+                "compare.methods": ["lora"], "compare.seeds": [0]}
+    old = tmp_path / "old"  # a grid summarised by an earlier lingotune: its wall time, no parts
+    old.mkdir()
+    (old / "summary.json").write_text(json.dumps({"wall_seconds": 12.5}))
+    first = cmp.compare(make_recipe(**settings), tmp_path / "fresh")
+    assert [p["cells_run"] for p in first["parts"]] == [["data/lora-s0"]]
+    assert first["wall_seconds_all_parts"] == first["parts"][0]["wall_seconds"] == first["wall_seconds"] > 0
+    env = first["parts"][0]["environment"]
+    assert {"cpu", "commit", "command", "torch"} <= set(env)
+    second = cmp.compare(make_recipe(**{**settings, "compare.seeds": [0, 1]}), tmp_path / "fresh", resume=True)
+    assert [p["cells_run"] for p in second["parts"]] == [["data/lora-s0"], ["data/lora-s1"]]
+    assert second["parts"][1]["seeds"] == [0, 1] and second["parts"][0] == first["parts"][0]
+    assert second["wall_seconds_all_parts"] == pytest.approx(sum(p["wall_seconds"] for p in second["parts"]))
+    report = (tmp_path / "fresh" / "report.md").read_text()
+    assert "## How this grid was run" in report and "| 2 | " in report and "data/lora-s1" in report
+    assert cmp._parts(old) == [{"wall_seconds": 12.5, "note": "written before lingotune recorded a grid's parts"}]
+
+
 def test_loglik_yes_no_task_is_in_the_significance_test(tiny_model_dir, tmp_path):
     """A yes/no task scored by log-likelihood (accuracy_ll, correct_ll; no rate) is tested like any other."""
     from helpers import make_recipe

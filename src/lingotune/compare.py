@@ -18,6 +18,7 @@ from rich.console import Console
 from lingotune import files, rundir
 from lingotune.compare_report import UNTOUCHED, summarize
 from lingotune.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, set_path
+from lingotune.train import environment
 from lingotune.run import (
     build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
     stage_evaluator, tokenize_stages, train_method,
@@ -143,7 +144,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     if action == "resume":
         check_resumable(recipe, out_dir)
     datasets = cmp.datasets or {"data": recipe.data}
-    t0 = time.perf_counter()
+    t0, started, ran = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z"), []
     judged = judge_setup(recipe)
     model0, tok, _ = load(recipe, console)
     check_method(recipe, model0)
@@ -174,9 +175,24 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
                 _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console)
+                ran.append(f"{dname}/{cell_dir.name}")
     if judged is not None:
         _judge(out_dir, recipe, judged, console)
-    summary = summarize(out_dir, recipe)
-    summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    parts = _parts(out_dir)
+    part = {"started": started, "methods": cmp.methods, "seeds": cmp.seeds, "cells_run": ran, "environment": environment()}
+    parts.append(part)
+    summary = summarize(out_dir, recipe, parts)
+    part["wall_seconds"] = summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    summary.update(parts=parts, wall_seconds_all_parts=round(sum(p.get("wall_seconds") or 0 for p in parts), 2))
     files.save_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _parts(out_dir: Path) -> list[dict]:
+    """The grid's earlier invocations (`summary.json`'s parts: when, what ran, wall time, where); a summary written
+    before parts were recorded gives one part with its wall time only."""
+    old = files.read_json(out_dir / "summary.json") or {}
+    if "parts" in old:
+        return list(old["parts"])
+    return [{"wall_seconds": old["wall_seconds"], "note": "written before lingotune recorded a grid's parts"}] \
+        if "wall_seconds" in old else []

@@ -17,6 +17,7 @@ from lingotune.eval.declared import arrow, result_metrics
 from lingotune import files, plots
 from lingotune.files import atomic_write_text
 from lingotune.recipe import Recipe
+from lingotune.report import cell_text
 from lingotune.stats import paired_permutation, paired_t_pvalue, t_interval
 
 UNTOUCHED = "untouched"
@@ -331,8 +332,24 @@ def judge_md(judged: dict, order: list[str]) -> list[str]:
     return lines
 
 
-def summarize(out_dir: Path, recipe: Recipe) -> dict:
-    """Write report.md, table_<dataset>.csv and the plots of a grid; return the summary (tables, significance)."""
+def parts_md(parts: list[dict]) -> list[str]:
+    """How the grid was run: one line per invocation (`compare._parts`), the wall time of the latest not yet known."""
+    lines = ["", "## How this grid was run", "",
+             "| part | started | cells run | wall time | commit | machine | command |", "|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(parts, 1):
+        env = p.get("environment") or {}
+        wall = f"{p['wall_seconds'] / 60:.1f} min" if p.get("wall_seconds") is not None else "this run"
+        machine = ", ".join(str(x) for x in (env.get("cpu"), env.get("gpu") and f"GPU {env['gpu']}",
+                                              env.get("cpus") and f"{env['cpus']} CPUs") if x)
+        cells = ", ".join(p.get("cells_run", [])) or ("–" if "cells_run" in p else p.get("note", "–"))
+        lines.append(f"| {i} | {p.get('started', '–')} | {cell_text(cells)} | {wall} | {env.get('commit') or '–'} | "
+                     f"{cell_text(machine) or '–'} | {cell_text('`' + env['command'] + '`') if env.get('command') else '–'} |")
+    return lines
+
+
+def summarize(out_dir: Path, recipe: Recipe, parts: list[dict] = ()) -> dict:
+    """Write report.md, table_<dataset>.csv and the plots of a grid; return the summary (tables, significance).
+    `parts`: the grid's invocations so far, listed at the end of the report."""
     cells = load_cells(out_dir)
     cmp = recipe.compare
     after = {}  # variant -> its evaluations after earlier stages (stage_cells), in stage order
@@ -363,6 +380,8 @@ def summarize(out_dir: Path, recipe: Recipe) -> dict:
         plots = plot(out_dir, d, by_variant, meta[d], variants, cells)
         lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += _params_md(order, params)
+    if parts:
+        lines += parts_md(list(parts))
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return summary
 

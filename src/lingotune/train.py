@@ -678,5 +678,38 @@ def _result(run: StageRun) -> StageResult:
 
 
 def environment() -> dict:
-    return {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "bf16": bf16_supported("cuda" if torch.cuda.is_available() else "cpu")}
+    """Where a result was measured: software, CPU (and GPU), the source's commit, the command line."""
+    cuda = torch.cuda.is_available()
+    return {"torch": torch.__version__, "cuda": cuda, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "bf16": bf16_supported("cuda" if cuda else "cpu"), "cpu": cpu_name(),
+            "gpu": torch.cuda.get_device_name(0) if cuda else None, "commit": source_commit(),
+            "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}
+
+
+def cpu_name() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo), with ' (AVX512-BF16)' where the CPU has it; None elsewhere."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return name and name + (" (AVX512-BF16)" if "avx512_bf16" in flags else "")
+
+
+def source_commit() -> str | None:
+    """The git commit of lingotune's source (+ '-dirty' when it has uncommitted changes), or None (an installed
+    wheel, or no git)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
