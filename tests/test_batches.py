@@ -110,7 +110,7 @@ def _pair_items(n_pairs: int, singles: int = 0) -> list[dict]:
 def test_shuffled_plan_is_the_plan_from_before_pair_batching(n, batch, seed):
     """data.pair_batching: shuffled (and together on data without pairs: stage 2, text) gives today's plan
     bit for bit, so runs started before the setting resume on the same batches."""
-    from lingotune.train import plan_of
+    from lingotune.data.batches import plan_of
 
     want = _plan_before_pair_batching(n, batch, seed, 12)
     items = [{"input_ids": [3, 4], "labels": [-100, 4]} for _ in range(n)]
@@ -121,7 +121,7 @@ def test_shuffled_plan_is_the_plan_from_before_pair_batching(n, batch, seed):
 
 @pytest.mark.parametrize("n_pairs, batch", [(13, 4), (12, 6), (9, 2)])
 def test_together_puts_both_halves_of_every_pair_in_the_same_step(n_pairs, batch):
-    from lingotune.train import plan_of
+    from lingotune.data.batches import plan_of
 
     items = _pair_items(n_pairs)
     plan = plan_of(items, batch, seed=3)
@@ -153,7 +153,7 @@ def test_together_fills_a_step_with_a_single_item_before_splitting_a_pair(monkey
 def test_together_with_an_odd_batch_splits_one_pair_every_second_step(batch):
     """Pairs only and an odd step batch: a step cannot hold whole pairs alone, so one pair in two steps is
     split, its halves in consecutive steps (batch 1: every pair, as adjacent examples)."""
-    from lingotune.train import plan_of
+    from lingotune.data.batches import plan_of
 
     items = _pair_items(10)
     plan = plan_of(items, batch, seed=0)

@@ -34,7 +34,7 @@ import torch
 
 from lingotune import distributed
 from lingotune.checkpoint import Checkpoints
-from lingotune.data.batches import BatchPlan, item_tokens, make_batch, pair_units
+from lingotune.data.batches import BatchPlan, item_tokens, make_batch, plan_of
 from lingotune.errors import TrainingError, TrainingInterrupted
 from lingotune.losses import CausalLM, LabelOnly
 from lingotune.models import bf16_supported, count_parameters
@@ -443,13 +443,6 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
         cleanup()
         raise
     return run
-
-
-def plan_of(items: list[dict], global_batch: int, seed: int) -> BatchPlan:
-    """The stage's batch plan: pairs kept in one step where the items carry them (data.pair_batching:
-    together, `data.batches.tokenize_all`), else every item shuffled on its own."""
-    units = pair_units(items)
-    return BatchPlan(len(items), global_batch, seed, units if len(units) < len(items) else None)
 
 
 def fingerprint_hash(fields: dict | None) -> str | None:

@@ -304,3 +304,10 @@ class BatchPlan:
     def batches(self, start: int, stop: int) -> Iterator[tuple[int, list[int]]]:
         for step in range(start, stop):
             yield step, self.indices(step)
+
+
+def plan_of(items: list[dict], global_batch: int, seed: int) -> BatchPlan:
+    """The stage's batch plan: pairs kept in one step where the items carry them (data.pair_batching:
+    together, `tokenize_all`), else every item shuffled on its own."""
+    units = pair_units(items)
+    return BatchPlan(len(items), global_batch, seed, units if len(units) < len(items) else None)
