@@ -363,3 +363,53 @@ def test_master_weights_follow_their_weight_to_another_device():
     opt.step()
     master = opt.masters[0]
     assert master.device.type == "meta" and opt.state[master]["exp_avg"].device.type == "meta"
+
+
+@pytest.mark.parametrize("method, tie", [("lora", True), ("dpart", False), ("dpart", True)])
+def test_frozen_weights_held_in_bf16_train_bit_for_bit_like_autocast_and_come_back_exactly(tmp_path, method, tie):
+    """Under bf16 autocast, frozen linear weights held in bf16 give the same losses and trained weights bit for
+    bit; after the stage every frozen weight is its exact fp32 original, and nothing is left in the stage dir."""
+    out = {}
+    for held in (False, True):
+        model = fresh_tiny(tie=tie)
+        frozen = {k: v.clone() for k, v in model.state_dict().items()}
+        recipe = make_recipe(**{"train.precision": "bf16", "train.frozen_bf16": held})
+        model, res = _run(model, recipe, tmp_path / str(held), method=method, steps=3)
+        assert ("frozen linear weights held in bf16" in " ".join(res.fast_path)) == held
+        trained = _trained_state(model)
+        out[held] = (trained, _losses(tmp_path / str(held) / "metrics.jsonl"))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        for k, v in base.state_dict().items():
+            if k in frozen and not any(t in k for t in ("lora_", "embed_tokens")) and not (tie and "lm_head" in k):
+                assert v.dtype == torch.float32 and torch.equal(v, frozen[k]), k
+        assert not list((tmp_path / str(held)).rglob(".frozen-fp32-*"))
+    assert out[True][1] == out[False][1]
+    assert set(out[True][0]) == set(out[False][0])
+    for k, v in out[False][0].items():
+        assert torch.equal(out[True][0][k], v), k
+
+
+def test_frozen_linears_to_bf16_skips_trained_and_tied_weights_and_restores_from_the_spill_file(tmp_path):
+    from lingotune.fast import frozen_linears_to_bf16
+
+    model = fresh_tiny(tie=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stale = tmp_path / ".frozen-fp32-rank0-killed"  # what a process killed mid-stage leaves
+    stale.mkdir()
+    (stale / "weights.safetensors").write_bytes(b"x" * 100)
+    n, restore = frozen_linears_to_bf16(model, tmp_path)
+    assert not stale.exists()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert n == sum(m.weight.numel() for m in linears) - model.model.layers[0].mlp.up_proj.weight.numel() \
+        - model.lm_head.weight.numel()  # the trained one and the tied head stay fp32
+    assert model.lm_head.weight.dtype == torch.float32 and model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    q = model.model.layers[1].self_attn.q_proj.weight
+    assert q.dtype == torch.bfloat16 and torch.equal(q, before["model.layers.1.self_attn.q_proj.weight"].to(torch.bfloat16))
+    assert len(list(tmp_path.glob(".frozen-fp32-*/weights.safetensors"))) == 1
+    restore()
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert not list(tmp_path.glob(".frozen-fp32-*"))

@@ -1,4 +1,4 @@
-"""Row-sparse embedding training: lingotune's fast path for a stage that trains the input embeddings.
+"""lingotune's fast path: row-sparse embedding training, and frozen linear weights held in bf16 under autocast.
 
 - `SparseEmbedding` + `LazyRowAdam`: train input-embedding rows with gradients and optimizer
   state only for the rows that occur in the batches (never a vocab x hidden gradient).
@@ -257,3 +257,60 @@ class LazyRowAdam(torch.optim.Optimizer):
     def state_numel(self) -> int:
         """Elements held in optimizer state (grows with touched rows, not with the vocabulary)."""
         return sum(v.numel() for st in self.state.values() for v in st.values())
+
+
+# --------------------------------------------------------------------------- frozen weights held in bf16
+
+
+def frozen_linears_to_bf16(model, spill_dir) -> tuple[int, "callable"]:
+    """Hold every frozen fp32 `nn.Linear` weight of `model` in bf16 for a stage run under bf16 autocast, and
+    return (parameters cast, restore). Autocast casts such a weight to bf16 at every call (it caches only the
+    casts of weights that train); holding it in bf16 once gives the same bf16 values (round to nearest even,
+    as autocast's cast), so losses and gradients are bit for bit the same, and the frozen weights take half
+    their memory. A weight that shares storage with an embedding (a tied head) is left alone: the embedding
+    lookup is not autocast.
+
+    `restore()` puts the exact fp32 originals back (for the fp32 evaluation that follows a stage). Where
+    they are kept: on a GPU, in CPU memory; on the CPU, in a safetensors file in `spill_dir` (removed after
+    restoring, and a folder a killed process left there is removed when the stage starts again), so the
+    process holds only the bf16 copies while it trains.
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    todo = {}
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if (isinstance(mod, torch.nn.Linear) and isinstance(w, torch.nn.Parameter) and not w.requires_grad
+                and w.dtype == torch.float32 and w.data_ptr() not in shared):
+            todo[name] = mod
+    if not todo:
+        return 0, lambda: None
+    on_cpu = all(m.weight.device.type == "cpu" for m in todo.values())
+    prefix = f".frozen-fp32-rank{int(os.environ.get('RANK', 0))}-"
+    for stale in Path(spill_dir).glob(prefix + "*"):  # left by a process killed mid-stage: a copy of the weights
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=spill_dir) if on_cpu else None
+    if on_cpu:
+        save_file({n: m.weight.data.contiguous() for n, m in todo.items()}, os.path.join(folder, "weights.safetensors"))
+        kept = None
+    else:
+        kept = {n: m.weight.data.to("cpu", copy=True) for n, m in todo.items()}
+    count = 0
+    for mod in todo.values():
+        count += mod.weight.numel()
+        mod.weight.data = mod.weight.data.to(torch.bfloat16)
+
+    def restore() -> None:
+        originals = kept if kept is not None else load_file(os.path.join(folder, "weights.safetensors"))
+        for n, mod in todo.items():
+            mod.weight.data = originals[n].to(mod.weight.device)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return count, restore

@@ -210,6 +210,11 @@ class TrainConfig(Strict):
     fast: bool = Field(
         True, description="Use lingotune's fast path where it applies (row-sparse embedding updates, label-only logits)."
     )
+    frozen_bf16: bool = Field(
+        True, description="Under bf16 autocast, hold the frozen linear weights in bf16 during a stage instead of "
+        "casting them at every call: the same losses and gradients bit for bit, half their memory; their exact fp32 "
+        "values come back after the stage (kept in CPU memory from a GPU, in a file in the stage's folder on the CPU).",
+    )
     pack: bool = Field(
         True,
         description="Pack each step's examples into rows of max_len tokens, attention kept inside each example: "
@@ -395,7 +400,7 @@ class RecipeError(UserError, ValueError):
 
 # Fields that do not change what training computes: they may differ when a run is resumed.
 NOT_TRAINING = ("name", "eval.", "output.", "compare.", "propagate.", "train.checkpoint_every", "train.log_every",
-                "train.keep_checkpoints", "train.max_loss_ratio")
+                "train.keep_checkpoints", "train.max_loss_ratio", "train.frozen_bf16")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

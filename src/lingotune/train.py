@@ -404,6 +404,14 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
     if cfg.pack and not own_batches:
         notes.append("packed rows" if pack else "padded rows: this model ignores packed position_ids")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    held, restore_frozen = 0, (lambda: None)
+    if accelerator.mixed_precision == "bf16" and cfg.frozen_bf16 and parallel:
+        from lingotune.fast import frozen_linears_to_bf16
+
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        held, restore_frozen = frozen_linears_to_bf16(model, stage_dir)
+        if held:
+            notes.append(f"{held:,} frozen linear weights held in bf16")
     if cfg.gradient_checkpointing:
         _checkpointing(base, True)
         notes.append("gradient checkpointing")
@@ -426,6 +434,7 @@ def prepare_stage(model, groups: list[dict], items: list[dict], *, steps: int, c
         # take back accelerate's mixed-precision forward: the trained model is evaluated as it was before
         accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
         remove_sparse_embedding(original)
+        restore_frozen()
         if cfg.gradient_checkpointing:
             _checkpointing(base, False)
 
