@@ -257,22 +257,6 @@ def model_card(run_dir: Path, recipe, results: dict, parts: list[str], adapter_o
 # ----------------------------------------------------------------------------- the output directory
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """May `out` be written? Writes nothing; ExportError (one line) when not."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if not overwrite:
-        raise ExportError(f"{out}: exists; pass --overwrite to replace it, or choose another --out")
-    if rundir.marker_kind(out) != KIND:
-        raise ExportError(f"{out}: exists and is not a lingotune export (no {rundir.MARKER} marker of an export); "
-                          "--overwrite only replaces an earlier export")
-    reason = rundir.protected_reason(out)
-    if reason:
-        raise ExportError(f"{out}: refusing to replace it with --overwrite: {reason}")
-
-
 def export(run_dir: Path, out: Path, *, adapter_only: bool = False, overwrite: bool = False,
            licence: str | None = None) -> dict:
     """Write the run's model (or adapter) with its tokenizer and model card to `out`; a summary."""
@@ -281,7 +265,7 @@ def export(run_dir: Path, out: Path, *, adapter_only: bool = False, overwrite: b
 
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
-    check_out(out, overwrite)
+    rundir.check_output(out, KIND, overwrite)  # writes nothing
     recipe, results = read_run(run_dir)
     resolve(recipe.model.source)  # a base model that is gone fails here, in one line
     build = build_adapter if adapter_only else build_model
