@@ -94,21 +94,21 @@ def build_model(run_dir: Path, recipe, results: dict):
     run_dir = Path(run_dir)
     if results.get("propagation"):  # LEP: the product is the propagated instruct model
         where = run_dir / "propagated"
-        model, tok = load_model(str(where), dtype=recipe.model.dtype)
+        model, tok = load_model(str(where), **recipe.model.loading())
         return model, tok, [f"the propagated model ({where.name}/)"]
-    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    model, tok = load_model(recipe.model.source, **recipe.model.loading())
     parts = [f"base model {recipe.model.source}"]
     if (run_dir / "tokenizer").is_dir():  # an extended vocabulary: resize as the run did before training
         from lingotune.vocab import init_new_rows
 
-        new_tok = load_tokenizer(str(run_dir / "tokenizer"))
+        new_tok = load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
         init_new_rows(model, tok, new_tok)
         tok = new_tok
         parts.append(f"vocabulary of {len(tok)} tokens (tokenizer/)")
     for stage, kind, path in chain(run_dir, recipe, results):
         rel = path.relative_to(run_dir)
         if kind == "model":
-            model, tok = load_model(str(path), dtype=recipe.model.dtype)
+            model, tok = load_model(str(path), **recipe.model.loading())
         elif kind == "embeddings":
             apply_embeddings(model, path)
         else:
@@ -135,10 +135,10 @@ def build_adapter(run_dir: Path, recipe, results: dict):
     if kinds.count("adapter") != 1:
         raise ExportError(f"{run_dir}: --adapter-only: the run stacks {kinds.count('adapter')} adapters, one merged "
                           f"into the weights before the next; one PEFT adapter cannot carry that; {merged}")
-    base, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    base, tok = load_model(recipe.model.source, **recipe.model.loading())
     rows = base.get_input_embeddings().weight.shape[0]
     if (run_dir / "tokenizer").is_dir():
-        tok = load_tokenizer(str(run_dir / "tokenizer"))
+        tok = load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
         if len(tok) > rows:
             raise ExportError(f"{run_dir}: --adapter-only: the run extended the vocabulary ({rows} -> {len(tok)} "
                               f"tokens) and a PEFT adapter cannot add rows to the base model; {merged}")
