@@ -111,6 +111,8 @@ def eval_command(
 
 
 def _export_lm_eval(cfg, lang: str, model: str, adapter, embeddings, api_model, out: Path, overwrite: bool) -> None:
+    from rich.markup import escape
+
     from lingotune.eval.lm_eval_export import export_lm_eval
     from lingotune.models import load_tokenizer, resolve
 
@@ -123,6 +125,6 @@ def _export_lm_eval(cfg, lang: str, model: str, adapter, embeddings, api_model, 
         note = f", [yellow]{w['differ']} tokenized differently in lm-eval[/yellow]" if w["differ"] else ""
         console.print(f"{w['name']}: {w['n']} examples ({w['task']}, {w['k']}-shot{note})")
     for reason in summary["left_out"]:
-        console.print(f"[yellow]left out {reason}[/yellow]")
+        console.print(f"[yellow]left out {escape(reason)}[/yellow]")
     console.print(f"wrote {len(summary['tasks'])} lm-eval tasks to {out} in {summary['seconds']} s; "
                   f"how to run lm_eval: {out / 'README.md'}")

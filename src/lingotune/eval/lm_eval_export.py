@@ -21,8 +21,8 @@ How the two score the same tokens:
   log-likelihood of a choice is lingotune's plus log P(the context's trailing whitespace tokens | the context
   before them): the same for every choice of an example, so the choice picked, and the accuracy, are the same.
   The chat prompt ends in "assistant\\n", so for yes/no tasks that term is log P("\\n"); a multiple-choice
-  context ends in a word, so there it is 0. `lm_eval_pair` is lm-eval's encoding, and the export counts the
-  examples where the two sequences differ (README.md and the command's output name them).
+  context ends in a word (KoBEST), so there it is 0. `lm_eval_pair` is lm-eval's encoding; the export counts the
+  examples where the two sequences differ (README.md and the command's output give the number per task).
 - Metrics: lingotune's yes/no `accuracy_ll` compares log-sum-exp over the spellings of the yes word with that of
   the no word (ties: no); lm-eval gets every spelling as a choice and `lingotune_lm_eval.yesno_results` does the
   same sums, so `acc` = accuracy_ll / 100 and `f1` = f1_ll / 100 (macro over no/yes). Multiple choice: lm-eval's
