@@ -200,6 +200,30 @@ def test_a_run_loads_as_it_was_trained_even_when_moved(tmp_path, model_dir, tok)
     assert (logits - untouched).abs().max() > 1e-2  # the stages did change the model
 
 
+def test_a_run_its_base_and_its_export_load_with_the_recipes_attention_and_remote_code(tmp_path, model_dir, monkeypatch):
+    from rich.console import Console
+
+    from lingotune import chat, models
+    from lingotune.export import export
+
+    run = train(tmp_path / "eager", model_dir, "--set", "model.attn_implementation=eager",
+                "--set", "model.trust_remote_code=true")
+    calls = []
+    real = models.load_model
+
+    def spy(source, **kw):
+        calls.append((source, kw.get("attn_implementation"), kw.get("trust_remote_code")))
+        return real(source, **kw)
+
+    monkeypatch.setattr(models, "load_model", spy)
+    monkeypatch.setattr("lingotune.export.load_model", spy)
+    base, adapted = chat.load_all(str(run), compare=True, base=None, console=Console(quiet=True))
+    assert base.model.config._attn_implementation == adapted.model.config._attn_implementation == "eager"
+    export(run, tmp_path / "export")
+    assert calls == [(str(model_dir), "eager", True)] * 3  # chat's base, chat's run, the export
+    assert fresh_tiny().config._attn_implementation != "eager"  # not the default
+
+
 def test_prompts_file_answers_equal_batched_generation(tmp_path, model_dir, tok):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Привет!\n\nhow are you?\n안녕하세요\n", encoding="utf-8")

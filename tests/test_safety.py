@@ -19,7 +19,7 @@ from helpers import fresh_tiny, make_items, make_recipe, train_one
 from lingotune import methods
 from lingotune.checkpoint import Checkpoints
 from lingotune.errors import RunDirError, TrainingError
-from lingotune.rundir import MARKER, check, prepare
+from lingotune.rundir import MARKER, check, check_output, prepare
 
 
 def _lora(recipe, tmp_path, **kw):
@@ -80,6 +80,24 @@ def test_grid_and_run_directories_are_not_confused(tmp_path):
     (grid / "summary.json").write_text("{}")
     with pytest.raises(RunDirError, match="holds a lingotune grid"):
         check(grid, kind="run", resume=False, overwrite=True)
+
+
+def test_a_folder_written_whole_is_replaced_only_when_it_is_of_its_kind(tmp_path):
+    out = prepare(tmp_path / "e", "fresh", "export")
+    (out / "model.safetensors").write_text("x")
+    with pytest.raises(RunDirError, match="exists; pass --overwrite to replace it"):
+        check_output(out, "export", overwrite=False)
+    assert check_output(out, "export", overwrite=True) == "replace"
+    with pytest.raises(RunDirError, match="holds a lingotune export, not a lingotune export of lm-eval tasks"):
+        check_output(out, "lm-eval", overwrite=True)
+    old = tmp_path / "old"  # an earlier lingotune's run: a marker without a kind
+    old.mkdir()
+    (old / MARKER).write_text("")
+    (old / "results.json").write_text("{}")
+    assert check_output(old, "run", overwrite=True) == "replace"
+    with pytest.raises(RunDirError, match="holds a lingotune run of an earlier version .*, not a lingotune export;"):
+        check_output(old, "export", overwrite=True)
+    assert check_output(tmp_path / "new", "lm-eval", overwrite=False) == "fresh"
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "a\\b"])

@@ -86,10 +86,10 @@ def check(source: str) -> str | None:
     return base
 
 
-def load(source: str, label: str, device: str = "cpu") -> Chatter:
+def load(source: str, label: str, device: str = "cpu", loading: dict | None = None) -> Chatter:
     """A run directory as `lingotune export` builds it (`export.build_model`: an extended vocabulary or ChatML's
-    tokens, every stage's artefacts, a propagated model, the recipe's dtype), anything else through
-    `models.load_model`."""
+    tokens, every stage's artefacts, a propagated model, the recipe's dtype, attention kernel and remote code),
+    anything else through `models.load_model` (with `loading`: a run's `recipe.model.loading()`, for its base)."""
     from lingotune.export import build_model, read_run
     from lingotune.models import load_model
 
@@ -98,13 +98,15 @@ def load(source: str, label: str, device: str = "cpu") -> Chatter:
         model, tok, _ = build_model(path, *read_run(path))
         model.to(device)
     else:
-        model, tok = load_model(source, device=device)
+        model, tok = load_model(source, device=device, **(loading or {}))
         model.eval()
     return Chatter(label, str(path.resolve()) if path.exists() else source, model, tok)
 
 
 def load_all(source: str, compare: bool, base: str | None, console: Console, device: str = "cpu") -> list[Chatter]:
     """The chatters: the model alone, or with `compare` its base model first and then the adapted one."""
+    from lingotune.export import read_run
+
     run_base = check(source)
     if compare:
         base = base or run_base
@@ -116,7 +118,9 @@ def load_all(source: str, compare: bool, base: str | None, console: Console, dev
     for src, label in ([(base, "base")] if compare else []) + [(source, "adapted" if compare else "model")]:
         start = time.perf_counter()
         console.print(f"[dim]loading {label} {src} …[/]", highlight=False)
-        out.append(load(src, label, device))
+        # a run's base loads as the run loaded it (its recipe's dtype, attention kernel, remote code)
+        loading = read_run(Path(source).expanduser())[0].model.loading() if label == "base" and run_base else None
+        out.append(load(src, label, device, loading))
         console.print(f"[dim]{label}: loaded in {time.perf_counter() - start:.1f} s[/]", highlight=False)
     return out
 

@@ -94,21 +94,21 @@ def build_model(run_dir: Path, recipe, results: dict):
     run_dir = Path(run_dir)
     if results.get("propagation"):  # LEP: the product is the propagated instruct model
         where = run_dir / "propagated"
-        model, tok = load_model(str(where), dtype=recipe.model.dtype)
+        model, tok = load_model(str(where), **recipe.model.loading())
         return model, tok, [f"the propagated model ({where.name}/)"]
-    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    model, tok = load_model(recipe.model.source, **recipe.model.loading())
     parts = [f"base model {recipe.model.source}"]
     if (run_dir / "tokenizer").is_dir():  # an extended vocabulary: resize as the run did before training
         from lingotune.vocab import init_new_rows
 
-        new_tok = load_tokenizer(str(run_dir / "tokenizer"))
+        new_tok = load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
         init_new_rows(model, tok, new_tok)
         tok = new_tok
         parts.append(f"vocabulary of {len(tok)} tokens (tokenizer/)")
     for stage, kind, path in chain(run_dir, recipe, results):
         rel = path.relative_to(run_dir)
         if kind == "model":
-            model, tok = load_model(str(path), dtype=recipe.model.dtype)
+            model, tok = load_model(str(path), **recipe.model.loading())
         elif kind == "embeddings":
             apply_embeddings(model, path)
         else:
@@ -135,10 +135,10 @@ def build_adapter(run_dir: Path, recipe, results: dict):
     if kinds.count("adapter") != 1:
         raise ExportError(f"{run_dir}: --adapter-only: the run stacks {kinds.count('adapter')} adapters, one merged "
                           f"into the weights before the next; one PEFT adapter cannot carry that; {merged}")
-    base, tok = load_model(recipe.model.source, dtype=recipe.model.dtype)
+    base, tok = load_model(recipe.model.source, **recipe.model.loading())
     rows = base.get_input_embeddings().weight.shape[0]
     if (run_dir / "tokenizer").is_dir():
-        tok = load_tokenizer(str(run_dir / "tokenizer"))
+        tok = load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
         if len(tok) > rows:
             raise ExportError(f"{run_dir}: --adapter-only: the run extended the vocabulary ({rows} -> {len(tok)} "
                               f"tokens) and a PEFT adapter cannot add rows to the base model; {merged}")
@@ -257,22 +257,6 @@ def model_card(run_dir: Path, recipe, results: dict, parts: list[str], adapter_o
 # ----------------------------------------------------------------------------- the output directory
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """May `out` be written? Writes nothing; ExportError (one line) when not."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if not overwrite:
-        raise ExportError(f"{out}: exists; pass --overwrite to replace it, or choose another --out")
-    if rundir.marker_kind(out) != KIND:
-        raise ExportError(f"{out}: exists and is not a lingotune export (no {rundir.MARKER} marker of an export); "
-                          "--overwrite only replaces an earlier export")
-    reason = rundir.protected_reason(out)
-    if reason:
-        raise ExportError(f"{out}: refusing to replace it with --overwrite: {reason}")
-
-
 def export(run_dir: Path, out: Path, *, adapter_only: bool = False, overwrite: bool = False,
            licence: str | None = None) -> dict:
     """Write the run's model (or adapter) with its tokenizer and model card to `out`; a summary."""
@@ -281,7 +265,7 @@ def export(run_dir: Path, out: Path, *, adapter_only: bool = False, overwrite: b
 
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
-    check_out(out, overwrite)
+    rundir.check_output(out, KIND, overwrite)  # writes nothing
     recipe, results = read_run(run_dir)
     resolve(recipe.model.source)  # a base model that is gone fails here, in one line
     build = build_adapter if adapter_only else build_model

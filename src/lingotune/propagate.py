@@ -37,9 +37,10 @@ import torch
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
-from lingotune.errors import RunDirError, UserError
+from lingotune.errors import UserError
 from lingotune.files import atomic_dir, save_json
 from lingotune.models import is_tied, load_model, untie
+from lingotune.rundir import check_output, prepare
 from lingotune.vocab import piece_map
 
 MODES = ("conversion", "overlap", "swap")
@@ -302,23 +303,12 @@ def propagate(base, adapted, adapted_tok, instruct, instruct_tok, mode: str = "c
 # ----------------------------------------------------------------------------- the output directory
 
 
-def check_out(out: Path, overwrite: bool) -> str:
-    """The run-directory policy for the output (writes nothing): "fresh" or "replace", else RunDirError."""
-    from lingotune.rundir import check
-
-    action = check(Path(out), kind="run", resume=False, overwrite=overwrite)
-    if action == "reuse":
-        raise RunDirError(f"{out}: exists; pass --overwrite to replace it")
-    return action
-
-
 def save_propagation(result: Propagation, out: Path, sources: dict[str, str], overwrite: bool = False) -> dict:
     """Write the model (safetensors), tokenizer and propagation.json into `out` at once; the record."""
     from lingotune.checkpoint import assert_finite
-    from lingotune.rundir import prepare
 
     out = Path(out)
-    check_out(out, overwrite)
+    check_output(out, "run", overwrite)
     assert_finite(dict(result.model.named_parameters()), str(out))
     record = result.record(sources)
     with atomic_dir(out) as tmp:
@@ -333,7 +323,7 @@ def propagate_dirs(base: str, adapted: str, instruct: str, out: Path, mode: str 
                    copy: str = "special", overwrite: bool = False) -> dict:
     """Load the three models, propagate and write `out`; every check runs before anything is written."""
     check_options(mode, copy)
-    check_out(Path(out), overwrite)
+    check_output(Path(out), "run", overwrite)
     base_model, _ = load_model(base)
     adapted_model, adapted_tok = load_model(adapted)
     instruct_model, instruct_tok = load_model(instruct)

@@ -66,6 +66,12 @@ class ModelConfig(Strict):
         "LoRA-only preference methods) leave them at the mean. Generation stops at <|im_end|>.",
     )
 
+    def loading(self) -> dict:
+        """`models.load_model`'s keywords for this model and whatever a run saved of it (dtype, attention kernel,
+        remote code): the run, its export, `lingotune chat` and propagation load alike."""
+        return {"dtype": self.dtype, "attn_implementation": self.attn_implementation,
+                "trust_remote_code": self.trust_remote_code}
+
 
 class LoraSettings(Strict):
     r: int = Field(8, ge=1, description="LoRA rank. The paper states none; its trainable-parameter counts (Table 6) "

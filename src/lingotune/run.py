@@ -195,9 +195,7 @@ def build_data(recipe: Recipe, console: Console):
 def load(recipe: Recipe, console: Console):
     console.print(f"[bold]model[/] loading {recipe.model.source} …")
     t = time.perf_counter()
-    model, tok = load_model(recipe.model.source, dtype=recipe.model.dtype,
-                            attn_implementation=recipe.model.attn_implementation,
-                            trust_remote_code=recipe.model.trust_remote_code)
+    model, tok = load_model(recipe.model.source, **recipe.model.loading())
     return model, tok, round(time.perf_counter() - t, 2)
 
 
@@ -302,11 +300,11 @@ def check_instruct(recipe: Recipe, model) -> None:
     from lingotune.propagate import PropagationError
 
     where = resolve(recipe.propagate.instruct)
-    config = AutoConfig.from_pretrained(where)
+    config = AutoConfig.from_pretrained(where, trust_remote_code=recipe.model.trust_remote_code)
     if (config.model_type, config.hidden_size) != (model.config.model_type, model.config.hidden_size):
         raise PropagationError(f"propagate.instruct: {config.model_type} with hidden size {config.hidden_size}, but "
                                f"model.source is {model.config.model_type} with {model.config.hidden_size}")
-    tok = load_tokenizer(recipe.propagate.instruct)
+    tok = load_tokenizer(recipe.propagate.instruct, recipe.model.trust_remote_code)
     if tok.init_kwargs.get("lingotune_fallback_template"):
         raise PropagationError("propagate.instruct: its tokenizer has no chat template (is it an instruct model?)")
 
@@ -318,8 +316,8 @@ def propagate_into_instruct(model, tok, recipe: Recipe, run_dir: Path, prompts: 
 
     cfg = recipe.propagate
     console.print(f"[bold]propagate[/] into {cfg.instruct} ({cfg.mode}) …")
-    base, _ = load_model(recipe.model.source, dtype=recipe.model.dtype)
-    instruct, instruct_tok = load_model(cfg.instruct, dtype=recipe.model.dtype)
+    base, _ = load_model(recipe.model.source, **recipe.model.loading())
+    instruct, instruct_tok = load_model(cfg.instruct, **recipe.model.loading())
     if do_eval and "instruct" not in results["evals"]:
         evaluate_model(instruct, instruct_tok, recipe, run_dir, "instruct", prompts, results, console)
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Run directories: whose they are, when one may be reused or replaced, and atomic writes into them.
 
-One policy for `lingotune run`, `train` and `compare`:
+One policy for `lingotune run`, `train` and `compare`, and (`check_output`) for the folders a command writes
+whole: `lingotune export`, `propagate`, `eval --export-lm-eval`:
 - lingotune marks every directory it creates for a run (or a compare grid) with a small file,
   `.lingotune-run`. `--overwrite` only ever removes a marked directory, and never the current
   directory, the home directory, the filesystem root or a parent of any of them.
@@ -25,7 +26,10 @@ from lingotune.errors import RunDirError
 from lingotune.files import atomic_write_text
 
 MARKER = ".lingotune-run"
-Kind = Literal["run", "grid"]
+Kind = Literal["run", "grid", "export", "lm-eval"]
+_WHAT = {"run": "a lingotune run directory", "grid": "a lingotune compare grid", "export": "a lingotune export",
+         "lm-eval": "a lingotune export of lm-eval tasks"}
+_FLAG = {"grid": "the grid directory", "lm-eval": "--export-lm-eval"}  # the option naming the folder (else --out)
 Action = Literal["fresh", "reuse", "resume", "replace"]
 _STARTED = ("results.json", "metrics.jsonl", "summary.json")
 
@@ -64,7 +68,7 @@ def _nonempty(path: Path) -> bool:
 def check(path: Path, *, kind: Kind, resume: bool, overwrite: bool) -> Action:
     """What to do with run directory `path`; raises RunDirError (writing nothing) when it may not be used."""
     path = Path(path)
-    flag = "--out" if kind == "run" else "the grid directory"
+    flag = _FLAG.get(kind, "--out")
     if resume and overwrite:
         raise RunDirError(f"{path}: --resume and --overwrite exclude each other")
     if path.exists() and not path.is_dir():
@@ -73,11 +77,13 @@ def check(path: Path, *, kind: Kind, resume: bool, overwrite: bool) -> Action:
         if resume:
             raise RunDirError(f"{path}: nothing to resume (no run there); run without --resume to start one")
         return "fresh"
-    ours = is_marked(path) and marker_kind(path) in (kind, None)
+    # a marker without a kind is an earlier lingotune's run or grid, never a newer kind of folder
+    ours = is_marked(path) and marker_kind(path) in ((kind, None) if kind in ("run", "grid") else (kind,))
     if not ours:
-        what = "a lingotune compare grid" if kind == "grid" else "a lingotune run directory"
+        what = _WHAT[kind]
         if is_marked(path):
-            raise RunDirError(f"{path}: holds a lingotune {marker_kind(path)}, not {what}; choose another {flag}")
+            held = marker_kind(path) or "run of an earlier version (a marker without a kind)"
+            raise RunDirError(f"{path}: holds a lingotune {held}, not {what}; choose another {flag}")
         hint = "--overwrite only replaces directories lingotune made" if overwrite else f"choose another {flag}"
         if (path / "recipe.yaml").exists():
             hint += f" (a run of an older lingotune? create an empty {MARKER} file in it to adopt it)"
@@ -92,6 +98,15 @@ def check(path: Path, *, kind: Kind, resume: bool, overwrite: bool) -> Action:
     if not any((path / name).exists() for name in _STARTED):
         return "reuse"  # a first attempt that failed before any result: nothing to lose
     raise RunDirError(f"{path}: run directory exists; pass --resume to continue it or --overwrite to replace it")
+
+
+def check_output(path: Path, kind: Kind, overwrite: bool) -> Action:
+    """`check` for a folder a command writes whole (an export, a propagated model, lm-eval tasks): "fresh", or
+    "replace" with --overwrite when it holds an earlier folder of `kind`; RunDirError (writing nothing) otherwise."""
+    action = check(path, kind=kind, resume=False, overwrite=overwrite)
+    if action == "reuse":
+        raise RunDirError(f"{path}: exists; pass --overwrite to replace it, or choose another {_FLAG.get(kind, '--out')}")
+    return action
 
 
 def prepare(path: Path, action: Action, kind: Kind) -> Path:

@@ -64,6 +64,10 @@ def eval_command(
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="--api-model: the endpoint's base URL (…/v1)."),
     api_key_env: str | None = typer.Option(None, help="--api-model: environment variable holding the API key "
                                            "(default: OPENAI_API_KEY if set)."),
+    export_lm_eval: Path | None = typer.Option(None, help="Evaluate nothing: write the log-likelihood tasks (yes/no "
+                                               "with --mode loglik, multiple choice) as lm-evaluation-harness tasks "
+                                               "into this folder (its README.md says how to run lm_eval on them)."),
+    overwrite: bool = typer.Option(False, help="--export-lm-eval: replace an earlier export in that folder."),
 ) -> None:
     """Evaluate a model on yes/no benchmarks, translation and perplexity; print scores with 95% CIs."""
     from pydantic import ValidationError
@@ -91,6 +95,8 @@ def eval_command(
         fail(f"option --{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}")
     for t in cfg.tasks:
         load_task(t)
+    if export_lm_eval is not None:
+        return _export_lm_eval(cfg, lang, model, adapter, embeddings, api_model, export_lm_eval, overwrite)
     if api_model:
         from lingotune.eval.answers import eval_api_model
 
@@ -102,3 +108,23 @@ def eval_command(
     results = evaluate(m, tok, cfg, out_dir=out, label=label, lang=lang)
     console.print(results_table(results, title=f"{label}: {model}" + (f" + {adapter}" if adapter else "")))
     console.print(f"saved to {out / label}")
+
+
+def _export_lm_eval(cfg, lang: str, model: str, adapter, embeddings, api_model, out: Path, overwrite: bool) -> None:
+    from rich.markup import escape
+
+    from lingotune.eval.lm_eval_export import export_lm_eval
+    from lingotune.models import load_tokenizer, resolve
+
+    if adapter or embeddings or api_model:
+        flag = "--adapter" if adapter else "--embeddings" if embeddings else "--api-model"
+        fail(f"option --export-lm-eval: lm_eval loads one model directory, not {flag}; for a lingotune run, "
+             f"`lingotune export RUN --out EXPORT`, then --model EXPORT")
+    summary = export_lm_eval(load_tokenizer(model), cfg, lang, out, resolve(model), overwrite)
+    for w in summary["tasks"]:
+        note = f", [yellow]{w['differ']} tokenized differently in lm-eval[/yellow]" if w["differ"] else ""
+        console.print(f"{w['name']}: {w['n']} examples ({w['task']}, {w['k']}-shot{note})")
+    for reason in summary["left_out"]:
+        console.print(f"[yellow]left out {escape(reason)}[/yellow]")
+    console.print(f"wrote {len(summary['tasks'])} lm-eval tasks to {out} in {summary['seconds']} s; "
+                  f"how to run lm_eval: {out / 'README.md'}")

@@ -23,19 +23,28 @@ def mc_choices(spec: TaskSpec, row: dict, lang: str) -> list[str]:
     return [render(c, fields) for c in spec.choices]
 
 
+def mc_example(spec: TaskSpec, row: dict, lang: str, seed: int, train: list[dict] = (), k: int = 0) -> tuple[str, list[str]]:
+    """(context, options) of one example at k shots: its demonstrations (each its context and gold option, then a
+    blank line) before its own context; the options are the continuations scored."""
+    demos = draw_demos(list(train), k, seed, row["id"])
+    prefix = "".join(mc_context(spec, d, lang) + mc_choices(spec, d, lang)[d["label"]] + "\n\n" for d in demos)
+    return prefix + mc_context(spec, row, lang), mc_choices(spec, row, lang)
+
+
+def context_ids(tok, context: str) -> list[int]:
+    """The context's token ids, after BOS where the tokenizer adds one (plain text, no chat template)."""
+    ids = inference.encode(tok, context)
+    return [tok.bos_token_id] + ids if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False) else ids
+
+
 def run_multiple_choice(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, train: list[dict] = (),
                         k: int = 0) -> tuple[list[dict], dict, dict]:
     """Score each option by log-likelihood; returns (per-example records, metrics, cis)."""
     sfx = suffix(k)
     pairs, owners, records = [], [], []
     for n, row in enumerate(rows):
-        demos = draw_demos(list(train), k, cfg.seed, row["id"])
-        prefix = "".join(mc_context(spec, d, lang) + mc_choices(spec, d, lang)[d["label"]] + "\n\n" for d in demos)
-        context = prefix + mc_context(spec, row, lang)
-        ctx_ids = inference.encode(tok, context)
-        if tok.bos_token_id is not None and getattr(tok, "add_bos_token", False):
-            ctx_ids = [tok.bos_token_id] + ctx_ids
-        choices = mc_choices(spec, row, lang)
+        context, choices = mc_example(spec, row, lang, cfg.seed, train, k)
+        ctx_ids = context_ids(tok, context)
         for j, c in enumerate(choices):
             pairs.append((ctx_ids, inference.encode(tok, c)))
             owners.append((n, j))

@@ -40,15 +40,30 @@ def _clean(v):
     return v
 
 
+def task_examples(spec: TaskSpec, cfg: EvalConfig, root: Path | None, task_lang: str) -> list[dict]:
+    """The examples `cfg` evaluates of a task: `limits` or `limit` (perplexity: else `bpc_max_lines`), `sample`."""
+    limit = cfg.limits.get(spec.name, cfg.limit)
+    if limit is None and spec.kind == "perplexity":
+        limit = cfg.bpc_max_lines
+    return load_examples(spec, root, task_lang, limit, cfg.sample, cfg.seed)
+
+
+def task_shots(spec: TaskSpec, cfg: EvalConfig, root: Path | None, task_lang: str) -> tuple[list[int], list[dict]]:
+    """(k-shot settings, demonstration rows) of a yes/no or multiple-choice task: `cfg.shots` where the task has
+    a training split, else its own; FileNotFoundError when k > 0 has no demonstrations."""
+    shots = cfg.shots if cfg.shots is not None and (spec.train_file or spec.hub_train_split) else spec.shots
+    train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
+    if any(k > 0 for k in shots) and not train:
+        raise FileNotFoundError(f"task {spec.name}: k-shot needs a train_file")
+    return shots, train
+
+
 def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lang: str,
              reference: dict | None = None) -> tuple[dict, list[dict]]:
     """(result, per-example records) of one task; FileNotFoundError/ImportError when its data is absent.
     `reference`: the untouched model's result of this task (a transfer task scores the items it knew)."""
     task_lang = spec.lang or lang
-    limit = cfg.limits.get(spec.name, cfg.limit)
-    if limit is None and spec.kind == "perplexity":
-        limit = cfg.bpc_max_lines
-    rows = load_examples(spec, root, task_lang, limit, cfg.sample, cfg.seed)
+    rows = task_examples(spec, cfg, root, task_lang)
     metrics, cis, records = {}, {}, []
     if spec.kind == "translation":
         records, metrics, cis = run_translation(model, tok, spec, rows, cfg)
@@ -61,10 +76,7 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
     elif spec.kind == "alignment":
         records, metrics, cis = run_alignment(model, tok, spec, rows, task_lang, cfg, reference)
     else:
-        shots = cfg.shots if cfg.shots is not None and (spec.train_file or spec.hub_train_split) else spec.shots
-        train = load_demos(spec, root, task_lang) if any(k > 0 for k in shots) else []
-        if any(k > 0 for k in shots) and not train:
-            raise FileNotFoundError(f"task {spec.name}: k-shot needs a train_file")
+        shots, train = task_shots(spec, cfg, root, task_lang)
         for k in shots:
             run = run_yesno if spec.kind == "yesno" else run_multiple_choice
             recs, m, c = run(model, tok, spec, rows, task_lang, cfg, train, k)

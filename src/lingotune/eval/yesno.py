@@ -56,8 +56,18 @@ def build_messages(spec: TaskSpec, row: dict, lang: str, seed: int = 0, demos: l
     return msgs
 
 
-def _spellings(word: str) -> list[str]:
-    return list(dict.fromkeys([word, word[:1].upper() + word[1:]]))
+def prompt_text(tok, spec: TaskSpec, row: dict, lang: str, seed: int, train: list[dict] = (), k: int = 0) -> str:
+    """The chat prompt of one example at k shots (its demonstrations drawn for it), ending where the reply starts."""
+    demos = draw_demos(list(train), k, seed, row["id"])
+    return inference.chat_text(tok, build_messages(spec, row, lang, seed, demos))
+
+
+def answer_spellings(lang: str) -> list[tuple[str, str]]:
+    """(answer, spelling) of every continuation the log-likelihood mode scores: the yes word and the no word of
+    `lang`, each as written and capitalized (one spelling where the two are the same)."""
+    language = get_language(lang)
+    return [(a, w) for a, word in (("yes", language.yes[0]), ("no", language.no[0]))
+            for w in dict.fromkeys([word, word[:1].upper() + word[1:]])]
 
 
 def _logsumexp(xs: list[float]) -> float:
@@ -69,13 +79,8 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
               k: int = 0) -> tuple[list[dict], dict, dict]:
     """Evaluate one yes/no task at one k; returns (per-example records, metrics, cis)."""
     sfx = suffix(k)
-    language = get_language(lang)
-    texts, records = [], []
-    for row in rows:
-        demos = draw_demos(list(train), k, cfg.seed, row["id"])
-        text = inference.chat_text(tok, build_messages(spec, row, lang, cfg.seed, demos))
-        texts.append(text)
-        records.append({"id": row["id"], "shots": k, "prompt": text, "label": row["label"]})
+    texts = [prompt_text(tok, spec, row, lang, cfg.seed, train, k) for row in rows]
+    records = [{"id": row["id"], "shots": k, "prompt": text, "label": row["label"]} for row, text in zip(rows, texts)]
     ids = [inference.encode(tok, t) for t in texts]
     golds = [r["label"] for r in records]
     metrics, cis = {}, {}
@@ -92,7 +97,7 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
             metrics[f"n_generated{sfx}"] = len(outs)
         cis.update(classification_cis(preds, gen_golds, cfg.n_bootstrap, cfg.seed, suffix=sfx, classes=classes))
     if cfg.mode in ("loglik", "both"):
-        variants = [(a, w) for a, word in (("yes", language.yes[0]), ("no", language.no[0])) for w in _spellings(word)]
+        variants = answer_spellings(lang)
         scores = inference.shared_continuation_logprobs(model, tok, ids, [inference.encode(tok, w) for _, w in variants],
                                                  cfg.batch_size, desc=f"{spec.name} {k}-shot ll")
         per = [{a: [s for (a2, _), s in zip(variants, row) if a2 == a] for a in ("yes", "no")} for row in scores]
