@@ -283,3 +283,36 @@ def test_generate_limits_generate_on_a_sample_and_score_every_example_by_loglik(
                      generate_limits={"qa": 4})  # only mode both splits the examples
     res = evaluate(tiny_llama, tok, cfg, lang="ru")["qa"]
     assert asked[-1] == 6 and "n_generated" not in res
+
+
+def test_an_interrupted_evaluation_resumes_without_rescoring_finished_tasks(tiny_llama, tok, tmp_path, monkeypatch):
+    from lingotune.eval import runner
+
+    task, _, mc = _write_data(tmp_path)
+    cfg = EvalConfig(tasks=[str(task), str(mc)], mode="loglik", shots=[0], n_bootstrap=0, data_root=str(tmp_path))
+    out = tmp_path / "out"
+    real, ran = runner.run_task, []
+
+    def counting(model, tok_, spec, *a, **k):
+        ran.append(spec.name)
+        if spec.name == "mc" and cut["on"]:
+            raise KeyboardInterrupt
+        return real(model, tok_, spec, *a, **k)
+
+    cut = {"on": True}
+    monkeypatch.setattr(runner, "run_task", counting)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru")
+    cut["on"], ran[:] = False, []
+    first = json.loads((out / "m" / "scores.json").read_text())["qa"]
+    res = evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru", resume=True)
+    assert ran == ["mc"] and res["qa"] == first and res["mc"]["n"] == 6
+    ran.clear()
+    again = evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru", resume=True)
+    assert ran == [] and again == res  # everything scored: nothing runs
+    changed = cfg.model_copy(update={"limit": 4})  # other settings: scored again
+    assert evaluate(tiny_llama, tok, changed, out_dir=out, label="m", lang="ru", resume=True)["qa"]["n"] == 4
+    assert ran == ["qa", "mc"]
+    ran.clear()
+    evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru")  # without resume: everything runs
+    assert ran == ["qa", "mc"]

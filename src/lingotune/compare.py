@@ -107,7 +107,7 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[dict], judge
     if _complete(udir):
         return
     res = new_results(base, None)
-    evaluate_model(model0, tok, base, udir, UNTOUCHED, prompts, res, console)
+    evaluate_model(model0, tok, base, udir, UNTOUCHED, prompts, res, console, resume=True)  # tasks scored before a cut
     _answer(model0, tok, base, judged, udir)
     res.update(complete=True, method=UNTOUCHED)
     files.save_json(udir / "results.json", res)
@@ -126,7 +126,7 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     reference = files.read_json(cell_dir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
                          after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
-    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference)
+    evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference, resume=True)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True

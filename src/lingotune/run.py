@@ -200,10 +200,12 @@ def load(recipe: Recipe, console: Console):
 
 
 def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompts: list[dict], results: dict,
-                   console: Console, reference: dict | None = None, tasks: list[str] | None = None) -> None:
+                   console: Console, reference: dict | None = None, tasks: list[str] | None = None,
+                   resume: bool = False) -> None:
     """Evaluate `model` under `label` into results['evals'], and record its answers to `prompts` (`sample_prompts`).
     `reference`: the untouched model's results (default: results['evals']['untouched']), which the transfer
-    probe conditions on; `tasks`: only these tasks (and no sample answers)."""
+    probe conditions on; `tasks`: only these tasks (and no sample answers); `resume`: tasks an interrupted
+    evaluation of this model already scored under `label` are read back, not run again."""
     from lingotune import inference
     from lingotune.eval import evaluate
 
@@ -211,7 +213,7 @@ def evaluate_model(model, tok, recipe: Recipe, run_dir: Path, label: str, prompt
     if reference is None and label != "untouched":
         reference = results["evals"].get("untouched")
     results["evals"][label] = evaluate(model, tok, recipe.eval, run_dir / "eval", label=label, lang=recipe.language,
-                                       reference=reference, tasks=tasks)
+                                       reference=reference, tasks=tasks, resume=resume)
     if tasks is not None:
         return
     samples = results.setdefault("samples", [dict(p) for p in prompts])
@@ -233,7 +235,7 @@ def stage_evaluator(recipe: Recipe, tok, run_dir: Path, results: dict, console: 
         label = f"{variant or recipe.method.name}-{stage}"
         if label not in results["evals"]:
             evaluate_model(model, tok, recipe, run_dir, label, [], results, console, reference,
-                           tasks=recipe.eval.every_stage)
+                           tasks=recipe.eval.every_stage, resume=True)
             files.save_json(run_dir / "results.json", results)
     return after
 
@@ -377,7 +379,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
 
     prompts = sample_prompts(recipe, built) if do_eval else []
     if main and do_eval and "untouched" not in results["evals"]:  # evaluation: rank 0 alone
-        evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console)
+        evaluate_model(model, tok, recipe, run_dir, "untouched", prompts, results, console, resume=resume)
         files.save_json(run_dir / "results.json", results)
     distributed.barrier()
 
@@ -394,7 +396,7 @@ def run(recipe: Recipe, *, resume: bool = False, do_eval: bool = True, only_stag
 
     if main:
         finish(model, tok, recipe, run_dir, prompts, results, console, do_eval=do_eval and only_stage is None,
-               propagate=bool(recipe.propagate.instruct) and only_stage is None, t_start=t_start)
+               propagate=bool(recipe.propagate.instruct) and only_stage is None, t_start=t_start, resume=resume)
     distributed.barrier()  # the others wait for rank 0's evaluation and report
     results.setdefault("wall_seconds", round(time.perf_counter() - t_start, 2))  # the other processes'
     return results
@@ -413,10 +415,10 @@ def start_processes(recipe: Recipe) -> int:
 
 
 def finish(model, tok, recipe: Recipe, run_dir: Path, prompts: list[dict], results: dict, console: Console, *,
-           do_eval: bool, propagate: bool, t_start: float) -> None:
+           do_eval: bool, propagate: bool, t_start: float, resume: bool = False) -> None:
     """Rank 0, after training: evaluate the adapted model, propagate, write results.json and report.md."""
     if do_eval:
-        evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console)
+        evaluate_model(model, tok, recipe, run_dir, recipe.method.name, prompts, results, console, resume=resume)
     if propagate:
         propagate_into_instruct(model, tok, recipe, run_dir, prompts, results, console, do_eval)
     results["wall_seconds"] = round(time.perf_counter() - t_start, 2)  # this invocation

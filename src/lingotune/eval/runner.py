@@ -24,7 +24,7 @@ from lingotune.eval.transfer import run_alignment, run_transfer
 from lingotune.eval.translation import build_messages as translation_messages, run_translation
 from lingotune.eval.yesno import run_yesno, user_prompt as yesno_prompt
 from lingotune.paths import data_root
-from lingotune.files import atomic_write_text, safe_name, save_json
+from lingotune.files import atomic_write_text, read_json, safe_name, save_json
 
 console = Console(stderr=True)
 
@@ -88,14 +88,27 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
     return result, records
 
 
+def task_fingerprint(cfg: EvalConfig, spec, lang: str, reference: dict | None) -> str:
+    """sha256 of what a task's result depends on besides the model: the evaluation settings, the task file, the
+    language and the untouched model's result it is conditioned on (the transfer probe)."""
+    import hashlib
+
+    what = {"cfg": cfg.model_dump(mode="json"), "task": spec.model_dump(mode="json"), "lang": lang,
+            "reference": reference}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, label: str = "model",
-             lang: str = "ru", reference: dict | None = None, tasks: list[str] | None = None) -> dict:
+             lang: str = "ru", reference: dict | None = None, tasks: list[str] | None = None,
+             resume: bool = False) -> dict:
     """Run `cfg.tasks` (or the default suite of `lang`; or `tasks`) and return {task: {metric: value, "ci",
     "metrics", "n", "seconds", "skipped"}}. `reference`: the untouched model's results (transfer tasks score
     every model on the items the untouched model answers correctly in English).
 
     A task whose data is missing is skipped with its reason in "skipped"; an unknown task name or
-    a bad task file raises ValueError before anything runs.
+    a bad task file raises ValueError before anything runs. `resume` (an interrupted evaluation of the
+    same model into the same `out_dir`/`label`, e.g. a grid cell): a task already scored there with the same
+    settings (`task_fingerprint`, kept in `done.json`) is not run again; its result is read back.
     """
     safe_name(label, "evaluation label")
     root = data_root(cfg.data_root)
@@ -105,7 +118,14 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
     folder = Path(out_dir) / label if out_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    done = (read_json(folder / "done.json") or {}) if folder is not None and resume else {}
+    earlier = (read_json(folder / "scores.json") or {}) if done else {}
     for spec in specs:
+        mark = task_fingerprint(cfg, spec, lang, (reference or {}).get(spec.name)) if folder is not None else None
+        if mark and done.get(spec.name) == mark and spec.name in earlier:
+            console.print(f"[dim]{label} {spec.name}: scored earlier[/]")
+            results[spec.name] = earlier[spec.name]
+            continue
         t0 = time.perf_counter()
         try:
             result, records = run_task(model, tokenizer, spec, cfg, root, lang, (reference or {}).get(spec.name))
@@ -121,6 +141,9 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
                 atomic_write_text(folder / f"{spec.name}.jsonl",
                                   "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in records))
             save_json(folder / "scores.json", results)
+            if not result.get("skipped"):  # a skipped task is tried again (its data may be there now)
+                done[spec.name] = mark
+                save_json(folder / "done.json", done)
     return results
 
 
