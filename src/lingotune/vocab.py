@@ -489,9 +489,9 @@ def train_vocab(tok, texts: list[str], kind: Literal["bpe", "unigram"], size: in
         trainer = trainers.BpeTrainer(vocab_size=wanted, min_frequency=min_count, special_tokens=in_order,
                                       initial_alphabet=alphabet, show_progress=False, **affixes)
     else:
-        raw = Tokenizer(models.Unigram())
+        raw = Tokenizer(models.Unigram())  # a byte-level piece's length counts bytes: 32 is about SentencePiece's
         trainer = trainers.UnigramTrainer(vocab_size=wanted, special_tokens=in_order, initial_alphabet=alphabet,
-                                          unk_token=unk, show_progress=False)
+                                          unk_token=unk, show_progress=False, max_piece_length=32 if byte_level else 16)
     old_raw = tok.backend_tokenizer
     for part in ("normalizer", "pre_tokenizer", "decoder"):
         if getattr(old_raw, part) is not None:
@@ -671,8 +671,7 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
     from lingotune.models import is_tied
 
     pieces = piece_map(new_tok, old_tok)
-    new_vocab = new_tok.get_vocab()
-    extension = all(new_vocab.get(t) == i for t, i in old_tok.get_vocab().items())
+    extension = extends(new_tok, old_tok)
     tied = is_tied(model) or model.get_output_embeddings() is None
     old = {slot: embedding_matrix(model, slot).detach() for slot in (("tied",) if tied else ("input", "head"))}
     n_rows = old["tied" if tied else "input"].shape[0]
@@ -705,6 +704,13 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
         remap_special_ids(model, old_tok, new_tok)
     return {"rows": rows, "replaced": not extension, "kept": counts["kept"], "set_to_mean": counts["set_to_mean"],
             "new_special_tokens": counts["new_special_tokens"], "unspellable": counts["unspellable"], "tied": tied}
+
+
+def extends(new_tok, old_tok) -> bool:
+    """Whether `new_tok` holds every token of `old_tok` at its old id (`extend`, ChatML's tokens), so that the
+    old rows keep their meaning; a replacing vocabulary (`bpe`, `unigram`, `optimize`) does not."""
+    new_vocab = new_tok.get_vocab()
+    return all(new_vocab.get(t) == i for t, i in old_tok.get_vocab().items())
 
 
 def mean_of_pieces(matrix: torch.Tensor, pieces: list[list[int]]) -> torch.Tensor:
