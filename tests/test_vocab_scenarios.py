@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from tokenizers.pre_tokenizers import ByteLevel
 from typer.testing import CliRunner
 
 from helpers import fresh_tiny
@@ -46,7 +47,7 @@ def test_a_trained_vocabulary_replaces_the_old_in_its_family(base_tok, kind):
     assert new.chat_template == base_tok.chat_template and new.special_tokens_map == base_tok.special_tokens_map
     assert new.all_special_tokens == base_tok.all_special_tokens
     vocab = new.get_vocab()
-    assert all(ch in vocab for ch in __import__("tokenizers").pre_tokenizers.ByteLevel.alphabet())  # all 256 bytes
+    assert all(ch in vocab for ch in ByteLevel.alphabet())  # all 256 bytes
     for text in (ODD, *ENGLISH[:6], *RUSSIAN[:8]):  # no text is unknown: every one decodes back to itself
         assert new.decode(new(text, add_special_tokens=False)["input_ids"]) == text
     assert chars_per_token(new, RUSSIAN) > 1.5 * chars_per_token(base_tok, RUSSIAN)
@@ -132,7 +133,7 @@ def test_prune_keeps_the_most_used_tokens_with_their_bpe_paths(base_tok):
     vocab, old_vocab = new.get_vocab(), base_tok.get_vocab()
     assert len(new) == report["kept"] == 300 and report["dropped"] == len(base_tok) - 300
     assert {"<|endoftext|>", "<|im_start|>", "<|im_end|>"} <= set(vocab)
-    assert all(ch in vocab for ch in __import__("tokenizers").pre_tokenizers.ByteLevel.alphabet())  # every base symbol
+    assert all(ch in vocab for ch in ByteLevel.alphabet())  # every base symbol
     model = new.backend_tokenizer.model
     regular = [t for t in vocab if t not in new.all_special_tokens]
     assert all([x.value for x in model.tokenize(t)] == [t] for t in regular)  # every kept token is reachable
@@ -277,6 +278,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_model_dir, tmp_pat
     errors = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(errors) == 1 and expected in errors[0], res.output
     assert not (tmp_path / "v").exists()
+
+
+def test_an_unknown_scenario_in_a_recipe_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", "--out", "r", "--set", f"model.source={tiny_model_dir}",
+                                   "--set", "vocab.scenario=wordpiece"])
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(errors) == 1 and "vocab.scenario" in errors[0], res.output
+    assert "'extend', 'bpe', 'unigram' or 'optimize'" in errors[0] and not (tmp_path / "r").exists()
 
 
 def test_a_corpus_mostly_in_another_script_is_refused():
