@@ -102,9 +102,9 @@ def test_new_rows_start_at_the_mean_of_the_old_rows(tied):
     n = len(old)
     assert emb.shape[0] == head.shape[0] == model.config.vocab_size == n + 2
     torch.testing.assert_close(emb[:n], emb0, rtol=0, atol=0)
-    for i in (n, n + 1):
-        torch.testing.assert_close(emb[i], emb0.mean(0), rtol=0, atol=0)
-        torch.testing.assert_close(head[i], head0.mean(0), rtol=0, atol=0)
+    for i in (n, n + 1):  # the mean in float64, stored in the weight's dtype
+        torch.testing.assert_close(emb[i], emb0.double().mean(0).float(), rtol=0, atol=0)
+        torch.testing.assert_close(head[i], head0.double().mean(0).float(), rtol=0, atol=0)
     assert (head.data_ptr() == emb.data_ptr()) == tied
 
 
@@ -190,7 +190,7 @@ def test_a_chatml_run_trains_saves_and_exports_with_the_tokens(base_model_dir, t
     assert n + 1 in exported.generation_config.eos_token_id
     # the reference, built by hand: the base resized, the new rows at the mean of the old ones, the run's artefacts
     ref = AutoModelForCausalLM.from_pretrained(base_model_dir)
-    mean = ref.model.embed_tokens.weight.detach().mean(0)
+    mean = ref.model.embed_tokens.weight.detach().double().mean(0).float()  # in float64, stored in float32
     ref.resize_token_embeddings(n + 2, mean_resizing=False)
     with torch.no_grad():
         ref.model.embed_tokens.weight[n:] = mean
@@ -229,4 +229,4 @@ def test_old_rows_keep_their_values_even_where_the_old_model_spells_the_token_ot
     after = model.get_input_embeddings().weight
     assert counts["set_to_mean"] == 0 and counts["new_special_tokens"] == 2
     torch.testing.assert_close(after[:6], before, rtol=0, atol=0)
-    torch.testing.assert_close(after[6], before.mean(0), rtol=0, atol=0)
+    torch.testing.assert_close(after[6], before.double().mean(0).float(), rtol=0, atol=0)

@@ -234,3 +234,28 @@ def test_an_lep_run_with_an_extended_vocabulary_exports_its_saved_model(root, tm
                                russian_logits(reference(run, tiny_model_dir), run / "tokenizer"), rtol=0, atol=1e-4)
     res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "a"), "--adapter-only"])
     assert res.exit_code == 2 and "changed every weight" in res.output and not (tmp_path / "a").exists()
+
+
+def test_a_run_with_a_replaced_vocabulary_exports_merged_and_refuses_adapter_only(root, tmp_path, tiny_model_dir):
+    """vocab.scenario optimize (1,020 tokens where the base has 49,152 rows): the merged export rebuilds the
+    matrix as the run did; a PEFT adapter cannot carry it, though the vocabulary did not grow."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lingotune.models import apply_adapter, apply_embeddings, load_tokenizer
+    from lingotune.vocab import init_new_rows
+
+    run = train_run(root, tiny_model_dir, "dpart", "vocab.scenario=optimize", "vocab.keep=1000", "vocab.add=20",
+                    "train.max_len=192", "data.sources=[{format: starter, limit: 60}, {format: starter, use: text, limit: 60}]")
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "x")) == exported.config.vocab_size == 1020
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # by hand: rebuilt, then the run's artefacts
+    assert init_new_rows(ref, load_tokenizer(str(tiny_model_dir)), load_tokenizer(str(run / "tokenizer")))["replaced"]
+    apply_embeddings(ref, run / "dpart" / "stage2" / "embeddings.safetensors")
+    ref = apply_adapter(ref, run / "dpart" / "stage2" / "adapter").eval()
+    torch.testing.assert_close(russian_logits(exported, tmp_path / "x"), russian_logits(ref, run / "tokenizer"),
+                               rtol=0, atol=1e-4)
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "a"), "--adapter-only"])
+    assert res.exit_code == 2 and "replaced the vocabulary (vocab.scenario optimize)" in res.output
+    assert not (tmp_path / "a").exists()

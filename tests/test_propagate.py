@@ -132,6 +132,26 @@ def test_a_known_map_is_recovered_to_float64_precision(toks, mode, tie):
     assert {f.rows for f in result.fits.values()} == {expected_rows}
 
 
+@pytest.mark.parametrize("scenario", ["unigram", "optimize"])
+@pytest.mark.parametrize("mode", ["overlap", "conversion"])
+def test_a_known_map_is_recovered_under_a_replacing_vocabulary(toks, mode, scenario):
+    """The adapted vocabulary replaces the old one (issue 12's `unigram`: another model type, its tokens not
+    a superset, at other ids; `optimize`: the old one cut and extended, at new ids): both fits still recover A."""
+    from lingotune.vocab import optimize, train_vocab
+
+    old, instruct_tok, _ = toks
+    new = train_vocab(old, RU, "unigram", size=330)[0] if scenario == "unigram" else \
+        optimize(old, RU, "ru", keep=280, n_new=20)[0]
+    assert not set(old.get_vocab().items()) <= set(new.get_vocab().items())
+    result, maps, adapted, _ = _run((old, instruct_tok, new), mode, tie=False)
+    specials = {new.convert_tokens_to_ids(t) for t in ("<unk>", "<s>", "</s>")}
+    mapped = [i for i in range(len(new)) if i not in specials]
+    for slot, fit in result.fits.items():
+        torch.testing.assert_close(fit.map, maps[slot], rtol=0, atol=1e-10)
+        assert fit.residual < 1e-12 and fit.rows >= 32
+        torch.testing.assert_close(_out(result, slot)[mapped], (adapted[slot] @ maps[slot])[mapped], rtol=0, atol=1e-14)
+
+
 def test_the_error_of_w_grows_with_the_noise_as_least_squares_predicts(toks):
     """Overlap: W - A = (X'X)^-1 X'N, so E||W - A||_F = sigma * sqrt(d * tr((X'X)^-1)) over the fitted rows X."""
     old, instruct_tok, new = toks

@@ -3,15 +3,15 @@
 The merged export (the default) rebuilds the run's model from the base model and the run's artefacts,
 stage by stage (`chain`): a whole saved model replaces what came before, trained embeddings are put in
 place (`models.apply_embeddings`: the input matrix alone when the run untied the head, the shared
-matrix when it trained it tied), a PEFT adapter is merged into the weights. An extended vocabulary
+matrix when it trained it tied), a PEFT adapter is merged into the weights. An adapted vocabulary
 (the run's `tokenizer/`: `vocab:` or `model.chat_tokens`) first resizes the base model the way the run
-did (`vocab.init_new_rows`). An LEP run that propagated exports the propagated instruct model. The
+did (`vocab.init_new_rows`; a replacing scenario rebuilds the whole matrix). An LEP run that propagated exports the propagated instruct model. The
 result is saved with `save_pretrained` (safetensors; an untied head as its own tensor, a tied model's
 one matrix once), with the tokenizer and its chat template, and a generation config that stops at the
 end of a turn (`inference.stop_ids`).
 
 `--adapter-only` writes one PEFT LoRA adapter instead, for runs whose result is one adapter on the
-base model's vocabulary: the changed input-embedding rows travel in the same adapter as PEFT's
+base model's vocabulary (not one that grew or was replaced): the changed input-embedding rows travel in the same adapter as PEFT's
 `trainable_token_indices` (only the rows that differ from the base model, so the adapter stays small;
 PEFT replaces those rows). A tied base model trained with `model.tie: untie` keeps its head: the head
 gets its own one-row entry with its original values, so PEFT does not tie the two.
@@ -98,7 +98,7 @@ def build_model(run_dir: Path, recipe, results: dict):
         return model, tok, [f"the propagated model ({where.name}/)"]
     model, tok = load_model(recipe.model.source, **recipe.model.loading())
     parts = [f"base model {recipe.model.source}"]
-    if (run_dir / "tokenizer").is_dir():  # an extended vocabulary: resize as the run did before training
+    if (run_dir / "tokenizer").is_dir():  # an adapted vocabulary: resize (rebuild) as the run did before training
         from lingotune.vocab import init_new_rows
 
         new_tok = load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
@@ -138,7 +138,12 @@ def build_adapter(run_dir: Path, recipe, results: dict):
     base, tok = load_model(recipe.model.source, **recipe.model.loading())
     rows = base.get_input_embeddings().weight.shape[0]
     if (run_dir / "tokenizer").is_dir():
-        tok = load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
+        from lingotune.vocab import extends
+
+        base_tok, tok = tok, load_tokenizer(str(run_dir / "tokenizer"), recipe.model.trust_remote_code)
+        if not extends(tok, base_tok):
+            raise ExportError(f"{run_dir}: --adapter-only: the run replaced the vocabulary (vocab.scenario "
+                              f"{recipe.vocab.scenario}): the base model's rows no longer mean the same tokens; {merged}")
         if len(tok) > rows:
             raise ExportError(f"{run_dir}: --adapter-only: the run extended the vocabulary ({rows} -> {len(tok)} "
                               f"tokens) and a PEFT adapter cannot add rows to the base model; {merged}")

@@ -39,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lingotune.errors import UserError
 from lingotune.files import atomic_dir, save_json
-from lingotune.models import is_tied, load_model, untie
+from lingotune.models import is_tied, load_model
 from lingotune.rundir import check_output, prepare
-from lingotune.vocab import piece_map
+from lingotune.vocab import embedding_matrix, mean_of_pieces, piece_map, remap_special_ids, set_rows
 
 MODES = ("conversion", "overlap", "swap")
 COPIES = ("special", "single", "none")
@@ -96,16 +96,6 @@ def fit_map(source: torch.Tensor, target: torch.Tensor) -> Fit:
     scale = torch.linalg.norm(y).item()
     residual = torch.linalg.norm(x @ w - y).item() / scale if scale else 0.0
     return Fit(w, residual, x.shape[0])
-
-
-def mean_of_pieces(matrix: torch.Tensor, pieces: list[list[int]]) -> torch.Tensor:
-    """C(matrix) in float64: row i is the mean of `matrix`'s rows `pieces[i]` (zero for an empty list)."""
-    rows = [i for i, p in enumerate(pieces) for _ in p]
-    cols = [j for p in pieces for j in p]
-    values = [1.0 / len(p) for p in pieces for _ in p]
-    c = torch.sparse_coo_tensor([rows, cols], values, (len(pieces), matrix.shape[0]), dtype=torch.float64,
-                                check_invariants=True)
-    return torch.sparse.mm(c.coalesce(), matrix.detach().cpu().double())
 
 
 def fit_slot(mode: str, base: torch.Tensor, instruct: torch.Tensor, pieces: list[list[int]],
@@ -224,7 +214,7 @@ def check_models(base, adapted, adapted_tok, instruct, instruct_tok) -> None:
     sizes = {name: m.get_input_embeddings().weight.shape[1] for name, m in models.items()}
     if len(set(sizes.values())) > 1:
         raise PropagationError("models of different hidden sizes: " + ", ".join(f"--{k} {v}" for k, v in sizes.items()))
-    rows = {name: {_matrix(m, slot).shape[0] for slot in ("input", "head")} for name, m in models.items()}
+    rows = {name: {embedding_matrix(m, slot).shape[0] for slot in ("input", "head")} for name, m in models.items()}
     if rows["adapted"] != {len(adapted_tok)}:
         raise PropagationError(f"--adapted: the model has {'/'.join(map(str, sorted(rows['adapted'])))} embedding rows "
                                f"but its tokenizer {len(adapted_tok)} tokens; resize the model to its tokenizer")
@@ -233,44 +223,6 @@ def check_models(base, adapted, adapted_tok, instruct, instruct_tok) -> None:
                                f"{min(rows['instruct'])} rows")
     if instruct_tok.init_kwargs.get("lingotune_fallback_template") or not instruct_tok.chat_template:
         raise PropagationError("--instruct: its tokenizer has no chat template (is it an instruct model?)")
-
-
-def _matrix(model, slot: str) -> torch.Tensor:
-    """The weight of one slot: "input" (also "tied") or "head"."""
-    module = model.get_output_embeddings() if slot == "head" else model.get_input_embeddings()
-    return module.weight
-
-
-def install(model, rows: dict[str, torch.Tensor], tied: bool) -> None:
-    """Resize `model` to the new rows and write them, each in its module's dtype; a tied model stays tied."""
-    if not tied:
-        untie(model)
-    n = next(iter(rows.values())).shape[0]
-    model.resize_token_embeddings(n, mean_resizing=False)  # every row is overwritten below
-    with torch.no_grad():
-        for slot, values in rows.items():
-            weight = _matrix(model, slot)
-            weight.copy_(values.to(dtype=weight.dtype, device=weight.device))
-    if tied:
-        model.tie_weights()
-    model.config.get_text_config().vocab_size = n
-
-
-def remap_special_ids(model, old_tok, new_tok) -> None:
-    """Token ids in the config and generation config (bos, eos, pad), moved to the new vocabulary."""
-    vocab = new_tok.get_vocab()
-
-    def new_id(old: int) -> int | None:
-        return vocab.get(old_tok.convert_ids_to_tokens(old))
-
-    configs = [model.config.get_text_config()] + ([model.generation_config] if model.generation_config else [])
-    for cfg in configs:
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(cfg, name, None)
-            if isinstance(value, int):
-                setattr(cfg, name, new_id(value))
-            elif isinstance(value, (list, tuple)):
-                setattr(cfg, name, [i for i in map(new_id, value) if i is not None])
 
 
 def propagate(base, adapted, adapted_tok, instruct, instruct_tok, mode: str = "conversion",
@@ -290,10 +242,10 @@ def propagate(base, adapted, adapted_tok, instruct, instruct_tok, mode: str = "c
     tied = is_tied(adapted) and is_tied(instruct)
     fits, rows = {}, {}
     for slot in ("tied",) if tied else ("input", "head"):
-        old = _matrix(instruct, slot)
-        fits[slot] = fit_slot(mode, _matrix(base, slot), old, pieces[:n_adapted], shared)
-        rows[slot] = propagated_rows(_matrix(adapted, slot), fits[slot], old, copied, len(tok))
-    install(instruct, rows, tied)
+        old = embedding_matrix(instruct, slot)
+        fits[slot] = fit_slot(mode, embedding_matrix(base, slot), old, pieces[:n_adapted], shared)
+        rows[slot] = propagated_rows(embedding_matrix(adapted, slot), fits[slot], old, copied, len(tok))
+    set_rows(instruct, rows, tied)
     remap_special_ids(instruct, instruct_tok, tok)
     added = tok.convert_ids_to_tokens(list(range(n_adapted, len(tok))))
     return Propagation(instruct, tok, mode, copy, tied, fits, len(copied),

@@ -153,8 +153,12 @@ def adapt_vocabulary(recipe: Recipe, tok, built):
     from lingotune.paths import data_root
 
     root = data_root(recipe.data.root)
-    texts = [t for rel in recipe.vocab.corpus for t in read_texts(root / rel if root else rel)] or built.text
-    new_tok, report = vocab.adapt(recipe.vocab, tok, recipe.language, texts)
+
+    def read(paths: list[str]) -> list[str]:
+        return [t for rel in paths for t in read_texts(root / rel if root else rel)]
+
+    texts = read(recipe.vocab.corpus) or built.text
+    new_tok, report = vocab.adapt(recipe.vocab, tok, recipe.language, texts, read(recipe.vocab.english_corpus))
     if recipe.model.chat_tokens == "chatml":  # ChatML's tokens on top (appendix A.6): the same resize path
         new_tok, chat = vocab.with_chat_tokens(new_tok or tok)
         report = {**(report or {}), **chat}

@@ -1,12 +1,21 @@
 """Vocabulary adaptation (LEP, `../shared/papers/lep.txt`): new tokenizers and the rows of new tokens.
 
+Scenarios (`VocabConfig.scenario`, `adapt`):
+- `extend`: BPE merges learned on target text on top of the old vocabulary (old ids unchanged).
+- `bpe`, `unigram` (`train_vocab`): a vocabulary trained on the corpus with HF `tokenizers` replaces the
+  old one; the old normalizer, pre-tokenizer, decoder, special tokens (at their old ids where the new
+  size holds them) and chat template are kept.
+- `optimize`: the old vocabulary cut to its `keep` most used tokens (with every token their BPE path
+  needs), then extended as in `extend`.
+
 - `piece_map(new_tok, old_tok)`: for every id of the new vocabulary, the ids the *old* tokenizer
-  uses for the same text. It drives the mean initialisation of new rows (`init_new_rows`) and
+  uses for the same text. It drives the mean initialisation of the rows (`init_new_rows`) and
   propagation's Conversion map (`lingotune.propagate`).
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import json
 import re
@@ -34,30 +43,34 @@ def _special_ids(tok) -> dict[str, int]:
         t.content: i for i, t in tok.added_tokens_decoder.items()}
 
 
-def same_bpe_family(new_tok, old_tok) -> bool:
-    """Both are BPE models with the same pre-tokenizer (e.g. an `extend`ed vocabulary and its source):
-    a new token's string is then segmented by the old model directly, bytes and all."""
+def same_alphabet(new_tok, old_tok) -> bool:
+    """The old model is BPE and both share the normalizer and pre-tokenizer (an `extend`ed vocabulary, or a
+    `bpe`/`unigram` one trained in the old family): a new token's string is then written in the old
+    model's symbols and the old BPE segments it directly, bytes and all."""
     a, b = _model_json(new_tok), _model_json(old_tok)
-    return a["model"]["type"] == b["model"]["type"] == "BPE" and a.get("pre_tokenizer") == b.get("pre_tokenizer")
+    return b["model"]["type"] == "BPE" and all(a.get(k) == b.get(k) for k in ("normalizer", "pre_tokenizer"))
 
 
 def piece_map(new_tok, old_tok) -> list[list[int]]:
     """For each new id (0 .. len(new_tok)-1): the old ids that spell the same text.
 
-    Special and added tokens map to the old token of the same content. In the same BPE family the
-    old model segments the new token's string directly (exact bytes, also for tokens that are not
-    whole characters); otherwise the token is decoded to text and encoded by the old tokenizer
-    without special tokens. A token the old tokenizer cannot spell gets [] (callers decide).
+    Special and added tokens map to the old token of the same content. In the same alphabet
+    (`same_alphabet`) a token the old vocabulary holds is that old id, and any other is segmented by
+    the old model directly (exact bytes, also for tokens that are not whole characters); otherwise the
+    token is decoded to text and encoded by the old tokenizer without special tokens. A token the old
+    tokenizer cannot spell gets [] (callers decide).
     """
     specials_new, specials_old = _special_ids(new_tok), _special_ids(old_tok)
     by_id = {i: t for t, i in specials_new.items()}
     old_vocab = old_tok.get_vocab()
-    direct = same_bpe_family(new_tok, old_tok)
+    direct = same_alphabet(new_tok, old_tok)
     old_model = old_tok.backend_tokenizer.model
 
     @lru_cache(maxsize=None)
     def spell(token: str) -> tuple[int, ...]:
         if direct:
+            if token in old_vocab:
+                return (old_vocab[token],)
             return tuple(old_vocab[t.value] for t in old_model.tokenize(token))
         text = new_tok.convert_tokens_to_string([token])
         return tuple(old_tok(text, add_special_tokens=False)["input_ids"])
@@ -76,31 +89,71 @@ def piece_map(new_tok, old_tok) -> list[list[int]]:
 # ----------------------------------------------------------------------------- the recipe's vocab section
 
 
+SCENARIOS = ("none", "extend", "bpe", "unigram", "optimize")
+
+
 class VocabConfig(BaseModel):
     """The recipe's `vocab:` section: how the tokenizer is adapted before training (LEP step 1)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    scenario: Literal["none", "extend"] = Field(
+    scenario: Literal["none", "extend", "bpe", "unigram", "optimize"] = Field(
         "none", description="none: keep the model's tokenizer; extend: add tokens learned as BPE merges on target-"
-        "language text on top of the original vocabulary (English ids unchanged). New rows start as the mean of the "
-        "old rows that spell them.")
-    add: int = Field(5000, ge=1, description="extend: new tokens to learn (fewer when the corpus runs out of pairs).")
-    min_count: int = Field(2, ge=1, description="extend: a pair must occur at least this often in the corpus.")
-    threshold: float = Field(0.5, gt=0.0, le=1.0, description="extend: minimum share of a new token's letters in the "
-                             "language's script.")
+        "language text on top of the original vocabulary (English ids unchanged); bpe / unigram: a BPE / Unigram "
+        "vocabulary of `size` tokens trained on the corpus replaces the original (same pre-tokenizer, special tokens "
+        "and chat template); optimize: the original vocabulary cut to its `keep` most used tokens on the corpus and "
+        "english_corpus, then extended by `add` tokens. Every row of the new vocabulary starts as the mean of the old "
+        "rows that spell its text.")
+    add: int = Field(5000, ge=1, description="extend, optimize: new tokens to learn (fewer when the corpus runs out "
+                     "of pairs).")
+    size: int | None = Field(None, ge=1, description="bpe, unigram: the new vocabulary's size, special tokens (and "
+                             "the 256 byte symbols of a byte-level or byte-fallback model) included. null: the "
+                             "original vocabulary's size.")
+    keep: int | None = Field(None, ge=1, description="optimize: tokens of the original vocabulary kept, special "
+                             "tokens and base symbols included. null: the original size minus `add`.")
+    min_count: int = Field(2, ge=1, description="extend, optimize, bpe: a pair must occur at least this often in the "
+                           "corpus to be merged.")
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="extend, optimize: minimum share of a new token's "
+                             "letters in the language's script.")
     corpus: list[str] = Field(default_factory=list, description="Text files the vocabulary is learned on (.txt one "
                               "text a line, or JSON/JSONL with a 'text' field), relative to the data root. Empty: the "
                               "run's `text` set (data sources used as text).")
+    english_corpus: list[str] = Field(default_factory=list, description="Text the adapted vocabulary must keep "
+                                      "serving (English), same formats: optimize counts token use on it beside the "
+                                      "corpus (without it, tokens no corpus text uses are kept in their original "
+                                      "merge order); bpe and unigram train on it too. Empty: none.")
 
 
-def adapt(cfg: VocabConfig, tok, lang: str, texts: list[str]):
-    """(adapted tokenizer, report), or (None, None) when `cfg.scenario` is none."""
+def adapt(cfg: VocabConfig, tok, lang: str, texts: list[str], english: list[str] = ()):
+    """(adapted tokenizer, report), or (None, None) when `cfg.scenario` is none. `texts` are the
+    target-language corpus (checked for its script), `english` the text the vocabulary must keep serving."""
     if cfg.scenario == "none":
         return None, None
     if not texts:
         raise VocabError("vocab: no corpus (give vocab.corpus, or a data source used as text)")
-    return extend(tok, texts, lang, cfg.add, cfg.min_count, cfg.threshold)
+    check_script(texts, lang)
+    if cfg.scenario == "extend":
+        return extend(tok, texts, lang, cfg.add, cfg.min_count, cfg.threshold)
+    if cfg.scenario in ("bpe", "unigram"):
+        return train_vocab(tok, [*texts, *english], cfg.scenario, cfg.size, cfg.min_count)
+    keep = cfg.keep if cfg.keep is not None else len(tok) - cfg.add
+    return optimize(tok, texts, lang, keep, cfg.add, english, cfg.min_count, cfg.threshold)
+
+
+def check_script(texts: list[str], lang: str, least: float = 0.5) -> None:
+    """VocabError unless at least `least` of the corpus' letters are in the language's script."""
+    script = get_language(lang).script
+    chars = Counter()
+    for t in texts:
+        chars.update(t)
+    letters = {ch: letter_script(ch) for ch in chars if ch.isalpha()}
+    total = sum(chars[ch] for ch in letters)
+    share = sum(chars[ch] for ch, s in letters.items() if s == script) / total if total else 0.0
+    if share == 0:
+        raise VocabError(f"corpus: no text in the {script} script of language {lang!r}")
+    if share < least:
+        raise VocabError(f"corpus: only {share:.0%} of its letters are in the {script} script of language {lang!r} "
+                         f"(at least {least:.0%} needed); is it text in that language?")
 
 
 # ----------------------------------------------------------------------------- extend: new merges on top
@@ -131,14 +184,17 @@ def corpus_words(tok, texts) -> Counter:
     return words
 
 
-def bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """BPE as the tokenizers library applies it: repeatedly merge the lowest-ranked adjacent pair."""
+def bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int], applied: list[str] | None = None) -> list[str]:
+    """BPE as the tokenizers library applies it: repeatedly merge the lowest-ranked adjacent pair.
+    `applied`, when given, receives the token each applied merge makes, in order."""
     syms = list(symbols)
     while len(syms) > 1:
         rank, pair = min((ranks.get((a, b), _NEVER), (a, b)) for a, b in zip(syms, syms[1:]))
         if rank == _NEVER:
             break
         syms = bpe_apply(syms, pair)
+        if applied is not None:
+            applied.append(pair[0] + pair[1])
     return syms
 
 
@@ -347,10 +403,6 @@ def with_merges(tok, merges: list[tuple[str, str]], new_tokens: list[str]):
 
     Everything else (pre-tokenizer, decoder, special and added tokens, chat template) is kept.
     """
-    from transformers import AutoTokenizer
-
-    from lingotune.models import prepare_tokenizer
-
     spec = _model_json(tok)
     model = spec["model"]
     as_lists = bool(model["merges"]) and isinstance(model["merges"][0], list)
@@ -358,10 +410,21 @@ def with_merges(tok, merges: list[tuple[str, str]], new_tokens: list[str]):
     next_id = 1 + max([*model["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))])
     for i, token in enumerate(new_tokens):
         model["vocab"][token] = next_id + i
+    return tokenizer_from_spec(tok, spec)
+
+
+def tokenizer_from_spec(tok, spec: dict):
+    """A copy of `tok` (chat template, special-token map, options) whose tokenizer.json is `spec`."""
+    from transformers import AutoTokenizer
+
+    from lingotune.models import prepare_tokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)
         (Path(tmp) / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
         new = AutoTokenizer.from_pretrained(tmp)
+    if tok.init_kwargs.get("lingotune_fallback_template"):
+        new.init_kwargs["lingotune_fallback_template"] = True
     return prepare_tokenizer(new)
 
 
@@ -384,41 +447,321 @@ def chars_per_token(tok, texts: list[str]) -> float:
     return sum(len(t) for t in texts) / n if n else float("nan")
 
 
+# ----------------------------------------------------------------------------- bpe, unigram: a new vocabulary
+
+
+def byte_tokens() -> list[str]:
+    """The 256 byte-fallback tokens of SentencePiece-style vocabularies, <0x00> .. <0xFF>."""
+    return [f"<0x{b:02X}>" for b in range(256)]
+
+
+def train_vocab(tok, texts: list[str], kind: Literal["bpe", "unigram"], size: int | None = None, min_count: int = 2):
+    """(new tokenizer, report): a BPE or Unigram vocabulary of `size` tokens (default: `len(tok)`) trained on
+    `texts` with HF `tokenizers`, replacing `tok`'s.
+
+    The old normalizer, pre-tokenizer, decoder and post-processor are kept, so a byte-level model stays
+    byte-level (all 256 byte symbols in the vocabulary: no text is unknown) and a SentencePiece-style one
+    keeps its word-start marker "▁" (learned within words, split at the marker) and its byte fallback,
+    with the 256 <0x..> tokens (else its unknown token). Special and added
+    tokens keep their strings and, where the new size holds it, their old id; the others go last
+    (`report["special_tokens_moved"]`). The chat template and special-token map are kept.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    spec = _model_json(tok)
+    old = spec["model"]
+    specials = _special_ids(tok)
+    byte_level = byte_level_decoder(tok) is not None
+    fallback = bool(old.get("byte_fallback")) and not byte_level
+    size = len(tok) if size is None else size
+    floor = len(specials) + (256 if byte_level or fallback else 0)
+    if size < floor:
+        symbols = f" + 256 {'byte-level symbols' if byte_level else 'byte tokens'}" if floor > len(specials) else ""
+        raise VocabError(f"vocab.size: {size} is smaller than the {len(specials)} special tokens{symbols} the "
+                         f"vocabulary must hold ({floor})")
+    unk = None if byte_level else old.get("unk_token") or tok.unk_token
+    affixes = {k: old[k] for k in ("continuing_subword_prefix", "end_of_word_suffix") if old.get(k)}
+    wanted = size - (256 if fallback else 0)
+    in_order = [t for t, _ in sorted(specials.items(), key=lambda x: x[1])]
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
+    if kind == "bpe":
+        raw = Tokenizer(models.BPE(unk_token=unk, byte_fallback=fallback, **affixes))
+        trainer = trainers.BpeTrainer(vocab_size=wanted, min_frequency=min_count, special_tokens=in_order,
+                                      initial_alphabet=alphabet, show_progress=False, **affixes)
+    else:
+        raw = Tokenizer(models.Unigram())  # a byte-level piece's length counts bytes: 32 is about SentencePiece's
+        trainer = trainers.UnigramTrainer(vocab_size=wanted, special_tokens=in_order, initial_alphabet=alphabet,
+                                          unk_token=unk, show_progress=False, max_piece_length=32 if byte_level else 16)
+    old_raw = tok.backend_tokenizer
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        if getattr(old_raw, part) is not None:
+            setattr(raw, part, getattr(old_raw, part))
+    pre = spec.get("pre_tokenizer")
+    if pre is None or pre["type"] == "Metaspace" and not pre.get("split", True):
+        # SentencePiece style, a text is one piece: learn within words (split at "▁"); the tokenizer keeps the old
+        # pre-tokenizer, and no learned token holds a "▁" past its start, so it segments the same way
+        raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement=(pre or {}).get("replacement", "▁"), split=True,
+                                                     prepend_scheme=(pre or {}).get("prepend_scheme", "never"))
+    t0 = time.perf_counter()
+    raw.train_from_iterator(texts, trainer)
+    seconds = time.perf_counter() - t0
+    model = json.loads(raw.to_str())["model"]
+    if kind == "bpe":
+        trained = [t for t, _ in sorted(model["vocab"].items(), key=lambda x: x[1])]
+    else:
+        trained = [piece for piece, _ in model["vocab"]]
+    regular = [t for t in trained if t not in specials]
+    if fallback:  # the byte tokens right after the special tokens, as SentencePiece places them
+        model["byte_fallback"] = True
+        regular = byte_tokens() + [t for t in regular if t not in set(byte_tokens())]
+        if kind == "unigram":
+            lowest = min((score for _, score in model["vocab"]), default=0.0)
+            model["vocab"] += [[t, lowest - 1.0] for t in byte_tokens()]
+    order = placed(regular, specials)
+    new = tokenizer_from_spec(tok, spec_with_vocab(spec, model, order))
+    moved = {t: [i, new.convert_tokens_to_ids(t)] for t, i in specials.items() if new.convert_tokens_to_ids(t) != i}
+    return new, {"scenario": kind, "model": kind.upper() if kind == "bpe" else "Unigram",
+                 "pre_tokenizer": "byte-level" if byte_level else "the original's" + (" (byte fallback)" if fallback else ""),
+                 "corpus_texts": len(texts), "vocab_before": len(tok), "vocab_after": len(new),
+                 "special_tokens": len(specials), "special_tokens_moved": moved, "seconds": round(seconds, 2)}
+
+
+def placed(tokens: list[str], specials: dict[str, int]) -> list[str]:
+    """A vocabulary in id order: each special token at its old id where the new size holds it, `tokens`
+    in the free ids in their order, and the special tokens whose old id is past the end last."""
+    order: list[str | None] = [None] * (len(tokens) + len(specials))
+    late = []
+    for t, i in sorted(specials.items(), key=lambda x: x[1]):
+        if i < len(order) and order[i] is None:
+            order[i] = t
+        else:
+            late.append(t)
+    rest = iter(tokens + late)
+    return [t if t is not None else next(rest) for t in order]
+
+
+def spec_with_vocab(spec: dict, model: dict, order: list[str]) -> dict:
+    """`spec` (a tokenizer.json) with `model` (BPE or Unigram) whose tokens take the ids of `order`; the
+    added tokens and the post-processor's token ids follow their strings."""
+    spec, model = copy.deepcopy(spec), copy.deepcopy(model)
+    ids = {t: i for i, t in enumerate(order)}
+    if model["type"] == "Unigram":
+        scores = {piece: score for piece, score in model["vocab"]}
+        unk = model["vocab"][model["unk_id"]][0] if model.get("unk_id") is not None else None
+        model["vocab"] = [[t, scores.get(t, 0.0)] for t in order]
+        model["unk_id"] = ids[unk] if unk is not None else None
+    else:
+        model["vocab"] = ids
+    spec["model"] = model
+    for added in spec.get("added_tokens") or []:
+        added["id"] = ids[added["content"]]
+    _remap_token_ids(spec.get("post_processor"), ids)
+    return spec
+
+
+def _remap_token_ids(node, ids: dict[str, int]) -> None:
+    """Token ids inside a post-processor (TemplateProcessing's special tokens, Bert/Roberta's sep and cls)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("tokens"), list) and "ids" in node:
+            node["ids"] = [ids[t] for t in node["tokens"]]
+        for key in ("sep", "cls"):
+            if isinstance(node.get(key), list) and len(node[key]) == 2 and isinstance(node[key][0], str):
+                node[key][1] = ids[node[key][0]]
+        for value in node.values():
+            _remap_token_ids(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _remap_token_ids(value, ids)
+
+
+# ----------------------------------------------------------------------------- optimize: cut, then extend
+
+
+def token_use(tok, texts: list[str], batch: int = 512) -> Counter:
+    """How often each id occurs when `tok` encodes `texts` (no special tokens added)."""
+    use: Counter = Counter()
+    for i in range(0, len(texts), batch):
+        for ids in tok(list(texts[i:i + batch]), add_special_tokens=False)["input_ids"]:
+            use.update(ids)
+    return use
+
+
+def prune(tok, keep: int, use: Counter):
+    """(a copy of `tok` cut to `keep` tokens, report). Kept: the special tokens, every base symbol (a
+    token no merge makes), then tokens by use (ties and unused tokens in their original order), each
+    with every token its BPE path makes on the way (so each kept token stays reachable, by the same
+    merges). A merge survives when its two parts and its result do; text whose old tokens all survive
+    segments exactly as before (into the same strings, at new ids: the kept tokens keep their order)."""
+    spec = _model_json(tok)
+    if spec["model"]["type"] != "BPE":
+        raise VocabError(f"scenario optimize needs a BPE tokenizer, this one is {spec['model']['type']}; "
+                         "use scenario bpe or unigram")
+    model = spec["model"]
+    vocab, merges = model["vocab"], model["merges"]
+    pairs = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
+    made = {a + b for a, b in pairs}
+    specials = _special_ids(tok)
+    kept = {t for t in vocab if t not in made} | set(specials)
+    if keep > len(tok):
+        raise VocabError(f"vocab.keep: {keep} is more than the vocabulary's {len(tok)} tokens")
+    if keep < len(kept):
+        raise VocabError(f"vocab.keep: {keep} is smaller than the {len(specials)} special tokens + "
+                         f"{len(kept) - len(specials)} base symbols the vocabulary must keep ({len(kept)})")
+    ranks = _ranks(merges)
+    for t in sorted((t for t in vocab if t not in kept), key=lambda t: (-use[vocab[t]], vocab[t])):
+        if len(kept) >= keep:
+            break
+        path: list[str] = []
+        if t in kept or bpe_segment(list(t), ranks, path) != [t]:
+            continue  # kept on another's path, or unreachable (no text ever uses it)
+        need = {x for x in path if x not in kept}
+        if len(kept) + len(need) <= keep:
+            kept |= need
+    model["merges"] = [m for m, (a, b) in zip(merges, pairs) if a in kept and b in kept and a + b in kept]
+    regular = sorted((t for t in kept if t not in specials), key=lambda t: vocab[t])
+    new = tokenizer_from_spec(tok, spec_with_vocab(spec, model, placed(regular, specials)))
+    return new, {"kept": len(new), "dropped": len(tok) - len(new), "merges_before": len(merges),
+                 "merges_kept": len(model["merges"]), "tokens_used": len(use)}
+
+
+def optimize(tok, texts: list[str], lang: str, keep: int, n_new: int, english: list[str] = (), min_count: int = 2,
+             threshold: float = 0.5):
+    """(new tokenizer, report): `tok` cut to its `keep` most used tokens on `texts` + `english` (`prune`),
+    then extended with up to `n_new` target-language tokens (`extend`). The report counts the `english`
+    texts whose segmentation (token strings) changed; their ids change wherever a token was dropped below."""
+    t0 = time.perf_counter()
+    english = list(english)
+    pruned, report = prune(tok, keep, token_use(tok, [*texts, *english]))
+    if english:
+        report["english_texts"] = len(english)
+        report["english_texts_changed"] = sum(
+            old != new for old, new in zip(token_strings(tok, english), token_strings(pruned, english)))
+    new, extended = extend(pruned, texts, lang, n_new, min_count, threshold)
+    report = {**extended, **report, "scenario": "optimize", "vocab_before": len(tok), "vocab_after": len(new),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    return new, report
+
+
+def token_strings(tok, texts: list[str]) -> list[list[str]]:
+    """Each text's tokens as strings (compares segmentations across vocabularies whose ids differ)."""
+    ids = [x for i in range(0, len(texts), 512) for x in tok(texts[i:i + 512], add_special_tokens=False)["input_ids"]]
+    return [tok.convert_ids_to_tokens(x) for x in ids]
+
+
 # ----------------------------------------------------------------------------- rows of the new vocabulary
 
 
 @torch.no_grad()
 def init_new_rows(model, old_tok, new_tok) -> dict:
-    """Resize `model` to `new_tok` and set every row whose token the old vocabulary does not hold as
-    one id to the mean of the old rows that spell it (`piece_map`), separately for the input
-    embeddings and an untied output head; a tied model's one matrix is set once. Returns counts.
+    """Resize `model` to `new_tok` and set its rows from the old ones: every row of a token the old
+    vocabulary lacks is the mean of the old rows that spell it (`piece_map`), separately for the input
+    embeddings and an untied output head; a tied model's one matrix is set once and re-tied. Returns counts.
 
-    The old ids' rows keep their values (`extend` and `with_chat_tokens` keep every old id; an old token
-    the old model itself segments into other pieces, as 260 of Gemma-3's do, is not re-initialised).
-    A special token new to the vocabulary (ChatML's, `with_chat_tokens`) starts as the mean of all the
-    old tokens' rows. Any other token the old tokenizer cannot spell keeps transformers' initialisation
-    (counted). The matrix never shrinks (a model may hold more rows than its tokenizer has tokens).
+    Two cases:
+    - an extension (every old token keeps its old id: `extend`, ChatML's tokens): the old rows keep their
+      values (also an old token the old model itself segments into other pieces, as 260 of Gemma-3's
+      do) and rows past the tokenizer (a model may hold more rows than tokens) are kept: the matrix
+      never shrinks;
+    - a replacement (`bpe`, `unigram`, `optimize`: old ids no longer mean the same tokens): the whole
+      matrix is rebuilt, one row per new token (it may shrink); special tokens copy their old rows, a
+      token the old vocabulary holds copies its row, and the config's bos/eos/pad ids move with their tokens.
+    A special token new to the vocabulary, or a token the old tokenizer cannot spell, starts as the mean of
+    all the old rows (counted).
     """
+    from lingotune.models import is_tied
+
     pieces = piece_map(new_tok, old_tok)
+    extension = extends(new_tok, old_tok)
+    tied = is_tied(model) or model.get_output_embeddings() is None
+    old = {slot: embedding_matrix(model, slot).detach() for slot in (("tied",) if tied else ("input", "head"))}
+    n_rows = old["tied" if tied else "input"].shape[0]
+    n_old = min(len(old_tok), n_rows)
+    rows = max(len(new_tok), n_rows) if extension else len(new_tok)
     old_specials = _special_ids(old_tok)
-    new_specials = sorted(i for t, i in _special_ids(new_tok).items() if t not in old_specials)
-    inp = model.get_input_embeddings().weight.detach().clone()
-    head = model.get_output_embeddings()
-    tied = head is None or head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    old_head = None if tied else head.weight.detach().clone()
-    rows = max(len(new_tok), inp.shape[0])
-    model.resize_token_embeddings(rows, mean_resizing=False)
-    n_old = min(len(old_tok), inp.shape[0])
-    todo = [(i, p) for i, p in enumerate(pieces) if i >= n_old and p and p != [i]]
-    targets = [(model.get_input_embeddings().weight, inp)] + ([] if tied else [(model.get_output_embeddings().weight, old_head)])
-    for weight, old in targets:
-        for i, p in todo:
-            weight[i] = old[p].mean(0).to(weight.dtype)
-        for i in new_specials:
-            weight[i] = old[:n_old].mean(0).to(weight.dtype)
-    model.config.vocab_size = rows
-    return {"rows": len(pieces), "set_to_mean": len(todo), "new_special_tokens": len(new_specials),
-            "unspellable": sum(1 for i, p in enumerate(pieces) if not p and i not in new_specials), "tied": tied}
+    new_specials = {i for t, i in _special_ids(new_tok).items() if t not in old_specials}
+    every = list(range(n_old))
+    sources, counts = [], Counter()
+    for i in range(rows):
+        if extension and (i < n_old or i >= len(pieces)):
+            src, kind = [i], "kept"
+        elif i in new_specials:
+            src, kind = every, "new_special_tokens"
+        elif pieces[i]:
+            src, kind = pieces[i], "set_to_mean"
+        else:
+            src, kind = every, "unspellable"
+        sources.append(src)
+        counts[kind] += 1
+    if extension:  # only the rows new to the matrix are computed
+        todo = [i for i in range(n_old, rows) if i < len(pieces)]
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        for slot, matrix in old.items():
+            weight = embedding_matrix(model, slot)
+            weight[todo] = mean_of_pieces(matrix, [sources[i] for i in todo]).to(weight.dtype)
+        model.config.get_text_config().vocab_size = rows
+    else:
+        set_rows(model, {slot: mean_of_pieces(m, sources) for slot, m in old.items()}, tied)
+        remap_special_ids(model, old_tok, new_tok)
+    return {"rows": rows, "replaced": not extension, "kept": counts["kept"], "set_to_mean": counts["set_to_mean"],
+            "new_special_tokens": counts["new_special_tokens"], "unspellable": counts["unspellable"], "tied": tied}
+
+
+def extends(new_tok, old_tok) -> bool:
+    """Whether `new_tok` holds every token of `old_tok` at its old id (`extend`, ChatML's tokens), so that the
+    old rows keep their meaning; a replacing vocabulary (`bpe`, `unigram`, `optimize`) does not."""
+    new_vocab = new_tok.get_vocab()
+    return all(new_vocab.get(t) == i for t, i in old_tok.get_vocab().items())
+
+
+def mean_of_pieces(matrix: torch.Tensor, pieces: list[list[int]]) -> torch.Tensor:
+    """C(matrix) in float64: row i is the mean of `matrix`'s rows `pieces[i]` (zero for an empty list)."""
+    rows = [i for i, p in enumerate(pieces) for _ in p]
+    cols = [j for p in pieces for j in p]
+    values = [1.0 / len(p) for p in pieces for _ in p]
+    c = torch.sparse_coo_tensor([rows, cols], values, (len(pieces), matrix.shape[0]), dtype=torch.float64,
+                                check_invariants=True)
+    return torch.sparse.mm(c.coalesce(), matrix.detach().cpu().double())
+
+
+def embedding_matrix(model, slot: str) -> torch.Tensor:
+    """The weight of one slot: "input" (also "tied") or "head"."""
+    module = model.get_output_embeddings() if slot == "head" else model.get_input_embeddings()
+    return module.weight
+
+
+def set_rows(model, rows: dict[str, torch.Tensor], tied: bool) -> None:
+    """Resize `model` to the new rows and write them, each in its module's dtype; a tied model stays tied.
+    `rows`: {"tied": matrix} or {"input": matrix, "head": matrix}."""
+    from lingotune.models import untie
+
+    if not tied:
+        untie(model)
+    n = next(iter(rows.values())).shape[0]
+    model.resize_token_embeddings(n, mean_resizing=False)  # every row is overwritten below
+    with torch.no_grad():
+        for slot, values in rows.items():
+            weight = embedding_matrix(model, slot)
+            weight.copy_(values.to(dtype=weight.dtype, device=weight.device))
+    if tied:
+        model.tie_weights()
+    model.config.get_text_config().vocab_size = n
+
+
+def remap_special_ids(model, old_tok, new_tok) -> None:
+    """Token ids in the config and generation config (bos, eos, pad), moved to the new vocabulary."""
+    vocab = new_tok.get_vocab()
+
+    def new_id(old: int) -> int | None:
+        return vocab.get(old_tok.convert_ids_to_tokens(old))
+
+    configs = [model.config.get_text_config()] + ([model.generation_config] if model.generation_config else [])
+    for cfg in configs:
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, int):
+                setattr(cfg, name, new_id(value))
+            elif isinstance(value, (list, tuple)):
+                setattr(cfg, name, [i for i in map(new_id, value) if i is not None])
 
 
 # ----------------------------------------------------------------------------- ChatML for base models
