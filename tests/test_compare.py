@@ -91,6 +91,7 @@ def test_a_grid_run_in_parts_records_each_part_and_its_wall_time(tiny_model_dir,
     assert second["wall_seconds_all_parts"] == pytest.approx(sum(p["wall_seconds"] for p in second["parts"]))
     report = (tmp_path / "fresh" / "report.md").read_text()
     assert "## How this grid was run" in report and "| 2 | " in report and "data/lora-s1" in report
+    assert report.count(" min | ") == 2  # both parts' wall times, the latest one's too
     assert cmp._parts(old) == [{"wall_seconds": 12.5, "note": "written before lingotune recorded a grid's parts"}]
 
 

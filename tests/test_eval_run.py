@@ -316,3 +316,6 @@ def test_an_interrupted_evaluation_resumes_without_rescoring_finished_tasks(tiny
     ran.clear()
     evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru")  # without resume: everything runs
     assert ran == ["qa", "mc"]
+    (out / "m" / "done.json").write_text("{}")  # a fresh evaluation cut before its first task ...
+    evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru", tasks=[])
+    assert not (out / "m" / "done.json").exists()  # ... leaves nothing a later resume would take as scored

@@ -181,6 +181,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     parts = _parts(out_dir)
     part = {"started": started, "methods": cmp.methods, "seeds": cmp.seeds, "cells_run": ran, "environment": environment()}
     parts.append(part)
+    part["wall_seconds"] = round(time.perf_counter() - t0, 2)  # for the report; again below, with the summary's time
     summary = summarize(out_dir, recipe, parts)
     part["wall_seconds"] = summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     summary.update(parts=parts, wall_seconds_all_parts=round(sum(p.get("wall_seconds") or 0 for p in parts), 2))

@@ -333,12 +333,12 @@ def judge_md(judged: dict, order: list[str]) -> list[str]:
 
 
 def parts_md(parts: list[dict]) -> list[str]:
-    """How the grid was run: one line per invocation (`compare._parts`), the wall time of the latest not yet known."""
+    """How the grid was run: one line per invocation (`compare._parts`)."""
     lines = ["", "## How this grid was run", "",
              "| part | started | cells run | wall time | commit | machine | command |", "|---|---|---|---|---|---|---|"]
     for i, p in enumerate(parts, 1):
         env = p.get("environment") or {}
-        wall = f"{p['wall_seconds'] / 60:.1f} min" if p.get("wall_seconds") is not None else "this run"
+        wall = f"{p['wall_seconds'] / 60:.1f} min" if p.get("wall_seconds") is not None else "–"
         machine = ", ".join(str(x) for x in (env.get("cpu"), env.get("gpu") and f"GPU {env['gpu']}",
                                               env.get("cpus") and f"{env['cpus']} CPUs") if x)
         cells = ", ".join(p.get("cells_run", [])) or ("–" if "cells_run" in p else p.get("note", "–"))

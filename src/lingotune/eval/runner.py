@@ -118,6 +118,8 @@ def evaluate(model, tokenizer, cfg: EvalConfig, out_dir: Path | None = None, lab
     folder = Path(out_dir) / label if out_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    if folder is not None and not resume:  # a fresh evaluation: what an earlier one scored here is not reused later
+        (folder / "done.json").unlink(missing_ok=True)
     done = (read_json(folder / "done.json") or {}) if folder is not None and resume else {}
     earlier = (read_json(folder / "scores.json") or {}) if done else {}
     for spec in specs:
