@@ -252,3 +252,61 @@ def test_grid_scores_the_probe_against_the_untouched_model_after_each_stage(tiny
     summary = json.loads((out / "summary.json").read_text())
     stage1 = next(r for r in summary["datasets"]["data"] if r["method"] == "dpart-stage1")
     assert stage1["trainable params"][0] == 1_572_864  # stage 1's embeddings only
+
+
+def _lep_grid(tiny_model_dir, instruct_b=None, **more):
+    from helpers import make_recipe
+
+    lep = {"method.name": "lep", "method.lep.steps": 2, "vocab.scenario": "extend", "vocab.add": 20,
+           "propagate.instruct": str(tiny_model_dir)}
+    return make_recipe(**{
+        "model.source": str(tiny_model_dir), "data.max_stage1": 8, "data.max_stage2": 4,
+        "data.sources": [{"format": "starter", "limit": 60}, {"format": "starter", "use": "text", "limit": 60}],
+        "method.stage1.steps": 1, "method.stage2.steps": 1, "train.max_len": 64, "train.batch_size": 2,
+        "train.precision": "fp32", "eval.tasks": ["starter_heldout"], "eval.limit": 3,
+        "eval.n_bootstrap": 0, "eval.max_new_tokens": 2, "output.sample_prompts": 1,
+        "compare.methods": ["lora", "lep_conv", "lep_swap"], "compare.seeds": [0],
+        "compare.variants": {"lep_conv": {**lep, "propagate.mode": "conversion"},
+                             "lep_swap": {**lep, "propagate.mode": "swap",
+                                          "propagate.instruct": str(instruct_b or tiny_model_dir)}},
+        **more,
+    })
+
+
+def test_a_grid_runs_lep_variants_and_evaluates_the_adapted_and_the_propagated_model(tiny_model_dir, tmp_path):
+    """LEP cells (scenario x propagation mode) in a grid: the vocabulary is adapted once for the variants that share
+    it, each cell trains the embeddings from the same start, its adapted base model is the row after its stage and
+    the propagated model its result; the instruct model is evaluated once, beside the untouched model."""
+    out = tmp_path / "grid"
+    cmp.compare(_lep_grid(tiny_model_dir), out)
+    cells = {v: json.loads((out / "data" / f"{v}-s0" / "results.json").read_text()) for v in ("lep_conv", "lep_swap")}
+    for v, res in cells.items():
+        assert set(res["evals"]) == {f"{v}-embeddings", v}
+        assert res["vocab"]["new_tokens"] == 20 and res["vocab"]["init"]["set_to_mean"] == 20
+        assert res["propagation"]["vocab_size"] == res["vocab"]["vocab_after"]
+        assert not (out / "data" / f"{v}-s0" / "propagated").exists()  # whole models only with keep_checkpoints
+    assert cells["lep_conv"]["propagation"]["mode"] == "conversion" and cells["lep_swap"]["propagation"]["mode"] == "swap"
+    # the same vocabulary, seed and batches: the adapted base models are the same model, scored the same
+    scored = [{t: {k: v for k, v in r.items() if k != "seconds"} for t, r in cells[v]["evals"][f"{v}-embeddings"].items()}
+              for v in ("lep_conv", "lep_swap")]
+    assert scored[0] == scored[1]
+    assert cells["lep_conv"]["vocab"] == cells["lep_swap"]["vocab"]
+    lora = json.loads((out / "data" / "lora-s0" / "results.json").read_text())
+    assert "vocab" not in lora and "propagation" not in lora  # the other cells keep the model's own vocabulary
+    instruct = json.loads((out / "data" / "instruct" / "results.json").read_text())
+    assert instruct["complete"] and set(instruct["evals"]) == {"instruct"}
+    rows = [line.split(" | ")[0] for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[:7] == ["| method", "| untouched", "| instruct", "| lora", "| lep_conv-embeddings", "| lep_conv",
+                        "| lep_swap-embeddings"]
+
+
+def test_lep_variants_propagating_into_different_instruct_models_are_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    from lingotune.recipe import RecipeError
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    with pytest.raises(RecipeError, match="propagate into different instruct models"):
+        cmp.compare(_lep_grid(tiny_model_dir, instruct_b=other), tmp_path / "grid")
+    assert not (tmp_path / "grid").exists()

@@ -16,12 +16,13 @@ from pathlib import Path
 from rich.console import Console
 
 from lingotune import files, rundir
-from lingotune.compare_report import UNTOUCHED, summarize
+from lingotune.compare_report import INSTRUCT, UNTOUCHED, summarize
 from lingotune.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, set_path
 from lingotune.train import environment
+from lingotune.models import load_model
 from lingotune.run import (
-    build_data, check_method, check_resumable, evaluate_model, load, new_results, sample_prompts, select_stages,
-    stage_evaluator, tokenize_stages, train_method,
+    adapt_vocabulary, build_data, check_instruct, check_method, check_resumable, evaluate_model, load, new_results,
+    sample_prompts, select_stages, stage_evaluator, tokenize_stages, train_method,
 )
 
 
@@ -114,8 +115,11 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[dict], judge
 
 
 def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,
-          console: Console) -> None:
-    """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights."""
+          console: Console, vocab=None, instruct=None) -> None:
+    """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights. An LEP cell
+    (`vocab`: its adapted tokenizer and report) starts its new rows as `lingotune run` does; with `instruct`
+    (the instruct model and its tokenizer) the cell's result is the propagated model, and the adapted base
+    model's evaluation is the cell's row after its last stage ('<variant>-<stage>')."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
     res = new_results(r, files.read_json(cell_dir / "results.json"))
@@ -124,8 +128,15 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     model = copy.deepcopy(model0)
     t = time.perf_counter()
     reference = files.read_json(cell_dir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
+    if vocab is not None:
+        from lingotune.vocab import init_new_rows
+
+        res["vocab"] = {**vocab[1], "init": init_new_rows(model, tok, vocab[0])}
+        tok = vocab[0]
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
                          after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
+    if instruct is not None:
+        model, tok = _propagate(model0, model, tok, r, instruct, cell_dir, res, console, reference, method, stages)
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference, resume=True)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
@@ -134,6 +145,46 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     if not r.compare.keep_checkpoints:
         for ck in cell_dir.glob("*/*/checkpoint"):
             shutil.rmtree(ck, ignore_errors=True)
+
+
+def _propagate(model0, adapted, tok, r: Recipe, instruct, cell_dir: Path, res: dict, console: Console,
+               reference: dict, method: str, stages: list):
+    """An LEP cell's adapted base model evaluated as its last stage's row, then propagated into a copy of the
+    instruct model: (the propagated model, its tokenizer). The propagated model is written only with
+    `compare.keep_checkpoints` (it is a whole model)."""
+    from lingotune.propagate import propagate, save_propagation
+
+    label = f"{method}-{stages[-1].name}"
+    if label not in res["evals"]:
+        evaluate_model(adapted, tok, r, cell_dir, label, [], res, console, reference, tasks=list(r.eval.tasks),
+                       resume=True)
+        files.save_json(cell_dir / "results.json", res)
+    console.print(f"[bold]propagate[/] into {r.propagate.instruct} ({r.propagate.mode}) …")
+    t0 = time.perf_counter()
+    done = propagate(model0, adapted, tok, copy.deepcopy(instruct[0]), instruct[1], mode=r.propagate.mode,
+                     copy=r.propagate.copy_rows)
+    sources = {"base": r.model.source, "adapted": str(cell_dir), "instruct": r.propagate.instruct}
+    record = done.record(sources)
+    if r.compare.keep_checkpoints:
+        record = save_propagation(done, cell_dir / "propagated", sources, overwrite=True)
+    res["propagation"] = {**record, "seconds": round(time.perf_counter() - t0, 2)}
+    return done.model, done.tokenizer
+
+
+def _instruct(cells: dict, instruct, udir: Path, prompts: list[dict], console: Console):
+    """The one instruct model the grid's LEP cells propagate into, loaded once (None without such cells), and its
+    evaluation beside the untouched model's (cell 'instruct', once per dataset)."""
+    if instruct is None:
+        return None
+    model, tok = instruct
+    if not _complete(udir):
+        base = next(iter(cells.values()))
+        res = new_results(base, None)
+        reference = files.read_json(udir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
+        evaluate_model(model, tok, base, udir, INSTRUCT, prompts, res, console, reference, resume=True)
+        res.update(complete=True, method=INSTRUCT, variant=INSTRUCT, model=base.propagate.instruct)
+        files.save_json(udir / "results.json", res)
+    return instruct
 
 
 def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Console | None = None) -> dict:
@@ -148,16 +199,23 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     judged = judge_setup(recipe)
     model0, tok, _ = load(recipe, console)
     check_method(recipe, model0)
-    builts, tokenized = {}, {}
+    builts, tokenized, vocabs, lep = {}, {}, {}, {}
     for dname, dcfg in datasets.items():  # every dataset, and every method's stages on it, checked first
         builts[dname] = built = build_data(cell_recipe(recipe, cmp.methods[0], recipe.seed, dcfg, out_dir), console)
+        adapted = {}  # one tokenizer per distinct vocab section: variants differing only in propagation share it
         for method in cmp.methods:  # tokenized once per method: a cell's seed does not change its examples
             r = cell_recipe(recipe, method, recipe.seed, dcfg, out_dir)
-            if r.vocab.scenario != "none" or r.propagate.instruct or r.model.chat_tokens != "own":
-                raise RecipeError(f"compare: {method!r} adapts the vocabulary or propagates (vocab, "
-                                  "model.chat_tokens, propagate); "
-                                  "the grid does not run LEP cells yet: use lingotune run")
-            tokenized[dname, method] = tokenize_stages(r, select_stages(r, None, {}), built, tok)
+            check_method(r, model0)
+            key = (r.vocab.model_dump_json(), r.model.chat_tokens)
+            if key not in adapted:
+                adapted[key] = adapt_vocabulary(r, tok, built)
+            vocabs[dname, method] = None if adapted[key][0] is None else adapted[key]
+            if r.propagate.instruct:
+                check_instruct(r, model0)
+                lep[method] = r
+            tokenized[dname, method] = tokenize_stages(r, select_stages(r, None, {}), built,
+                                                       adapted[key][0] or tok)
+    instruct = _load_instruct(lep, console)
     rundir.prepare(out_dir, action, "grid")
     files.atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
     for dname, dcfg in datasets.items():
@@ -166,6 +224,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         built.write(out_dir / dname / "data")
         prompts = sample_prompts(base, built)
         _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, judged, console)
+        _instruct(lep, instruct, out_dir / dname / INSTRUCT, prompts, console)
         for method in cmp.methods:
             for seed in cmp.seeds:
                 cell_dir = out_dir / dname / f"{method}-s{seed}"
@@ -174,7 +233,8 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                     continue
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
-                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console)
+                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console,
+                      vocabs[dname, method], instruct if method in lep else None)
                 ran.append(f"{dname}/{cell_dir.name}")
     if judged is not None:
         _judge(out_dir, recipe, judged, console)
@@ -187,6 +247,19 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     summary.update(parts=parts, wall_seconds_all_parts=round(sum(p.get("wall_seconds") or 0 for p in parts), 2))
     files.save_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _load_instruct(lep: dict, console: Console):
+    """(model, tokenizer) of the instruct model the LEP cells propagate into; one for the whole grid."""
+    sources = {r.propagate.instruct for r in lep.values()}
+    if not sources:
+        return None
+    if len(sources) > 1:
+        raise RecipeError(f"compare: the LEP variants propagate into different instruct models ({', '.join(sorted(sources))}); "
+                          "a grid compares them against one")
+    r = next(iter(lep.values()))
+    console.print(f"[bold]model[/] loading the instruct model {r.propagate.instruct} …")
+    return load_model(r.propagate.instruct, **r.model.loading())
 
 
 def _parts(out_dir: Path) -> list[dict]:

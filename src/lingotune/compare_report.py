@@ -21,6 +21,7 @@ from lingotune.report import cell_text
 from lingotune.stats import paired_permutation, paired_t_pvalue, t_interval
 
 UNTOUCHED = "untouched"
+INSTRUCT = "instruct"  # the instruct model a grid's LEP cells propagate into, evaluated once per dataset
 POOLED = "all tasks"  # "all tasks/<result name>": the mean over tasks (tables), the pooled test (significance)
 
 
@@ -356,7 +357,7 @@ def summarize(out_dir: Path, recipe: Recipe, parts: list[dict] = ()) -> dict:
     for c in cells:
         if "_parent" in c and c["_variant"] not in after.get(c["_parent"], []):
             after.setdefault(c["_parent"], []).append(c["_variant"])
-    order = [UNTOUCHED] + [v for m in cmp.methods for v in after.get(m, []) + [m]]
+    order = [UNTOUCHED, INSTRUCT] + [v for m in cmp.methods for v in after.get(m, []) + [m]]
     values, meta = collect(cells)
     params, times = _costs(cells)
     summary: dict = {"datasets": {}, "params": params, "significance": {}}
