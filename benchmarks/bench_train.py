@@ -179,7 +179,13 @@ def bench_recipe(spec: dict):
             f"train.gradient_checkpointing={str(spec['grad_ckpt']).lower()}",
             f"train.checkpoint_every={10**6}", "method.lora.dropout=0.0", f"method.lora.r={LORA_R}",
             f"method.lora.target_modules=[{','.join(LINEAR)}]", f"model.source={spec['model']}"]
-    return load_recipe(str(RECIPE), sets)
+    return load_recipe(str(RECIPE), sets + variant_sets(spec.get("setup", "lingotune")))
+
+
+def variant_sets(setup: str) -> list[str]:
+    """A lingotune variant's recipe overrides: 'lingotune[train.frozen_bf16=false]' -> ['train.frozen_bf16=false']."""
+    inner = setup[len("lingotune["):-1] if setup.startswith("lingotune[") else ""
+    return [x for x in inner.split(";") if x]
 
 
 def build_items(spec: dict, tok, recipe, vocab: int) -> tuple[list[dict], list[dict]]:
@@ -432,7 +438,7 @@ def run_lingotune(spec: dict, model, tok, items: list[dict], recipe, in_order: l
             "lengths": [[len(it["input_ids"]) for it in step] for step in steps],
             "labelled": [sum(label_positions(it["labels"]) for it in step) for step in steps],
             "losses": [r["loss"] for r in recs], "bf16": accelerator_for(recipe.train.precision).mixed_precision == "bf16",
-            "notes": res.fast_path, "grad_mb": res.grad_mb, "state_mb": res.optimizer_state_mb}
+            "notes": res.fast_path + [f"attn {getattr(model.config, '_attn_implementation', None)}"], "grad_mb": res.grad_mb, "state_mb": res.optimizer_state_mb}
 
 
 # --------------------------------------------------------------------------- one run = one subprocess
@@ -442,9 +448,11 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(spec["seed"])
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    recipe = bench_recipe(spec)
+    if recipe.model.attn_implementation:  # a variant's kernel (--lingotune-also model.attn_implementation=eager)
+        spec = dict(spec, attn=recipe.model.attn_implementation)
     model, tok = load_bench_model(spec)
     shape = model_shape(model.config)
-    recipe = bench_recipe(spec)
     items, in_order = build_items(spec, tok, recipe, shape["vocab"])
     if spec["device"].startswith("cuda"):
         torch.cuda.synchronize()
@@ -453,7 +461,7 @@ def worker(spec: dict) -> dict:
         result = run_hf(spec, model, tok, in_order)
     elif spec["setup"] == "trl":
         result = run_trl(spec, model, tok, in_order)
-    else:
+    else:  # lingotune, or a variant of it (--lingotune-also)
         result = run_lingotune(spec, model, tok, items, recipe, in_order)
     w = spec["warmup"]
     flops = [step_flops(shape, n, lab, spec["stage"])["total"] for n, lab in zip(result["lengths"], result["labelled"])]
@@ -546,6 +554,9 @@ def main() -> None:
     ap.add_argument("--no-fast", action="store_true",
                     help="lingotune: train.fast=false (dense AdamW, full logits), to check the loop itself against the peer")
     ap.add_argument("--grad-ckpt", action="store_true", help="lingotune: train.gradient_checkpointing=true")
+    ap.add_argument("--lingotune-also", action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
+                    help="also run lingotune with these recipe overrides as a setup of its own, alternating with the "
+                         "others (e.g. 'train.frozen_bf16=false'); its ratio is lingotune's over it; repeatable")
     ap.add_argument("--attn", default=None, help="attention kernel for all setups (e.g. eager; default: transformers')")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
@@ -563,7 +574,7 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p]
     if set(peers) - set(SETUPS[:2]):
         ap.error(f"--peers: unknown {sorted(set(peers) - set(SETUPS[:2]))}")
-    setups = [s for s in SETUPS if s in peers or s == "lingotune"]
+    setups = [s for s in SETUPS if s in peers or s == "lingotune"] + [f"lingotune[{v}]" for v in args.lingotune_also]
     base = dict(model=args.model, tiny=args.tiny, device=args.device, seq_len=args.seq_len, seed=args.seed,
                 threads=args.threads, data=args.data, pack=not args.no_pack, fast=not args.no_fast, attn=args.attn,
                 grad_ckpt=args.grad_ckpt, warmup=args.warmup, trl_packing=args.trl_packing)

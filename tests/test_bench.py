@@ -33,6 +33,16 @@ def test_bench_recipe_matches_the_peer_settings(pack, fast, fp32):
     assert t.loss_on == "answer"
 
 
+def test_a_lingotune_variant_changes_only_its_overrides():
+    bench = _bench()
+    spec = dict(model="bundled", batch_size=8, seq_len=256, fp32=False, pack=True, fast=True, grad_ckpt=False)
+    plain = bench.bench_recipe(dict(spec, setup="lingotune"))
+    variant = bench.bench_recipe(dict(spec, setup="lingotune[train.frozen_bf16=false;train.pack=false]"))
+    assert plain.train.frozen_bf16 and plain.train.pack
+    assert not variant.train.frozen_bf16 and not variant.train.pack
+    assert variant.model_copy(update={"train": plain.train}) == plain
+
+
 def test_step_flops_of_a_tiny_config_by_hand():
     bench = _bench()
     shape = bench.model_shape({"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
