@@ -54,6 +54,21 @@ def test_tiny_tokenizer_roundtrip(tok):
     assert tok.decode(ids, skip_special_tokens=True) == "user\nда?"
 
 
+def test_loglik_with_each_contexts_own_options_equals_pairs(tiny_llama, tok):
+    """Multiple choice: every context with its own options, of different lengths and counts, scored from one
+    forward pass of the context (KV cache, right-padded options) equals scoring each (context, option) alone."""
+    enc = lambda t: inference.encode(tok, t)  # noqa: E731
+    ctxs = [enc("The cat sat on the"), enc("x"), enc("Кошка сидела на ковре и смотрела")]
+    opts = [[enc(" mat"), enc(" very long and winding road"), enc("!")],
+            [enc(" y z"), enc(" w")],
+            [enc(" в окно"), enc(" на дверь и на стены"), enc(" ."), enc(" долго")]]
+    shared = inference.shared_continuation_logprobs(tiny_llama, tok, ctxs, opts, batch_size=2)
+    pairs = inference.continuation_logprobs(tiny_llama, tok, [(c, o) for c, os in zip(ctxs, opts) for o in os],
+                                            batch_size=1)
+    assert [len(r) for r in shared] == [3, 2, 4]
+    assert [x for row in shared for x in row] == pytest.approx(pairs, abs=1e-4)
+
+
 def test_generate_left_pads_and_matches_unbatched(tiny_llama, tok):
     prompts = [inference.encode(tok, inference.chat_text(tok, [{"role": "user", "content": q}])) for q in ["hi?", "a much longer question?"]]
     batched = inference.generate(tiny_llama, tok, prompts, 6, batch_size=2)

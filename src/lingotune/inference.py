@@ -309,16 +309,21 @@ def _output_cache(res):
     return cache if cache is not None else res.past_key_values
 
 
-def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: list[list[int]], batch_size: int = 8,
-                                 desc: str = "log-likelihood") -> list[list[float]]:
-    """[i][j] = sum of log P(conts[j] | contexts[i]), every context scored against the same continuations.
+def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: list[list[int]] | list[list[list[int]]],
+                                 batch_size: int = 8, desc: str = "log-likelihood") -> list[list[float]]:
+    """[i][j] = sum of log P(j-th continuation | contexts[i]). `conts`: the same continuations for every context
+    (a list of id lists: yes/no spellings), or each context's own (one list of id lists per context: the options
+    of a multiple-choice example).
 
-    Each context batch runs once; its KV cache then scores each continuation and is cropped back.
+    Each context batch runs once; its KV cache then scores the batch's j-th continuations together (right-padded
+    to the longest) and is cropped back, so a context is never run again per option.
     """
     refuse_api(model, "log-likelihoods")
     device = model_device(model)
+    own = bool(conts) and bool(conts[0]) and isinstance(conts[0][0], list)
+    options = conts if own else [conts] * len(contexts)
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
-    out = [[0.0] * len(conts) for _ in contexts]
+    out = [[0.0] * len(options[i]) for i in range(len(contexts))]
     with inference(model):
         for _, chunk in batches(order, batch_size, desc):
             ids, mask = _pad_left([contexts[i] for i in chunk], pad_id(tok), device)
@@ -326,20 +331,30 @@ def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: l
             res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
             cache, b = _output_cache(res), len(chunk)
-            for j, cont in enumerate(conts):
-                score = first[:, cont[0]].clone()
-                if len(cont) > 1:
-                    rest = torch.tensor(cont[:-1], device=device).expand(b, -1)
-                    mask2 = torch.cat([mask, torch.ones((b, len(cont) - 1), dtype=mask.dtype, device=device)], dim=1)
-                    pos2 = pos[:, -1:] + torch.arange(1, len(cont), device=device)
+            for j in range(max(len(options[i]) for i in chunk)):
+                cs = [options[i][j] if j < len(options[i]) else [] for i in chunk]
+                score = [float(first[r, c[0]]) if c else 0.0 for r, c in enumerate(cs)]
+                longest = max(len(c) for c in cs)
+                if longest > 1:
+                    rest = torch.full((b, longest - 1), pad_id(tok), dtype=torch.long)
+                    tail = torch.zeros((b, longest - 1), dtype=mask.dtype)
+                    for r, c in enumerate(cs):  # right-padded; a row with a shorter continuation masks the rest
+                        rest[r, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+                        tail[r, :len(c) - 1] = 1
+                    rest, tail = rest.to(device), tail.to(device)
+                    mask2 = torch.cat([mask, tail], dim=1)
+                    pos2 = pos[:, -1:] + torch.arange(1, longest, device=device)
                     logits = model(input_ids=rest, attention_mask=mask2, position_ids=pos2, use_cache=True,
                                    **{_cache_kwarg(model): cache}).logits
                     logp = torch.log_softmax(logits.float(), dim=-1)
-                    target = torch.tensor(cont[1:], device=device).expand(b, -1)
-                    score += logp.gather(-1, target[..., None]).squeeze(-1).sum(-1)
-                    cache.crop(-(len(cont) - 1))  # back to the context alone
+                    for r, c in enumerate(cs):
+                        if len(c) > 1:
+                            target = torch.tensor(c[1:], device=device)[:, None]
+                            score[r] += float(logp[r, :len(c) - 1].gather(-1, target).sum())
+                    cache.crop(-(longest - 1))  # back to the context alone
                 for r, i in enumerate(chunk):
-                    out[i][j] = float(score[r])
+                    if j < len(options[i]):
+                        out[i][j] = score[r]
     return out
 
 

@@ -41,18 +41,14 @@ def run_multiple_choice(model, tok, spec: TaskSpec, rows: list[dict], lang: str,
                         k: int = 0) -> tuple[list[dict], dict, dict]:
     """Score each option by log-likelihood; returns (per-example records, metrics, cis)."""
     sfx = suffix(k)
-    pairs, owners, records = [], [], []
-    for n, row in enumerate(rows):
+    contexts, options, records = [], [], []
+    for row in rows:
         context, choices = mc_example(spec, row, lang, cfg.seed, train, k)
-        ctx_ids = context_ids(tok, context)
-        for j, c in enumerate(choices):
-            pairs.append((ctx_ids, inference.encode(tok, c)))
-            owners.append((n, j))
+        contexts.append(context_ids(tok, context))
+        options.append([inference.encode(tok, c) for c in choices])
         records.append({"id": row["id"], "shots": k, "prompt": context, "choices": choices, "label": row["label"]})
-    scores = inference.continuation_logprobs(model, tok, pairs, cfg.batch_size, desc=f"{spec.name} {k}-shot")
-    per = [[None] * len(r["choices"]) for r in records]
-    for (n, j), s in zip(owners, scores):
-        per[n][j] = s
+    per = inference.shared_continuation_logprobs(model, tok, contexts, options, cfg.batch_size,
+                                                 desc=f"{spec.name} {k}-shot")
     for rec, s in zip(records, per):
         norm = [x / max(len(c), 1) for x, c in zip(s, rec["choices"])]
         rec["logprobs"] = [round(x, 4) for x in s]
