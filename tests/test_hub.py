@@ -103,8 +103,17 @@ def test_missing_datasets_package_is_a_clear_reason_and_error(tmp_path, monkeypa
     assert "no data root (set LINGOTUNE_DATA or --data-root)" in str(e.value)
     assert "needs the `datasets` package: pip install 'lingotune[datasets]'" in str(e.value)
     cfg = DataConfig(sources=[{"format": "hub", "hub": {"path": str(tmp_path / "nowhere")}}])
-    with pytest.raises(DataError, match=r"data.sources\[0\] \(hub\): reading hub datasets needs the `datasets` package"):
+    with pytest.raises(DataError, match=r"data.sources\[0\] \(hub\): reading Hugging Face datasets needs the "
+                                        r"`datasets` package: pip install 'lingotune\[datasets\]'"):
         build_datasets(cfg, "ru", 0)
+    from typer import Exit
+
+    from lingotune.errors import user_errors
+    from lingotune.hub import load_rows
+
+    with pytest.raises(Exit) as e:  # a HubError reaching a command is a user's error: one line, exit code 2
+        user_errors(load_rows)(spec.hub)
+    assert e.value.exit_code == 2
 
 
 QA = [("Как называется столица Франции?", "Столица Франции называется Париж."),

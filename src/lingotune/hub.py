@@ -15,8 +15,8 @@ Failing fast offline: with `HF_DATASETS_OFFLINE=1` / `HF_HUB_OFFLINE=1`, `datase
 otherwise a hub id is tried only after a TCP connection to the hub's host opens within `PROBE_SECONDS`,
 so a machine without network never waits on the hub's retries. Every failure (no `datasets` package,
 offline and not cached, unknown id, gated set, missing column) is a `HubError`: one line that names the
-dataset. It is a FileNotFoundError, so an evaluation task skips on it with that line as its reason;
-the data layer turns it into a DataError.
+dataset. It is a UserError (a command exits 2 with that line) and a FileNotFoundError, so an evaluation task
+skips on it with that line as its reason; the data layer turns it into a DataError.
 
 What a process remembers (`load_rows`): an evaluation task's rows (`keep=True`: read before and after training
 and in every cell of a grid), for the last `KEPT` specs; a failure, for good (the same spec under the same
@@ -36,13 +36,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lingotune.errors import one_line
+from lingotune.errors import UserError, one_line
 
 PROBE_SECONDS = 3.0
 INSTALL_HINT = "pip install 'lingotune[datasets]' (or pip install datasets)"
 
 
-class HubError(FileNotFoundError):
+class HubError(UserError, FileNotFoundError):
     """A hub dataset could not be read; the message is one line naming it and why."""
 
 
@@ -75,11 +75,12 @@ class HubSpec(BaseModel):
         return Path(self.path).expanduser().is_dir()
 
 
-def _datasets():
+def import_datasets():
+    """The `datasets` package, or a HubError saying how to install it (hub datasets and `hf_disk` sources)."""
     try:
         import datasets
     except ImportError:
-        raise HubError(f"reading hub datasets needs the `datasets` package: {INSTALL_HINT}") from None
+        raise HubError(f"reading Hugging Face datasets needs the `datasets` package: {INSTALL_HINT}") from None
     return datasets
 
 
@@ -113,7 +114,7 @@ def load_rows(spec: HubSpec, limit: int | None = None, keep: bool = False) -> li
     cell of a grid) keeps the rows for the process, the last `KEPT` specs; a data source (read once per data
     build, possibly large) is read afresh and not held once its records are made. A failure is remembered for
     the process (same spec, limit and offline setting and endpoint): a gated or unknown id is asked once."""
-    _datasets()  # first, every call: what is remembered is a dataset's failure, never a missing package
+    import_datasets()  # first, every call: what is remembered is a dataset's failure, never a missing package
     key = spec.model_dump_json()
     failed = (key, limit, offline(), os.environ.get("HF_ENDPOINT"))
     if failed in _FAILED:
@@ -128,7 +129,7 @@ def load_rows(spec: HubSpec, limit: int | None = None, keep: bool = False) -> li
 
 def _load(key: str, limit: int | None) -> tuple[dict, ...]:
     spec = HubSpec.model_validate_json(key)
-    datasets = _datasets()
+    datasets = import_datasets()
     where = spec.label()
     local = spec.is_local()
     if not local and not offline() and not hub_reachable():
