@@ -98,7 +98,8 @@ def test_unknown_layout_and_missing_file(tmp_path):
 
 def test_hf_disk_without_datasets_says_pip_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails even where datasets is installed
-    with pytest.raises(DataError, match="pip install datasets"):
+    with pytest.raises(DataError, match=f"^{tmp_path}: reading Hugging Face datasets needs the `datasets` package: "
+                                        r"pip install 'lingotune\[datasets\]' \(or pip install datasets\)$"):
         formats.read_hf_disk(tmp_path)
     with pytest.raises(DataError, match="pip install datasets"):
         formats.read_hub("some/dataset")

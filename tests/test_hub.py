@@ -17,7 +17,7 @@ pytest.importorskip("datasets")
 
 from lingotune.data.records import DataError  # noqa: E402
 from lingotune.eval.tasks import load_demos, load_examples, load_task  # noqa: E402
-from lingotune.hub import HubSpec  # noqa: E402
+from lingotune.hub import HubError, HubSpec  # noqa: E402
 
 
 def write_hub(root: Path, configs: dict[str, dict[str, list[dict]]], features=None) -> Path:
@@ -103,8 +103,17 @@ def test_missing_datasets_package_is_a_clear_reason_and_error(tmp_path, monkeypa
     assert "no data root (set LINGOTUNE_DATA or --data-root)" in str(e.value)
     assert "needs the `datasets` package: pip install 'lingotune[datasets]'" in str(e.value)
     cfg = DataConfig(sources=[{"format": "hub", "hub": {"path": str(tmp_path / "nowhere")}}])
-    with pytest.raises(DataError, match=r"data.sources\[0\] \(hub\): reading hub datasets needs the `datasets` package"):
+    with pytest.raises(DataError, match=r"data.sources\[0\] \(hub\): reading Hugging Face datasets needs the "
+                                        r"`datasets` package: pip install 'lingotune\[datasets\]'"):
         build_datasets(cfg, "ru", 0)
+    from typer import Exit
+
+    from lingotune.errors import user_errors
+    from lingotune.hub import load_rows
+
+    with pytest.raises(Exit) as e:  # a HubError reaching a command is a user's error: one line, exit code 2
+        user_errors(load_rows)(spec.hub)
+    assert e.value.exit_code == 2
 
 
 QA = [("Как называется столица Франции?", "Столица Франции называется Париж."),
@@ -241,3 +250,73 @@ def test_run_without_data_reports_each_skip_then_evaluates_on_a_local_hub_copy(t
     for label in ("untouched", "dpart"):
         assert evals[label]["danetqa"]["skipped"] is None and evals[label]["danetqa"]["n"] == 4  # --smoke: limit 4
         assert evals[label]["flores_ru_bpc"]["skipped"] is None and evals[label]["flores_ru_bpc"]["n"] == 4
+
+
+class Marker:
+    """A value whose life a weak reference can watch (plain strings cannot be weakly referenced)."""
+
+
+def fake_datasets(monkeypatch, rows=None, error=None) -> list:
+    """`datasets` replaced by one whose load_dataset returns the rows `rows()` makes (or raises `error`); the list
+    records its calls."""
+    import types
+
+    calls = []
+
+    class Table(list):
+        column_names = property(lambda self: list(self[0]))
+        features = {}
+
+    def load_dataset(path, name=None, split=None, revision=None):
+        calls.append(path)
+        if error:
+            raise error
+        return Table(rows())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset,
+                                                                      ClassLabel=type("ClassLabel", (), {})))
+    return calls
+
+
+def test_a_data_sources_rows_are_not_held_after_its_records_are_made(tmp_path, monkeypatch):
+    """A hub data source is read once per data build and may be large: its rows must not stay alive in a cache for
+    the rest of the process (through training)."""
+    import gc
+    import weakref
+
+    from lingotune.data import formats
+
+    made = weakref.WeakSet()
+
+    def rows():
+        made.add(marker := Marker())
+        return [{"instruction": "Как дела?", "output": "Хорошо.", "extra": marker}]
+
+    calls = fake_datasets(monkeypatch, rows)
+    recs = formats.read_hub(HubSpec(path=str(tmp_path)), lang="ru")
+    assert [(r.prompt, r.response) for r in recs] == [("Как дела?", "Хорошо.")] and len(calls) == 1
+    gc.collect()
+    assert len(made) == 0
+
+
+def test_evaluation_rows_are_kept_and_a_failure_is_asked_once(tmp_path, monkeypatch):
+    from lingotune.hub import load_rows
+
+    calls = fake_datasets(monkeypatch, lambda: [{"id": 1, "text": "Привет."}])
+    task = HubSpec(path=str(tmp_path / "task"))
+    (tmp_path / "task").mkdir()
+    first = load_rows(task, keep=True)
+    first[0]["text"] = "changed by the caller"
+    assert load_rows(task, keep=True) == [{"id": 1, "text": "Привет."}] and len(calls) == 1  # kept, a fresh copy
+    calls = fake_datasets(monkeypatch, error=RuntimeError("401 Client Error: gated dataset\nmore lines"))
+    gated = HubSpec(path=str(tmp_path / "gated"))
+    (tmp_path / "gated").mkdir()
+    for keep in (True, False, True):
+        with pytest.raises(HubError) as e:
+            load_rows(gated, keep=keep)
+        assert str(e.value) == f"hub dataset {tmp_path}/gated/train: cannot load (401 Client Error: gated dataset)"
+    assert len(calls) == 1  # remembered: the hub is not asked again
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # other settings: asked again
+    with pytest.raises(HubError):
+        load_rows(gated)
+    assert len(calls) == 2

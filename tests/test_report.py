@@ -73,6 +73,29 @@ def test_report_plots_exist_are_referenced_and_inlined_in_a_self_contained_page(
     assert "&lt;script&gt;" in page
 
 
+
+def test_a_plot_named_after_a_task_with_plus_and_equals_is_inlined_and_no_path_is_followed(tmp_path):
+    from lingotune.files import safe_name
+    from lingotune.report import to_html
+
+    task = safe_name("align+ru=2.v1", "task")  # a name safe_name lets through: it names the plot's file
+    layers = {"cos_dist": [0.5, 0.4, 0.3], "cos_margin": [0.1, 0.2, 0.3]}
+    evals = {label: {**res, task: {"layers": layers, "n": 3, "ci": {}}} for label, res in _results()["evals"].items()}
+    d = _run_dir(tmp_path, _results(evals=evals))
+    write_report(d, html=True)
+    plot = d / f"report_layers_{task}.png"
+    assert f"]({plot.name})" in (d / "report.md").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', (d / "report.html").read_text())
+    assert base64.b64encode(plot.read_bytes()).decode("ascii") in images and len(images) == 4
+    # an image outside the run directory, or in a folder below it, stays text; a percent-encoded name is decoded
+    (tmp_path / "outside.png").write_bytes(PNG)
+    (d / "sub").mkdir()
+    (d / "sub" / "x.png").write_bytes(PNG)
+    (d / "график.png").write_bytes(PNG)
+    page = to_html("![a](../outside.png) ![b](sub/x.png) ![c](%2E%2E%2Foutside.png) ![d](график.png)", d)
+    assert page.count("<img ") == 1 and '<img src="data:image/png;base64,' in page and 'alt="d"' in page
+    assert "</main>" in page and ">a b c <img" in page
+
 def test_sample_answers_name_their_source(tmp_path):
     d = _run_dir(tmp_path, _results())
     write_report(d, html=True)

@@ -32,7 +32,7 @@ import torch
 from lingotune import files, methods, rundir
 from lingotune.errors import UserError
 from lingotune.models import (
-    BUNDLED_ORIGIN, apply_adapter, apply_embeddings, is_tied, load_model, load_tokenizer, read_embeddings, resolve,
+    BUNDLED, apply_adapter, apply_embeddings, is_tied, load_model, load_tokenizer, read_embeddings, resolve,
 )
 from lingotune.recipe import parse_recipe
 
@@ -187,8 +187,8 @@ def build_adapter(run_dir: Path, recipe, results: dict):
 def _origin(source: str) -> tuple[str | None, str | None]:
     """(hub id, licence) of the base model where known: bundled models, a hub id, a local copy's card."""
     name = source.split(":", 1)[1] if source.startswith("bundled:") else "smollm2-135m-instruct" if source == "bundled" else None
-    if name in BUNDLED_ORIGIN:
-        return BUNDLED_ORIGIN[name]
+    if name in BUNDLED:
+        return BUNDLED[name].origin, BUNDLED[name].licence
     hub = source if not Path(source).expanduser().exists() else None
     card = Path(source).expanduser() / "README.md"
     licence = None

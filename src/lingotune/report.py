@@ -14,6 +14,7 @@ import json
 import re
 from html import escape
 from pathlib import Path
+from urllib.parse import unquote
 
 from lingotune import plots
 from lingotune.errors import RunDirError
@@ -282,8 +283,9 @@ POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def to_html(markdown: str, run_dir: Path) -> str:
-    """report.md as one self-contained page: the plots it references (PNG files in `run_dir`) inlined as data
-    URIs; any other image left out (its alt text kept); no raw HTML, links or requests."""
+    """report.md as one self-contained page: the plots it references (PNG files in `run_dir`, any plain file
+    name: plots are named after tasks and stages, e.g. `report_layers_align+ru=2.png`) inlined as data URIs; any
+    other image (a path, a URL) left out, its alt text kept; no raw HTML, links or requests."""
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table").disable(["link", "autolink"])
@@ -292,9 +294,9 @@ def to_html(markdown: str, run_dir: Path) -> str:
         for i, child in enumerate(tok.children or []):
             if child.type != "image":
                 continue
-            src = str(child.attrGet("src") or "")
-            path = run_dir / src
-            if re.fullmatch(r"[\w.-]+\.png", src) and path.is_file():
+            name = unquote(str(child.attrGet("src") or ""))  # markdown-it percent-encodes what a URL cannot hold
+            path = run_dir / name  # only a plain file name: no separator, so no '..' step out of the run directory
+            if name.endswith(".png") and "/" not in name and "\\" not in name and path.is_file():
                 child.attrSet("src", "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii"))
             else:
                 tok.children[i] = type(child)("text", "", 0, content=child.content)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lingotune.data.records import DataError, Example, PrefRecord, Record
-from lingotune.hub import HubError, HubSpec, load_rows
+from lingotune.hub import HubError, HubSpec, import_datasets, load_rows
 
 FORMATS = ("alpaca", "openorca", "sharegpt", "prompt_completion")
 
@@ -267,14 +267,6 @@ def read_prefs(path: str | Path, lang: str | None = None, limit: int | None = No
 
 # --------------------------------------------------------------------------------------------- Hugging Face
 
-def _datasets():
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        raise DataError("reading Hugging Face datasets needs the `datasets` package: pip install datasets") from None
-    return datasets
-
-
 def _hf_rows(ds, name: str) -> Iterator[tuple[str, Any]]:
     for i, row in enumerate(ds):
         yield f"{name}:{i + 1}", dict(row)
@@ -283,7 +275,10 @@ def _hf_rows(ds, name: str) -> Iterator[tuple[str, Any]]:
 def read_hf_disk(path: str | Path, fmt: str = "auto", lang: str = "en", split: str = "train",
                  limit: int | None = None, id_field: str | None = "id") -> list[Record]:
     """Records of a dataset saved with `save_to_disk` (a Dataset, or a DatasetDict and its `split`)."""
-    datasets = _datasets()
+    try:
+        datasets = import_datasets()
+    except HubError as e:
+        raise DataError(f"{path}: {e}") from None
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as e:

@@ -316,7 +316,7 @@ def _read_file_rows(spec: TaskSpec, root: Path | None, rel: str | None) -> list[
 def _read_hub_rows(spec: TaskSpec, split: str) -> list[dict]:
     """The hub copy's rows of `split`, in the shape the file's reader gives."""
     src = spec.hub.model_copy(update={"split": split})
-    rows = load_rows(src)
+    rows = load_rows(src, keep=True)
     if spec.format == "lines":
         return [{"text": t} for t in group_lines([_field(r, "text", src) for r in rows], spec.group_lines)]
     if spec.format != "parallel":
@@ -325,7 +325,7 @@ def _read_hub_rows(spec: TaskSpec, split: str) -> list[dict]:
         return [{"source": _field(r, "source", src), "target": _field(r, "target", src),
                  **({"id": r["id"]} if "id" in r else {})} for r in rows]
     tgt = spec.target_hub.model_copy(update={"split": split})
-    trows = load_rows(tgt)
+    trows = load_rows(tgt, keep=True)
     if len(trows) != len(rows):
         raise DataError(f"hub dataset {tgt.label()}: {len(trows)} rows, {src.label()} has {len(rows)}: the sides "
                         f"must be aligned")
