@@ -314,3 +314,57 @@ def test_low_precision_weight_keeps_fp32_master_rows_so_small_updates_accumulate
     assert "master" in st16 and st16["master"].dtype == torch.float32 and len(st16["master"]) == 3
     st32 = runs[torch.float32][1].state[runs[torch.float32][1].param_groups[0]["params"][0]]
     assert "master" not in st32  # fp32 weights need no copy
+
+
+@pytest.mark.parametrize("cap", [None, 3.0])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 1000])
+def test_head_nll_in_chunks_equals_the_plain_head_and_cross_entropy(monkeypatch, cap, chunk_rows):
+    """HeadNLL (the label-only head in chunks of rows, its hidden-state gradient computed in the forward) gives
+    the NLLs, hidden-state and head gradients of `linear -> (softcap) -> cross_entropy(reduction='none')`,
+    for a non-uniform upstream gradient (as DPO/ORPO give per token), whatever the chunk size."""
+    import lingotune.losses as losses
+
+    vocab = 40
+    monkeypatch.setattr(losses, "CHUNK_BYTES", 4 * vocab * chunk_rows)
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(13, 16, generator=g, dtype=torch.float64).float()
+    weight = torch.randn(vocab, 16, generator=g).float()
+    target = torch.randint(0, vocab, (13,), generator=g)
+    upstream = torch.rand(13, generator=g)
+    runs = []
+    for chunked in (True, False):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        if chunked:
+            nll = losses.HeadNLL.apply(h, w, target, cap)
+        else:
+            z = h @ w.T
+            z = torch.tanh(z / cap) * cap if cap else z
+            nll = torch.nn.functional.cross_entropy(z, target, reduction="none")
+        (nll * upstream).sum().backward()
+        runs.append((nll.detach(), h.grad, w.grad))
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_head_nll_under_bf16_autocast_matches_the_autocast_linear(monkeypatch):
+    """Under bf16 autocast the chunked head multiplies in bf16 as nn.Linear would, so its NLLs and gradients
+    stay within bf16 rounding of the plain path's; a frozen head gets no gradient."""
+    import lingotune.losses as losses
+
+    monkeypatch.setattr(losses, "CHUNK_BYTES", 4 * 64 * 4)
+    g = torch.Generator().manual_seed(4)
+    hidden, weight = torch.randn(10, 32, generator=g), torch.randn(64, 32, generator=g)
+    target = torch.randint(0, 64, (10,), generator=g)
+    runs = []
+    for chunked in (True, False):
+        h, w = hidden.clone().requires_grad_(True), weight.clone()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if chunked:
+                nll = losses.HeadNLL.apply(h, w, target, None)
+            else:
+                nll = torch.nn.functional.cross_entropy((h @ w.T).float(), target, reduction="none")
+        nll.sum().backward()
+        assert w.grad is None
+        runs.append((nll.detach(), h.grad))
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

@@ -11,7 +11,7 @@ and, optionally,
 The loop counts the units of every micro-batch of an optimizer step first and divides each
 micro-batch's sum by that total, so a step's loss is the mean over all its units however they
 fall into micro-batches (`batch_size 2, grad_accum 4` trains like `batch_size 8, grad_accum 1`).
-`label_only` says the loop allows computing logits only where they are needed (`label_only_logits`;
+`label_only` says the loop allows computing logits only where they are needed (`label_nll`;
 the loop wraps the model in `LabelOnly`, so under DDP they run inside the wrapped forward).
 
 Preference losses (DPO, ORPO) run here, in lingotune's own loop, not through TRL's trainers: a
@@ -69,13 +69,12 @@ class CausalLM:
 
     def __call__(self, model, batch: dict, label_only: bool) -> torch.Tensor:
         if label_only:
-            logits, target = label_only_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                               batch.get("position_ids"))
-        else:
-            # no KV cache: transformers only applies the packed (block-diagonal) mask when there is none
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=batch.get("position_ids"), use_cache=False)
-            logits, target = out.logits[:, :-1], batch["labels"][:, 1:]
+            return label_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                             batch.get("position_ids")).sum()
+        # no KV cache: transformers only applies the packed (block-diagonal) mask when there is none
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch.get("position_ids"), use_cache=False)
+        logits, target = out.logits[:, :-1], batch["labels"][:, 1:]
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                                ignore_index=IGNORE, reduction="sum")
 
@@ -87,11 +86,10 @@ def token_logps(model, batch: dict, labels: torch.Tensor, label_only: bool) -> t
     target = labels[:, 1:]
     keep = target != IGNORE
     if label_only:
-        logits, picked = label_only_logits(model, batch["input_ids"], batch["attention_mask"], labels)
+        logps = -label_nll(model, batch["input_ids"], batch["attention_mask"], labels)
     else:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logits, picked = out.logits[:, :-1][keep], target[keep]
-    logps = -F.cross_entropy(logits.float(), picked, reduction="none")
+        logps = -F.cross_entropy(out.logits[:, :-1][keep].float(), target[keep], reduction="none")
     return torch.zeros(keep.shape, dtype=logps.dtype, device=logps.device).masked_scatter(keep, logps)
 
 
@@ -180,9 +178,9 @@ LOSSES = {"causal_lm": CausalLM, "dpo": DPO, "orpo": ORPO}
 class LabelOnly(torch.nn.Module):
     """The training loop's wrapper of the trained model (the loop wraps it before accelerate's `prepare`).
 
-    Called with `label_positions` (the labels), its forward returns `label_only_logits` of the model;
-    any other call goes to the model unchanged. Under DDP the label-only forward thus runs inside
-    DDP's forward, and DDP's hooks all-reduce the gradients it produces.
+    Called with `label_positions` (the labels), its forward returns `label_nll` of the model; any other call
+    goes to the model unchanged. Under DDP the label-only forward thus runs inside DDP's forward, and DDP's
+    hooks all-reduce the gradients it produces.
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -192,8 +190,8 @@ class LabelOnly(torch.nn.Module):
     def forward(self, *args, label_positions: torch.Tensor | None = None, **kwargs):
         if label_positions is None:
             return self.module(*args, **kwargs)
-        return _label_only_logits(self.module, kwargs["input_ids"], kwargs.get("attention_mask"), label_positions,
-                                  kwargs.get("position_ids"))
+        return _label_nll(self.module, kwargs["input_ids"], kwargs.get("attention_mask"), label_positions,
+                          kwargs.get("position_ids"))
 
 
 def inner(model: torch.nn.Module) -> torch.nn.Module:
@@ -203,9 +201,10 @@ def inner(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) at the labelled positions only: the output head is applied nowhere else.
+def label_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+              position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The next-token NLL (float32) of every labelled position, in row-major order of `labels[:, 1:] != -100`:
+    the output head is applied nowhere else, and never to all of them at once (`HeadNLL`).
 
     For packed rows from `collate_packed`, pass attention_mask=None and the position_ids. A model the
     loop wrapped in `LabelOnly` (perhaps inside DDP) computes them in its own forward.
@@ -213,10 +212,10 @@ def label_only_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if isinstance(model, LabelOnly) or isinstance(getattr(model, "module", None), LabelOnly):
         return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      label_positions=labels)
-    return _label_only_logits(model, input_ids, attention_mask, labels, position_ids)
+    return _label_nll(model, input_ids, attention_mask, labels, position_ids)
 
 
-def _label_only_logits(model, input_ids, attention_mask, labels, position_ids):
+def _label_nll(model, input_ids, attention_mask, labels, position_ids):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = base.get_decoder()
     # use_cache=False: with a KV cache transformers would not apply the packed (block-diagonal) mask
@@ -224,8 +223,78 @@ def _label_only_logits(model, input_ids, attention_mask, labels, position_ids):
                   use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(base.config, "final_logit_softcapping", None)
+    head, picked = base.get_output_embeddings(), target[keep]
+    cap = getattr(base.config, "final_logit_softcapping", None) or None
+    if type(head) is torch.nn.Linear and head.bias is None:  # a plain head: in chunks, never all logits at once
+        return HeadNLL.apply(hidden[:, :-1][keep], head.weight, picked, cap)
+    logits = head(hidden[:, :-1][keep])  # e.g. a head with a LoRA adapter: its own forward
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits, target[keep]
+    return F.cross_entropy(logits.float(), picked, reduction="none")
+
+
+CHUNK_BYTES = 2**27  # float32 logits of one chunk of rows: 128 MiB (512 rows of a 64k vocabulary)
+
+
+def _autocast_dtype(device_type: str):
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+class HeadNLL(torch.autograd.Function):
+    """NLL of `target` under `cap * tanh((hidden @ weight.T) / cap)` (no cap: the plain logits), row by row,
+    computed in chunks of rows so that only one chunk's logits exist at a time (the full label-position logits
+    of a 128k vocabulary are gigabytes). The matmul runs in the autocast dtype when autocast is on, as
+    `nn.Linear` would; softmax, log-sum-exp and the cap in float32.
+
+    The forward also computes each row's gradient with respect to its hidden state (softmax - one-hot, through
+    the cap, times the weight), so a frozen head costs no second pass; a trained head (LEP, full fine-tuning)
+    recomputes each chunk's softmax in the backward for its own gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target, cap):
+        dt = _autocast_dtype(hidden.device.type)
+        n, vocab = hidden.shape[0], weight.shape[0]
+        step = max(1, CHUNK_BYTES // (4 * vocab))
+        nll = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        w = weight if dt is None else weight.to(dt)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for a in range(0, n, step):
+                h = hidden[a:a + step] if dt is None else hidden[a:a + step].to(dt)
+                dlogits, nll[a:a + step] = _chunk(h, w, target[a:a + step], cap)
+                grad_h[a:a + step] = (dlogits.to(w.dtype) @ w).float()
+        ctx.save_for_backward(hidden, weight, target, grad_h)
+        ctx.cap, ctx.dt, ctx.step = cap, dt, step
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        hidden, weight, target, grad_h = ctx.saved_tensors
+        g = grad_nll.float()[:, None]
+        d_hidden = (grad_h * g).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        d_weight = None
+        if ctx.needs_input_grad[1]:
+            dt = ctx.dt
+            w = weight if dt is None else weight.to(dt)
+            d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            with torch.autocast(hidden.device.type, enabled=False):
+                for a in range(0, hidden.shape[0], ctx.step):
+                    h = hidden[a:a + ctx.step] if dt is None else hidden[a:a + ctx.step].to(dt)
+                    dlogits, _ = _chunk(h, w, target[a:a + ctx.step], ctx.cap)
+                    d_weight += ((dlogits * g[a:a + ctx.step]).to(w.dtype).T @ h).float()
+            d_weight = d_weight.to(weight.dtype)
+        return d_hidden, d_weight, None, None
+
+
+def _chunk(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, cap: float | None):
+    """(d nll / d logits before the cap, nll) of one chunk of rows, float32."""
+    z = (h @ w.T).float()
+    capped = torch.tanh(z / cap) * cap if cap else z
+    logp = torch.log_softmax(capped, dim=-1)
+    nll = -logp.gather(-1, target[:, None]).squeeze(-1)
+    d = logp.exp_()
+    d[torch.arange(len(target), device=d.device), target] -= 1.0
+    if cap:
+        d *= 1.0 - (capped / cap) ** 2
+    return d, nll
