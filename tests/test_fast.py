@@ -368,3 +368,26 @@ def test_head_nll_under_bf16_autocast_matches_the_autocast_linear(monkeypatch):
         runs.append((nll.detach(), h.grad))
     for got, want in zip(*runs):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_rows_stay_apart_with_either_attention_kernel(attn):
+    """model.attn_implementation may be eager or sdpa: the loop's packing probe passes with both, and a packed
+    row's label-only loss equals the sum of its examples' losses computed alone."""
+    from helpers import tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    from lingotune.train import packing_respected
+
+    torch.manual_seed(0)
+    config = tiny_llama_config()
+    config._attn_implementation = attn
+    model = LlamaForCausalLM(config)
+    assert model.config._attn_implementation == attn
+    assert packing_respected(model)
+    g = torch.Generator().manual_seed(7)
+    seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 4, 10)]
+    batch = collate_packed(pack_examples([{"input_ids": s, "labels": s} for s in seqs], max_len=32), pad_id=0)
+    loss, n = label_only_loss(model, batch["input_ids"], None, batch["labels"], batch["position_ids"])
+    total = sum(model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss * (len(s) - 1) for s in seqs)
+    torch.testing.assert_close(loss, total / n, rtol=1e-5, atol=1e-6)
