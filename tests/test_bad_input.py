@@ -173,8 +173,8 @@ CASES = [
     ("eval-label-escapes", "eval --model {model} --tasks starter_heldout --label ../x --out in", None,
      "evaluation label '../x'"),
     ("eval-unknown-task", "eval --model {model} --tasks nosuch", None, "unknown task 'nosuch'"),
-    ("compare-lep-cell", f"compare {M} --set compare.methods=[lora] --set compare.seeds=[0] --set vocab.scenario=extend",
-     None, "compare: 'lora' adapts the vocabulary or propagates"),
+    ("compare-lep-cell-no-corpus", f"compare {M} --set compare.methods=[lora] --set compare.seeds=[0] "
+     "--set vocab.scenario=extend", None, "vocab: no corpus (give vocab.corpus, or a data source used as text)"),
     ("vocab-corpus-wrong-script", "vocab extend --model {model} --lang ru --corpus in/en.txt --out v",
      lambda m: _parallel(3, 3), "corpus: no text in the Cyrillic script of language 'ru'"),
     ("vocab-corpus-missing", "vocab extend --model {model} --lang ru --corpus in/none.txt --out v", None,

@@ -134,10 +134,14 @@ def test_text_sources_build_the_text_set(tmp_path):
                                     "Кошка сидела на ковре и смотрела на дверь.\n", encoding="utf-8")
     (tmp_path / "b.jsonl").write_text(json.dumps({"passage": "Москва и Санкт-Петербург большие города России."},
                                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "c.tsv").write_text("ID\tText\tLabel\n1\tВолга впадает в Каспийское море.\t1\n2\t\t0\n",
+                                    encoding="utf-8")  # a TSV with a header (KoBEST's layout): text_field names the column
     cfg = DataConfig.model_validate({"root": str(tmp_path), "sources": [
-        {"format": "text", "path": "a.txt"}, {"format": "text", "path": "b.jsonl", "text_field": "passage"}]})
+        {"format": "text", "path": "a.txt"}, {"format": "text", "path": "b.jsonl", "text_field": "passage"},
+        {"format": "text", "path": "c.tsv", "text_field": "Text"}]})
     built = build_datasets(cfg, "ru", seed=0)
-    assert built.text == ["Кошка сидела на ковре и смотрела на дверь.", "Москва и Санкт-Петербург большие города России."]
+    assert built.text == ["Кошка сидела на ковре и смотрела на дверь.", "Москва и Санкт-Петербург большие города России.",
+                          "Волга впадает в Каспийское море."]
     v = built.report["sources"][0]["validation"]
-    assert v["wrong_script"] == 1 and v["duplicates"] == 1 and built.report["text"] == 2
+    assert v["wrong_script"] == 1 and v["duplicates"] == 1 and built.report["text"] == 3
     assert not built.stage1 and not built.stage2

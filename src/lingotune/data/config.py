@@ -60,8 +60,8 @@ class SourceSpec(Strict):
     format: Format = Field(description="Layout of the source: starter (the project's own data), a single-file "
                            "format (alpaca, openorca, sharegpt, prompt_completion, hf_disk, hub), two files "
                            "(paired, parallel_text), a shared set (xquad, gsm8k, msvamp, mt_bench, ifeval, mintaka, "
-                           "flores, tatoeba), plain target-language text (text: .txt one text a line, or JSON/JSONL "
-                           "with a 'text' field), or preference pairs (prefs: JSONL of prompt/chosen/rejected "
+                           "flores, tatoeba), plain target-language text (text: .txt one text a line, JSON/JSONL "
+                           "with a 'text' field, or TSV with a header), or preference pairs (prefs: JSONL of prompt/chosen/rejected "
                            "strings, optional system and id).")
     path: str | None = Field(None, description="File or folder (hub: the dataset id). Relative paths resolve against the "
                              "data root, except those starting with './' (the current directory: files you built, "
@@ -78,7 +78,7 @@ class SourceSpec(Strict):
     align: Literal["index", "id"] = Field("index", description="paired: align records by position or by `id_field`.")
     id_field: str = Field("id", min_length=1, description="Field holding a record's id (paired with align: id).")
     text_field: str = Field("text", min_length=1, description="format text, JSON/JSONL files: the field holding "
-                            "each row's text (e.g. 'passage').")
+                            "each row's text (e.g. 'passage'); TSV files with a header: the column (e.g. 'Text').")
     mode: Literal["qa", "translate"] = Field("qa", description="qa: question -> target-language answer; translate: "
                                              "English text -> its translation (ifeval, flores, tatoeba always translate).")
     split: str = Field("train", min_length=1, description="hf_disk / hub: the split to read.")

@@ -13,6 +13,7 @@ answer"). `all_turns=True` keeps every user -> assistant exchange as its own rec
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -44,11 +45,34 @@ def read_text(path: str | Path) -> str:
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
-    """Plain texts of a file: one a line (.txt and anything else), or `text_field` of each JSON/JSONL row."""
+    """Plain texts of a file: one a line (.txt and anything else), or `text_field` of each JSON/JSONL row or
+    of each row of a TSV file with a header (.tsv: `text_field` names the column)."""
     path = Path(path)
+    if path.suffix == ".tsv":
+        rows = read_tsv(path)
+        if rows and text_field not in rows[0]:
+            raise DataError(f"{path}: no column {text_field!r} (text_field); the header has {', '.join(rows[0])}")
+        return [r[text_field] for r in rows if r[text_field]]
     if path.suffix not in (".json", ".jsonl"):
         return [line for line in read_text(path).splitlines() if line.strip()]
     return [t for where, row in iter_rows(path) if (t := field(row, text_field, where).strip())]
+
+
+def read_tsv(path: str | Path) -> list[dict]:
+    """The rows of a tab-separated file with a header line, as {column: value}; a row whose number of columns
+    differs from the header's is a DataError naming its line."""
+    path = Path(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [h.strip() for h in next(reader, [])]
+        rows = []
+        for i, cells in enumerate(reader, 2):
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise DataError(f"{path}:{i}: {len(cells)} columns, header has {len(header)}")
+            rows.append({h: c.strip() for h, c in zip(header, cells)})
+    return rows
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:

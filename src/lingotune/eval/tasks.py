@@ -17,7 +17,6 @@ Every template also sees `answer_yes_no`, `yes` and `no` of the task's language.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib
 import random
@@ -26,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from lingotune.data.formats import read_tsv
 from lingotune.data.records import DataError
 from lingotune.eval.declared import MetricSpec, check_metrics, describe
 from lingotune.errors import pydantic_line
@@ -235,18 +235,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_tsv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.strip() for h in next(reader, [])]
-        rows = []
-        for i, cells in enumerate(reader, 2):
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise DataError(f"{path}:{i}: {len(cells)} columns, header has {len(header)}")
-            rows.append({h: c.strip() for h, c in zip(header, cells)})
-    return rows
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -304,7 +292,7 @@ def _read_file_rows(spec: TaskSpec, root: Path | None, rel: str | None) -> list[
     if spec.format == "jsonl":
         return _read_jsonl(path)
     if spec.format == "tsv":
-        return _read_tsv(path)
+        return read_tsv(path)
     if spec.format == "lines":
         return [{"text": t} for t in group_lines(_read_lines(path), spec.group_lines)]
     src, tgt = _read_lines(path), _read_lines(data_path(root, spec.target_file))
