@@ -59,7 +59,8 @@ def test_loglik_with_each_contexts_own_options_equals_pairs(tiny_llama, tok):
     forward pass of the context (KV cache, right-padded options) equals scoring each (context, option) alone."""
     enc = lambda t: inference.encode(tok, t)  # noqa: E731
     ctxs = [enc("The cat sat on the"), enc("x"), enc("Кошка сидела на ковре и смотрела")]
-    opts = [[enc(" mat"), enc(" very long and winding road"), enc("!")],
+    opts = [[enc(" mat"), enc(" very long and winding road"), enc(" mat, and then on the chair")],  # a 3rd option
+            # of several tokens beside a context with only 2 (they share a batch): the short row is masked out
             [enc(" y z"), enc(" w")],
             [enc(" в окно"), enc(" на дверь и на стены"), enc(" ."), enc(" долго")]]
     shared = inference.shared_continuation_logprobs(tiny_llama, tok, ctxs, opts, batch_size=2)

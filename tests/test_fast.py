@@ -273,14 +273,22 @@ def test_scaled_embedding_of_gemma3_keeps_its_scale():
     assert type(remove_sparse_embedding(model)).__name__ == "Gemma3TextScaledWordEmbedding"
 
 
-def test_packed_loss_is_right_when_the_model_config_uses_a_cache():
-    """Real checkpoints ship use_cache=True; a KV cache would silently drop the packed mask."""
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_loss_is_right_when_the_model_config_uses_a_cache(attn):
+    """Real checkpoints ship use_cache=True; a KV cache would silently drop the packed mask. With either attention
+    kernel (model.attn_implementation): the loop's packing probe passes, and a packed row's label-only loss equals
+    the sum of its examples' losses computed alone."""
     from helpers import tiny_llama_config
     from transformers import LlamaForCausalLM
 
+    from lingotune.train import packing_respected
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config())
-    assert model.config.use_cache
+    config = tiny_llama_config()
+    config._attn_implementation = attn
+    model = LlamaForCausalLM(config)
+    assert model.config.use_cache and model.config._attn_implementation == attn
+    assert packing_respected(model)
     g = torch.Generator().manual_seed(5)
     seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (6, 9, 5)]
     batch = collate_packed(pack_examples([{"input_ids": s, "labels": s} for s in seqs], max_len=32), pad_id=0)
@@ -369,25 +377,3 @@ def test_head_nll_under_bf16_autocast_matches_the_autocast_linear(monkeypatch):
     for got, want in zip(*runs):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
-
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_rows_stay_apart_with_either_attention_kernel(attn):
-    """model.attn_implementation may be eager or sdpa: the loop's packing probe passes with both, and a packed
-    row's label-only loss equals the sum of its examples' losses computed alone."""
-    from helpers import tiny_llama_config
-    from transformers import LlamaForCausalLM
-
-    from lingotune.train import packing_respected
-
-    torch.manual_seed(0)
-    config = tiny_llama_config()
-    config._attn_implementation = attn
-    model = LlamaForCausalLM(config)
-    assert model.config._attn_implementation == attn
-    assert packing_respected(model)
-    g = torch.Generator().manual_seed(7)
-    seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 4, 10)]
-    batch = collate_packed(pack_examples([{"input_ids": s, "labels": s} for s in seqs], max_len=32), pad_id=0)
-    loss, n = label_only_loss(model, batch["input_ids"], None, batch["labels"], batch["position_ids"])
-    total = sum(model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss * (len(s) - 1) for s in seqs)
-    torch.testing.assert_close(loss, total / n, rtol=1e-5, atol=1e-6)

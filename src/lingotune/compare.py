@@ -17,9 +17,9 @@ from rich.console import Console
 
 from lingotune import files, rundir
 from lingotune.compare_report import INSTRUCT, UNTOUCHED, summarize
+from lingotune.models import load_model
 from lingotune.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, set_path
 from lingotune.train import environment
-from lingotune.models import load_model
 from lingotune.run import (
     adapt_vocabulary, build_data, check_instruct, check_method, check_resumable, evaluate_model, load, new_results,
     sample_prompts, select_stages, stage_evaluator, tokenize_stages, train_method,

@@ -320,7 +320,7 @@ def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: l
     """
     refuse_api(model, "log-likelihoods")
     device = model_device(model)
-    own = bool(conts) and bool(conts[0]) and isinstance(conts[0][0], list)
+    own = any(c and isinstance(c[0], list) for c in conts)  # each context's own options (some may have none)
     options = conts if own else [conts] * len(contexts)
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     out = [[0.0] * len(options[i]) for i in range(len(contexts))]
@@ -338,9 +338,10 @@ def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: l
                 if longest > 1:
                     rest = torch.full((b, longest - 1), pad_id(tok), dtype=torch.long)
                     tail = torch.zeros((b, longest - 1), dtype=mask.dtype)
-                    for r, c in enumerate(cs):  # right-padded; a row with a shorter continuation masks the rest
-                        rest[r, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                        tail[r, :len(c) - 1] = 1
+                    for r, c in enumerate(cs):  # right-padded; a shorter (or absent) continuation masks the rest
+                        if len(c) > 1:
+                            rest[r, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+                            tail[r, :len(c) - 1] = 1
                     rest, tail = rest.to(device), tail.to(device)
                     mask2 = torch.cat([mask, tail], dim=1)
                     pos2 = pos[:, -1:] + torch.arange(1, longest, device=device)

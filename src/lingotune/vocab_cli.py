@@ -57,7 +57,8 @@ def adapt_and_write(model: str, lang: str, corpus: list[Path], english: list[Pat
     return report
 
 
-CORPUS_HELP = "Target-language text: .txt (one text a line) or JSON/JSONL with a 'text' field. Repeatable."
+CORPUS_HELP = ("Target-language text: .txt (one text a line), JSON/JSONL with a 'text' field, or TSV with a 'text' "
+               "column. Repeatable.")
 ENGLISH_HELP = ("Text the vocabulary must keep serving (English), same formats: optimize counts token use on it; bpe and "
                 "unigram train on it too. Repeatable.")
 INIT_HELP = ("Also write the model resized to the new vocabulary, each row the mean of the old rows that spell its token "
