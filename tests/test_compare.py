@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lingotune import compare as cmp
 from lingotune.stats import paired_permutation, t_interval
@@ -310,3 +311,35 @@ def test_lep_variants_propagating_into_different_instruct_models_are_refused(tin
     with pytest.raises(RecipeError, match="propagate into different instruct models"):
         cmp.compare(_lep_grid(tiny_model_dir, instruct_b=other), tmp_path / "grid")
     assert not (tmp_path / "grid").exists()
+
+
+def test_lep_variants_that_differ_only_in_propagation_train_once_and_give_the_model_training_alone_gives(
+        tiny_model_dir, tmp_path):
+    """lep_conv and lep_swap have the same vocabulary, seed and training: the grid trains the embeddings once and
+    the second cell propagates the first's weights; its propagated model is bit-identical to the one a grid with
+    that cell alone trains and propagates, and its record says where its training came from."""
+    from safetensors.torch import load_file
+
+    out, alone = tmp_path / "grid", tmp_path / "alone"
+    cmp.compare(_lep_grid(tiny_model_dir, **{"compare.methods": ["lep_conv", "lep_swap"],
+                                             "compare.keep_checkpoints": True}), out)
+    cmp.compare(_lep_grid(tiny_model_dir, **{"compare.methods": ["lep_swap"], "compare.keep_checkpoints": True}),
+                alone)
+    conv, swap = (json.loads((out / "data" / f"{v}-s0" / "results.json").read_text()) for v in ("lep_conv", "lep_swap"))
+    solo = json.loads((alone / "data" / "lep_swap-s0" / "results.json").read_text())
+    assert "shared_training" not in conv and "shared_training" not in solo
+    assert swap["shared_training"] == "lep_conv-s0"
+    assert swap["stages"] == conv["stages"]  # the training record, seconds included: it ran once
+    assert (out / "data" / "lep_swap-s0" / "metrics.jsonl").read_text() == (
+        out / "data" / "lep_conv-s0" / "metrics.jsonl").read_text()
+    assert [swap["stages"]["embeddings"][k] for k in ("first_loss", "final_loss", "tokens")] == [
+        solo["stages"]["embeddings"][k] for k in ("first_loss", "final_loss", "tokens")]
+    assert (out / "data" / "lep_swap-s0" / "eval" / "lep_swap-embeddings").is_dir()
+    shared_w = load_file(out / "data" / "lep_swap-s0" / "propagated" / "model.safetensors")
+    solo_w = load_file(alone / "data" / "lep_swap-s0" / "propagated" / "model.safetensors")
+    assert shared_w.keys() == solo_w.keys()
+    for name in solo_w:
+        assert torch.equal(shared_w[name], solo_w[name]), name
+    for task, scores in solo["evals"]["lep_swap"].items():
+        assert {k: v for k, v in swap["evals"]["lep_swap"][task].items() if k != "seconds"} == {
+            k: v for k, v in scores.items() if k != "seconds"}

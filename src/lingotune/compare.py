@@ -9,10 +9,13 @@ Then `lingotune.compare_report.summarize` writes tables (markdown + CSV), plots 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from lingotune import files, rundir
@@ -114,12 +117,61 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[dict], judge
     files.save_json(udir / "results.json", res)
 
 
+def training_key(r: Recipe) -> str:
+    """What decides a cell's trained model: its recipe without the output and propagation sections. LEP variants
+    that differ only in how they propagate (and have the same seed) train the same model."""
+    d = r.model_dump(mode="json")
+    d.pop("output"), d.pop("propagate"), d.pop("compare")
+    return json.dumps(d, sort_keys=True)
+
+
+class SharedTraining:
+    """The trained weights of LEP cells, kept in memory for the cells still to run that would train the same model
+    (`training_key`): such a cell takes the weights, training record, loss log and adapted-base scores of the first
+    (its `shared_training` names it) instead of training again. Entries go as soon as no pending cell needs them."""
+
+    def __init__(self, pending: list[str]):
+        self.pending, self.kept = Counter(pending), {}
+
+    def take(self, key: str) -> dict | None:
+        """What an earlier cell trained for `key` (None: train), dropped once the last cell needing it took it."""
+        self.pending[key] -= 1
+        return self.kept.get(key) if self.pending[key] > 0 else self.kept.pop(key, None)
+
+    def offer(self, key: str, model, cell_dir: Path, res: dict, label: str) -> None:
+        if self.pending[key] > 0:
+            self.kept[key] = {"cell": cell_dir, "label": label, "stages": copy.deepcopy(res["stages"]),
+                              "eval": copy.deepcopy(res["evals"].get(label)),
+                              "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
+
+
+def _reuse(model, r: Recipe, stages: list, donor: dict, cell_dir: Path, res: dict, label: str) -> None:
+    """Give a cell the model another cell of the same training key trained (see `SharedTraining`)."""
+    for stage in stages:
+        model, _ = stage.setup(model)  # the same module changes (e.g. an untied head) before the weights go in
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, p in donor["params"].items():
+            named[n].copy_(p)
+    src = donor["cell"]
+    res["stages"] = copy.deepcopy(donor["stages"])
+    res["shared_training"] = src.name
+    res["train_seconds"] = round(sum(s.get("seconds", 0) for s in res["stages"].values()), 2)
+    if (src / "metrics.jsonl").exists():
+        shutil.copyfile(src / "metrics.jsonl", cell_dir / "metrics.jsonl")
+    if donor["eval"] is not None:
+        res["evals"][label] = copy.deepcopy(donor["eval"])
+        if (src / "eval" / donor["label"]).is_dir():
+            shutil.copytree(src / "eval" / donor["label"], cell_dir / "eval" / label, dirs_exist_ok=True)
+
+
 def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,
-          console: Console, vocab=None, instruct=None) -> None:
+          console: Console, vocab=None, instruct=None, shared: SharedTraining | None = None) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights. An LEP cell
     (`vocab`: its adapted tokenizer and report) starts its new rows as `lingotune run` does; with `instruct`
     (the instruct model and its tokenizer) the cell's result is the propagated model, and the adapted base
-    model's evaluation is the cell's row after its last stage ('<variant>-<stage>')."""
+    model's evaluation is the cell's row after its last stage ('<variant>-<stage>'); with `shared`, a cell that
+    would train what an earlier cell of this grid trained takes that model instead."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
     res = new_results(r, files.read_json(cell_dir / "results.json"))
@@ -133,10 +185,19 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
 
         res["vocab"] = {**vocab[1], "init": init_new_rows(model, tok, vocab[0])}
         tok = vocab[0]
-    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
-                         after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
+    label, key = f"{method}-{stages[-1].name}", training_key(r)
+    donor = shared.take(key) if shared is not None and instruct is not None else None
+    if donor is not None:
+        console.print(f"[dim]{method}: the model {donor['cell'].name} trained, shared[/]")
+        _reuse(model, r, stages, donor, cell_dir, res, label)
+    else:
+        model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
+                             after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
     if instruct is not None:
-        model, tok = _propagate(model0, model, tok, r, instruct, cell_dir, res, console, reference, method, stages)
+        adapted = model
+        model, tok = _propagate(model0, adapted, tok, r, instruct, cell_dir, res, console, reference, label)
+        if shared is not None and donor is None:
+            shared.offer(key, adapted, cell_dir, res, label)
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference, resume=True)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
@@ -148,13 +209,12 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
 
 
 def _propagate(model0, adapted, tok, r: Recipe, instruct, cell_dir: Path, res: dict, console: Console,
-               reference: dict, method: str, stages: list):
+               reference: dict, label: str):
     """An LEP cell's adapted base model evaluated as its last stage's row, then propagated into a copy of the
     instruct model: (the propagated model, its tokenizer). The propagated model is written only with
     `compare.keep_checkpoints` (it is a whole model)."""
     from lingotune.propagate import propagate, save_propagation
 
-    label = f"{method}-{stages[-1].name}"
     if label not in res["evals"]:
         evaluate_model(adapted, tok, r, cell_dir, label, [], res, console, reference, tasks=list(r.eval.tasks),
                        resume=True)
@@ -225,6 +285,9 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         prompts = sample_prompts(base, built)
         _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, judged, console)
         _instruct(lep, instruct, out_dir / dname / INSTRUCT, prompts, console)
+        shared = SharedTraining([training_key(cell_recipe(recipe, m, seed, dcfg, out_dir))
+                                 for m in cmp.methods if m in lep for seed in cmp.seeds
+                                 if not _complete(out_dir / dname / f"{m}-s{seed}")])
         for method in cmp.methods:
             for seed in cmp.seeds:
                 cell_dir = out_dir / dname / f"{method}-s{seed}"
@@ -234,7 +297,7 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
                 _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console,
-                      vocabs[dname, method], instruct if method in lep else None)
+                      vocabs[dname, method], instruct if method in lep else None, shared)
                 ran.append(f"{dname}/{cell_dir.name}")
     if judged is not None:
         _judge(out_dir, recipe, judged, console)
