@@ -329,6 +329,7 @@ def test_lep_variants_that_differ_only_in_propagation_train_once_and_give_the_mo
     solo = json.loads((alone / "data" / "lep_swap-s0" / "results.json").read_text())
     assert "shared_training" not in conv and "shared_training" not in solo
     assert swap["shared_training"] == "lep_conv-s0"
+    assert "- `lep_swap-s0` took the model `lep_conv-s0` trained" in (out / "report.md").read_text()
     assert swap["stages"] == conv["stages"]  # the training record, seconds included: it ran once
     assert (out / "data" / "lep_swap-s0" / "metrics.jsonl").read_text() == (
         out / "data" / "lep_conv-s0" / "metrics.jsonl").read_text()

@@ -58,6 +58,14 @@ def task_results(cell: dict) -> dict[str, dict]:
     return {t: r for t, r in evals.items() if isinstance(r, dict) and not r.get("skipped")}
 
 
+def shared_md(cells: list[dict], dataset: str) -> list[str]:
+    """One line per cell of `dataset` that took its trained model from another cell (`compare.SharedTraining`)."""
+    lines = [f"- `{Path(c['_dir']).name}` took the model `{c['shared_training']}` trained (same training, other "
+             "propagation): its train seconds are that cell's" for c in cells
+             if c["_dataset"] == dataset and c.get("shared_training") and "_parent" not in c]
+    return ["", "Trained once, shared:", ""] + lines if lines else []
+
+
 def skipped_md(cells: list[dict], dataset: str) -> list[str]:
     """One line per task skipped in some cell of `dataset`: the variants and each whole reason (never cut)."""
     reasons: dict[str, dict[str, list[str]]] = {}
@@ -370,7 +378,7 @@ def summarize(out_dir: Path, recipe: Recipe, parts: list[dict] = ()) -> dict:
         cols = _columns(rows, meta[d])
         summary["datasets"][d] = rows
         write_csv(out_dir / f"table_{d}.csv", rows, cols)
-        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d]) + skipped_md(cells, d)
+        lines += ["", f"## Dataset `{d}`", ""] + md_table(rows, cols, meta[d]) + shared_md(cells, d) + skipped_md(cells, d)
         sig = summary["significance"][d] = significance(cells, d, cmp.candidate, cmp.baseline)
         if sig:
             lines += significance_md(sig, cmp.candidate, cmp.baseline)
