@@ -54,9 +54,22 @@ def test_tiny_tokenizer_roundtrip(tok):
     assert tok.decode(ids, skip_special_tokens=True) == "user\nда?"
 
 
-def test_loglik_with_each_contexts_own_options_equals_pairs(tiny_llama, tok):
+def _tiny_gemma3():
+    """Gemma-3's layout in miniature: a sliding-window layer (window 4, shorter than the prompts) and a global one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_loglik_with_each_contexts_own_options_equals_pairs(tiny_llama, tok, arch):
     """Multiple choice: every context with its own options, of different lengths and counts, scored from one
-    forward pass of the context (KV cache, right-padded options) equals scoring each (context, option) alone."""
+    forward pass of the context (KV cache, right-padded options) equals scoring each (context, option) alone;
+    also where the contexts outrun a sliding window (Gemma-3), whose cache must be cropped back each time."""
+    tiny_llama = tiny_llama if arch == "llama" else _tiny_gemma3()
     enc = lambda t: inference.encode(tok, t)  # noqa: E731
     ctxs = [enc("The cat sat on the"), enc("x"), enc("Кошка сидела на ковре и смотрела")]
     opts = [[enc(" mat"), enc(" very long and winding road"), enc(" mat, and then on the chair")],  # a 3rd option
@@ -68,6 +81,46 @@ def test_loglik_with_each_contexts_own_options_equals_pairs(tiny_llama, tok):
                                             batch_size=1)
     assert [len(r) for r in shared] == [3, 2, 4]
     assert [x for row in shared for x in row] == pytest.approx(pairs, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_generate_and_score_equals_generating_and_scoring_apart(tiny_llama, tok, arch):
+    """One prefill per batch for both: the greedy texts equal `generate`'s and the scores equal
+    `shared_continuation_logprobs`'s, for prompts of different lengths in one batch and continuations of
+    several tokens, under both stopping rules; also with a sliding-window cache (Gemma-3)."""
+    tiny_llama = tiny_llama if arch == "llama" else _tiny_gemma3()
+    enc = lambda t: inference.encode(tok, t)  # noqa: E731
+    prompts = [enc(inference.chat_text(tok, [{"role": "user", "content": q}]))
+               for q in ["да?", "a much longer question, is it?", "Кошка сидела на ковре?"]]
+    conts = [enc("да"), enc("Нет"), enc(" very long and winding")]
+    for stop in ("eos", "line"):
+        texts, scores = inference.generate_and_score(tiny_llama, tok, prompts, conts, 7, batch_size=2, stop=stop)
+        assert texts == inference.generate(tiny_llama, tok, prompts, 7, batch_size=2, stop=stop)
+        apart = inference.shared_continuation_logprobs(tiny_llama, tok, prompts, conts, batch_size=2)
+        assert [x for row in scores for x in row] == pytest.approx([x for row in apart for x in row], abs=1e-5)
+    assert tok.padding_side == "right" and tiny_llama.training is True  # restored
+
+
+def test_a_yes_no_task_in_mode_both_scores_as_its_two_modes_apart(tiny_llama, tok):
+    """Mode both (the generated sample's prompts run once for both) gives the records and metrics that mode
+    generate and mode loglik give on their own, a generation limit included."""
+    from lingotune.eval.config import EvalConfig
+    from lingotune.eval.tasks import load_task
+    from lingotune.eval.yesno import run_yesno
+
+    rows = [{"id": f"q{i}", "question": q, "passage": "Текст.", "label": "yes" if i % 2 else "no"}
+            for i, q in enumerate(["Это правда?", "Небо синее?", "Два больше трёх, не так ли?", "Да?", "Нет?"])]
+    spec = load_task("danetqa")
+    both = run_yesno(tiny_llama, tok, spec, rows, "ru", EvalConfig(mode="both", generate_limits={"danetqa": 3},
+                                                                   max_new_tokens=4, batch_size=2))
+    gen = run_yesno(tiny_llama, tok, spec, rows[:3], "ru", EvalConfig(mode="generate", max_new_tokens=4, batch_size=2))
+    ll = run_yesno(tiny_llama, tok, spec, rows, "ru", EvalConfig(mode="loglik", batch_size=2))
+    assert [r["output"] for r in both[0][:3]] == [r["output"] for r in gen[0]]
+    assert "output" not in both[0][3]
+    assert [r[k] for r in both[0] for k in ("logp_yes", "logp_no")] == pytest.approx(
+        [r[k] for r in ll[0] for k in ("logp_yes", "logp_no")], abs=2e-4)
+    assert both[1]["n_generated"] == 3 and both[1]["accuracy_ll"] == ll[1]["accuracy_ll"]
+    assert both[1]["rate"] == gen[1]["rate"]
 
 
 def test_generate_left_pads_and_matches_unbatched(tiny_llama, tok):
@@ -286,7 +339,11 @@ def test_generate_limits_generate_on_a_sample_and_score_every_example_by_loglik(
         asked.append(len(prompts))
         return ["да"] * len(prompts)
 
+    def fake_both(model, tok, prompts, conts, *a, **k):  # mode both: the generated prompts scored in the same pass
+        return fake_generate(model, tok, prompts), inference.shared_continuation_logprobs(model, tok, prompts, conts)
+
     monkeypatch.setattr(inference, "generate", fake_generate)
+    monkeypatch.setattr(inference, "generate_and_score", fake_both)
     cfg = EvalConfig(tasks=[str(task)], mode="both", shots=[0], n_bootstrap=0, data_root=str(tmp_path),
                      generate_limits={"qa": 4})
     out = tmp_path / "out"

@@ -139,12 +139,13 @@ def _check_stop(stop: str) -> None:
 
 
 def _generate_ids(model, tok, ids, mask, max_new_tokens: int, stop: str, temperature: float = 0.0, top_p: float = 1.0,
-                  streamer=None) -> torch.Tensor:
+                  streamer=None, cache=None) -> torch.Tensor:
     """The new token ids (batch x new) of `model.generate` on a left-padded batch: the one call of it.
 
     temperature 0 is greedy; above 0 samples (with nucleus `top_p`) from torch's global generator. `streamer`:
     transformers' streamer protocol (`put(ids)`, prompt first, then each new token; `end()`). It stops at any
-    of `stop_ids` (ChatML's `<|im_end|>` included), at the rule `stop` or at the budget."""
+    of `stop_ids` (ChatML's `<|im_end|>` included), at the rule `stop` or at the budget. `cache`: a KV cache of
+    the prompts' first tokens (generation runs the rest)."""
     from transformers import StoppingCriteriaList
 
     rule = STOP_RULES[stop]
@@ -153,7 +154,7 @@ def _generate_ids(model, tok, ids, mask, max_new_tokens: int, stop: str, tempera
         {"do_sample": False, "temperature": None, "top_p": None}
     gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_id(tok),
                          eos_token_id=stop_ids(model, tok), use_cache=True, top_k=None, streamer=streamer, **sample,
-                         **extra)
+                         **extra, **({_cache_kwarg(model): cache} if cache is not None else {}))
     return gen[:, ids.shape[1]:]
 
 
@@ -309,54 +310,104 @@ def _output_cache(res):
     return cache if cache is not None else res.past_key_values
 
 
+def _options(contexts: list, conts: list) -> list[list[list[int]]]:
+    """Each context's continuations: `conts` itself when it holds each context's own (a list of id lists per
+    context), else the same id lists for every context."""
+    own = any(c and isinstance(c[0], list) for c in conts)  # each context's own options (some may have none)
+    return conts if own else [conts] * len(contexts)
+
+
+def _prefill(model, ids, mask):
+    """The KV cache of a left-padded batch without its last column (None when that leaves nothing), recording the
+    past from then on so that a sliding-window layer (Gemma-3) can be cropped back to it."""
+    if ids.shape[1] < 2:
+        return None
+    pos = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
+    res = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache = _output_cache(res)
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+    return cache
+
+
+def _score_from_cache(model, tok, ids, mask, cache, options: list[list[list[int]]]) -> list[list[float]]:
+    """[r][j] = sum of log P(options[r][j] | row r of the left-padded batch `ids`), from the cache of all but its
+    last column (`_prefill`): the j-th continuations of all rows run together after that last token (right-padded
+    to the longest), and the cache is cropped back to the prefill after each."""
+    device, b = mask.device, len(options)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -1:]
+    out = [[0.0] * len(o) for o in options]
+    for j in range(max((len(o) for o in options), default=0)):
+        cs = [o[j] if j < len(o) else [] for o in options]
+        longest = max([len(c) for c in cs] + [1])
+        step = torch.full((b, longest), pad_id(tok), dtype=torch.long)
+        tail = torch.zeros((b, longest), dtype=mask.dtype)
+        step[:, 0], tail[:, 0] = ids[:, -1].cpu(), 1  # the prompts' last token, then each continuation but its last
+        for r, c in enumerate(cs):  # right-padded; a shorter (or absent) continuation masks the rest
+            if len(c) > 1:
+                step[r, 1:len(c)] = torch.tensor(c[:-1], dtype=torch.long)
+                tail[r, 1:len(c)] = 1
+        step, tail = step.to(device), tail.to(device)
+        past = {_cache_kwarg(model): cache} if cache is not None else {}
+        logits = model(input_ids=step, attention_mask=torch.cat([mask[:, :-1], tail], dim=1),
+                       position_ids=pos + torch.arange(longest, device=device), use_cache=cache is not None,
+                       **past).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for r, c in enumerate(cs):
+            if c:
+                out[r][j] = float(logp[r, :len(c)].gather(-1, torch.tensor(c, device=device)[:, None]).sum())
+        if cache is not None:
+            cache.crop(-longest)  # back to the prefill
+    return out
+
+
 def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: list[list[int]] | list[list[list[int]]],
                                  batch_size: int = 8, desc: str = "log-likelihood") -> list[list[float]]:
     """[i][j] = sum of log P(j-th continuation | contexts[i]). `conts`: the same continuations for every context
     (a list of id lists: yes/no spellings), or each context's own (one list of id lists per context: the options
     of a multiple-choice example).
 
-    Each context batch runs once; its KV cache then scores the batch's j-th continuations together (right-padded
-    to the longest) and is cropped back, so a context is never run again per option.
+    Each context batch runs once (all but its last token); its KV cache then scores the batch's j-th continuations
+    together, after that last token (right-padded to the longest), and is cropped back, so a context is never run
+    again per option. Sliding-window caches (Gemma-3) record their past for the crop.
     """
     refuse_api(model, "log-likelihoods")
     device = model_device(model)
-    own = any(c and isinstance(c[0], list) for c in conts)  # each context's own options (some may have none)
-    options = conts if own else [conts] * len(contexts)
+    options = _options(contexts, conts)
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     out = [[0.0] * len(options[i]) for i in range(len(contexts))]
     with inference(model):
         for _, chunk in batches(order, batch_size, desc):
             ids, mask = _pad_left([contexts[i] for i in chunk], pad_id(tok), device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
-            cache, b = _output_cache(res), len(chunk)
-            for j in range(max(len(options[i]) for i in chunk)):
-                cs = [options[i][j] if j < len(options[i]) else [] for i in chunk]
-                score = [float(first[r, c[0]]) if c else 0.0 for r, c in enumerate(cs)]
-                longest = max(len(c) for c in cs)
-                if longest > 1:
-                    rest = torch.full((b, longest - 1), pad_id(tok), dtype=torch.long)
-                    tail = torch.zeros((b, longest - 1), dtype=mask.dtype)
-                    for r, c in enumerate(cs):  # right-padded; a shorter (or absent) continuation masks the rest
-                        if len(c) > 1:
-                            rest[r, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                            tail[r, :len(c) - 1] = 1
-                    rest, tail = rest.to(device), tail.to(device)
-                    mask2 = torch.cat([mask, tail], dim=1)
-                    pos2 = pos[:, -1:] + torch.arange(1, longest, device=device)
-                    logits = model(input_ids=rest, attention_mask=mask2, position_ids=pos2, use_cache=True,
-                                   **{_cache_kwarg(model): cache}).logits
-                    logp = torch.log_softmax(logits.float(), dim=-1)
-                    for r, c in enumerate(cs):
-                        if len(c) > 1:
-                            target = torch.tensor(c[1:], device=device)[:, None]
-                            score[r] += float(logp[r, :len(c) - 1].gather(-1, target).sum())
-                    cache.crop(-(longest - 1))  # back to the context alone
-                for r, i in enumerate(chunk):
-                    if j < len(options[i]):
-                        out[i][j] = score[r]
+            cache = _prefill(model, ids, mask)
+            for i, scores in zip(chunk, _score_from_cache(model, tok, ids, mask, cache, [options[i] for i in chunk])):
+                out[i] = scores
     return out
+
+
+def generate_and_score(model, tok, prompts: list[list[int]], conts: list[list[int]] | list[list[list[int]]],
+                       max_new_tokens: int, batch_size: int = 8, stop: str = "eos",
+                       desc: str = "generate + log-likelihood") -> tuple[list[str], list[list[float]]]:
+    """`generate(prompts)` (greedy) and `shared_continuation_logprobs(prompts, conts)` from one prefill per batch:
+    the prompt but its last token runs once, its cache scores the continuations (each after that token), then
+    generation goes on from it. What a yes/no task in mode `both` needs, at the cost
+    of one of its two passes over the prompts."""
+    _check_stop(stop)
+    refuse_api(model, "log-likelihoods")
+    device = model_device(model)
+    options = _options(prompts, conts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts, out = [""] * len(prompts), [[0.0] * len(options[i]) for i in range(len(prompts))]
+    with inference(model), padding_side(tok, "left"):
+        for _, chunk in batches(order, batch_size, desc):
+            ids, mask = _pad_left([prompts[i] for i in chunk], pad_id(tok), device)
+            cache = _prefill(model, ids, mask)
+            for i, scores in zip(chunk, _score_from_cache(model, tok, ids, mask, cache, [options[i] for i in chunk])):
+                out[i] = scores
+            new = _generate_ids(model, tok, ids, mask, max_new_tokens, stop, cache=cache)
+            for row, i in enumerate(chunk):
+                texts[i] = tok.decode(new[row], skip_special_tokens=True)
+    return texts, out
 
 
 def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: str = "perplexity") -> list[tuple[float, int]]:

@@ -10,7 +10,8 @@ each side is the log-sum-exp over the canonical word's spellings (lower-case and
 e.g. "да"/"Да"), a multi-token spelling scored by the sum of its tokens' log-probs. Reported as
 accuracy_ll and f1_ll (every example gets an answer, so there is no rate). In mode both,
 `generate_limits` can cap the generation to the first N examples (n_generated): a whole validation set by
-log-likelihood, a sample of it for the answer rate.
+log-likelihood, a sample of it for the answer rate. The generated examples' prompts run once for both
+(`inference.generate_and_score`), the others once for the log-likelihoods.
 
 When a task has several prompts (TERRa), one is drawn per example with
 `random.Random(f"{seed}:{example id}")`: equal odds, stable under limit/sample.
@@ -85,9 +86,17 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
     golds = [r["label"] for r in records]
     metrics, cis = {}, {}
     classes = ["no", "yes"]
+    variants = answer_spellings(lang)
+    spellings = [inference.encode(tok, w) for _, w in variants]
+    scores = []
     if cfg.mode in ("generate", "both"):
         n = cfg.generate_limits.get(spec.name, len(ids)) if cfg.mode == "both" else len(ids)
-        outs = inference.generate(model, tok, ids[:n], cfg.max_new_tokens, cfg.batch_size, desc=f"{spec.name} {k}-shot")
+        if cfg.mode == "both" and not isinstance(model, inference.ApiModel):  # one pass over these prompts for both
+            outs, scores = inference.generate_and_score(model, tok, ids[:n], spellings, cfg.max_new_tokens,
+                                                        cfg.batch_size, desc=f"{spec.name} {k}-shot + ll")
+        else:
+            outs = inference.generate(model, tok, ids[:n], cfg.max_new_tokens, cfg.batch_size,
+                                      desc=f"{spec.name} {k}-shot")
         preds, gen_golds = [parse_yes_no(o, lang) for o in outs], golds[: len(outs)]
         for r, o, p in zip(records, outs, preds):
             r.update(output=o, parsed=p, correct=p == r["label"])
@@ -97,9 +106,8 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
             metrics[f"n_generated{sfx}"] = len(outs)
         cis.update(classification_cis(preds, gen_golds, cfg.n_bootstrap, cfg.seed, suffix=sfx, classes=classes))
     if cfg.mode in ("loglik", "both"):
-        variants = answer_spellings(lang)
-        scores = inference.shared_continuation_logprobs(model, tok, ids, [inference.encode(tok, w) for _, w in variants],
-                                                 cfg.batch_size, desc=f"{spec.name} {k}-shot ll")
+        scores += inference.shared_continuation_logprobs(model, tok, ids[len(scores):], spellings, cfg.batch_size,
+                                                         desc=f"{spec.name} {k}-shot ll") if len(scores) < len(ids) else []
         per = [{a: [s for (a2, _), s in zip(variants, row) if a2 == a] for a in ("yes", "no")} for row in scores]
         preds = []
         for r, p in zip(records, per):
