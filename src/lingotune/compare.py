@@ -158,11 +158,12 @@ def _reuse(model, r: Recipe, stages: list, donor: dict, cell_dir: Path, res: dic
     res["shared_training"] = src.name
     res["train_seconds"] = round(sum(s.get("seconds", 0) for s in res["stages"].values()), 2)
     if (src / "metrics.jsonl").exists():
-        shutil.copyfile(src / "metrics.jsonl", cell_dir / "metrics.jsonl")
+        files.atomic_write_bytes(cell_dir / "metrics.jsonl", (src / "metrics.jsonl").read_bytes())
     if donor["eval"] is not None:
         res["evals"][label] = copy.deepcopy(donor["eval"])
         if (src / "eval" / donor["label"]).is_dir():
-            shutil.copytree(src / "eval" / donor["label"], cell_dir / "eval" / label, dirs_exist_ok=True)
+            with files.atomic_dir(cell_dir / "eval" / label) as tmp:
+                shutil.copytree(src / "eval" / donor["label"], tmp, dirs_exist_ok=True)
 
 
 def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,

@@ -361,6 +361,28 @@ def _score_from_cache(model, tok, ids, mask, cache, options: list[list[list[int]
     return out
 
 
+def _scored_batches(model, tok, contexts: list[list[int]], conts: list, batch_size: int, desc: str,
+                    then=None) -> tuple[list, list[list[float]]]:
+    """The loop of `shared_continuation_logprobs` and `generate_and_score`: length-sorted, left-padded batches, each
+    prefilled once and its continuations scored from the cache; `then(ids, mask, cache)` (new token ids per row)
+    goes on from the same cache. Returns (`then`'s rows in order, or Nones; the scores)."""
+    refuse_api(model, "log-likelihoods")
+    device = model_device(model)
+    options = _options(contexts, conts)
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    rows, out = [None] * len(contexts), [[0.0] * len(options[i]) for i in range(len(contexts))]
+    with inference(model), padding_side(tok, "left"):
+        for _, chunk in batches(order, batch_size, desc):
+            ids, mask = _pad_left([contexts[i] for i in chunk], pad_id(tok), device)
+            cache = _prefill(model, ids, mask)
+            for i, scores in zip(chunk, _score_from_cache(model, tok, ids, mask, cache, [options[i] for i in chunk])):
+                out[i] = scores
+            if then is not None:
+                for i, row in zip(chunk, then(ids, mask, cache)):
+                    rows[i] = row
+    return rows, out
+
+
 def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: list[list[int]] | list[list[list[int]]],
                                  batch_size: int = 8, desc: str = "log-likelihood") -> list[list[float]]:
     """[i][j] = sum of log P(j-th continuation | contexts[i]). `conts`: the same continuations for every context
@@ -371,18 +393,7 @@ def shared_continuation_logprobs(model, tok, contexts: list[list[int]], conts: l
     together, after that last token (right-padded to the longest), and is cropped back, so a context is never run
     again per option. Sliding-window caches (Gemma-3) record their past for the crop.
     """
-    refuse_api(model, "log-likelihoods")
-    device = model_device(model)
-    options = _options(contexts, conts)
-    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
-    out = [[0.0] * len(options[i]) for i in range(len(contexts))]
-    with inference(model):
-        for _, chunk in batches(order, batch_size, desc):
-            ids, mask = _pad_left([contexts[i] for i in chunk], pad_id(tok), device)
-            cache = _prefill(model, ids, mask)
-            for i, scores in zip(chunk, _score_from_cache(model, tok, ids, mask, cache, [options[i] for i in chunk])):
-                out[i] = scores
-    return out
+    return _scored_batches(model, tok, contexts, conts, batch_size, desc)[1]
 
 
 def generate_and_score(model, tok, prompts: list[list[int]], conts: list[list[int]] | list[list[list[int]]],
@@ -390,24 +401,15 @@ def generate_and_score(model, tok, prompts: list[list[int]], conts: list[list[in
                        desc: str = "generate + log-likelihood") -> tuple[list[str], list[list[float]]]:
     """`generate(prompts)` (greedy) and `shared_continuation_logprobs(prompts, conts)` from one prefill per batch:
     the prompt but its last token runs once, its cache scores the continuations (each after that token), then
-    generation goes on from it. What a yes/no task in mode `both` needs, at the cost
-    of one of its two passes over the prompts."""
+    generation goes on from it. What a yes/no task in mode `both` needs, at the cost of one of its two passes
+    over the prompts."""
     _check_stop(stop)
-    refuse_api(model, "log-likelihoods")
-    device = model_device(model)
-    options = _options(prompts, conts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts, out = [""] * len(prompts), [[0.0] * len(options[i]) for i in range(len(prompts))]
-    with inference(model), padding_side(tok, "left"):
-        for _, chunk in batches(order, batch_size, desc):
-            ids, mask = _pad_left([prompts[i] for i in chunk], pad_id(tok), device)
-            cache = _prefill(model, ids, mask)
-            for i, scores in zip(chunk, _score_from_cache(model, tok, ids, mask, cache, [options[i] for i in chunk])):
-                out[i] = scores
-            new = _generate_ids(model, tok, ids, mask, max_new_tokens, stop, cache=cache)
-            for row, i in enumerate(chunk):
-                texts[i] = tok.decode(new[row], skip_special_tokens=True)
-    return texts, out
+
+    def generate_rest(ids, mask, cache):
+        new = _generate_ids(model, tok, ids, mask, max_new_tokens, stop, cache=cache)
+        return [tok.decode(row, skip_special_tokens=True) for row in new]
+
+    return _scored_batches(model, tok, prompts, conts, batch_size, desc, then=generate_rest)
 
 
 def token_nlls(model, tok, texts: list[list[int]], batch_size: int = 8, desc: str = "perplexity") -> list[tuple[float, int]]:

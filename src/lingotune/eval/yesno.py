@@ -106,8 +106,9 @@ def run_yesno(model, tok, spec: TaskSpec, rows: list[dict], lang: str, cfg, trai
             metrics[f"n_generated{sfx}"] = len(outs)
         cis.update(classification_cis(preds, gen_golds, cfg.n_bootstrap, cfg.seed, suffix=sfx, classes=classes))
     if cfg.mode in ("loglik", "both"):
-        scores += inference.shared_continuation_logprobs(model, tok, ids[len(scores):], spellings, cfg.batch_size,
-                                                         desc=f"{spec.name} {k}-shot ll") if len(scores) < len(ids) else []
+        if len(scores) < len(ids):  # the examples not generated (all of them in mode loglik)
+            scores += inference.shared_continuation_logprobs(model, tok, ids[len(scores):], spellings, cfg.batch_size,
+                                                             desc=f"{spec.name} {k}-shot ll")
         per = [{a: [s for (a2, _), s in zip(variants, row) if a2 == a] for a in ("yes", "no")} for row in scores]
         preds = []
         for r, p in zip(records, per):
