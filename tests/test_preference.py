@@ -394,6 +394,54 @@ def test_preference_run_completes_and_resumes_to_the_same_result(method, stages,
         assert torch.equal(emb["orpo"], emb["stage1"])
 
 
+def _pref_grid(tiny_model_dir, root, methods):
+    return make_recipe(**{
+        "model.source": str(tiny_model_dir), "data.root": str(root), "data.max_stage1": 16, "data.max_stage2": 8,
+        "data.sources": [{"format": "starter", "limit": 40}, {"format": "prefs", "path": "prefs.jsonl"}],
+        "method.pref.sft": {"steps": 3, "data": ["prefs"]}, "method.pref.dpo": {"steps": 3},
+        "train.max_len": 96, "train.checkpoint_every": 1, "eval.tasks": ["starter_heldout"], "eval.limit": 2,
+        "eval.n_bootstrap": 0, "eval.max_new_tokens": 2, "output.sample_prompts": 1,
+        "compare.methods": methods, "compare.seeds": [0]})
+
+
+def test_a_grid_trains_the_sft_stage_that_sft_and_dpo_share_once_and_dpo_ends_as_it_does_alone(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """dpo's first stage is the sft variant's whole training: in a grid with both, the dpo cell takes that stage
+    from the sft cell (its folder, record, loss-log lines) and trains only its dpo stage, even when it is cut in
+    the middle of that stage and resumed; its adapters are bit-identical to a grid with dpo alone, and no stage
+    checkpoint outlives the grid (compare.keep_checkpoints false)."""
+    from lingotune import compare as cmp
+    from lingotune.errors import TrainingInterrupted
+
+    _write_prefs(tmp_path / "prefs.jsonl")
+    grid, alone = tmp_path / "grid", tmp_path / "alone"
+    _interrupt_at(monkeypatch, "dpo", 2)
+    with pytest.raises(TrainingInterrupted):
+        cmp.compare(_pref_grid(tiny_model_dir, tmp_path, ["sft", "dpo"]), grid)
+    monkeypatch.undo()
+    cmp.compare(_pref_grid(tiny_model_dir, tmp_path, ["sft", "dpo"]), grid, resume=True)
+    cmp.compare(_pref_grid(tiny_model_dir, tmp_path, ["dpo"]), alone)
+    sft, dpo, solo = (json.loads((d / "data" / c / "results.json").read_text())
+                      for d, c in ((grid, "sft-s0"), (grid, "dpo-s0"), (alone, "dpo-s0")))
+    assert dpo["stages"]["sft"]["shared_from"] == "sft-s0" and "shared_from" not in dpo["stages"]["dpo"]
+    assert dpo["stages"]["dpo"]["resumed_from"] == 2
+    assert not any("shared_from" in s for r in (sft, solo) for s in r["stages"].values())
+    assert dpo["stages"]["sft"]["seconds"] == sft["stages"]["sft"]["seconds"]  # trained once
+    assert dpo["stages"]["sft"]["artefacts"]["adapter"].endswith("dpo-s0/dpo/sft/adapter")
+    assert dpo["stages"]["sft"]["share_key"] == sft["stages"]["sft"]["share_key"] != dpo["stages"]["dpo"]["share_key"]
+    got, ref, first = (_tensors(d / "data" / c / m) for d, c, m in ((grid, "dpo-s0", "dpo"), (alone, "dpo-s0", "dpo"),
+                                                                     (grid, "sft-s0", "sft")))
+    assert set(got) == set(ref) and {k for k in got if k.startswith("sft/")} == set(first) and first
+    assert all(torch.equal(got[k], first[k]) for k in first)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)  # sft adapter and dpo adapter alike
+    log = [json.loads(x) for x in (grid / "data" / "dpo-s0" / "metrics.jsonl").read_text().splitlines()]
+    first = [json.loads(x) for x in (grid / "data" / "sft-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [{**x, "method": "sft"} for x in log if x["stage"] == "sft"] == first
+    assert [x["step"] for x in log if x["stage"] == "dpo"] == [1, 2, 3]
+    assert not list(grid.glob("data/*/*/*/checkpoint")) and not list(alone.glob("data/*/*/*/checkpoint"))
+    assert "- `dpo-s0` took `sft` from `sft-s0`" in (grid / "report.md").read_text()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -9,13 +9,13 @@ Then `lingotune.compare_report.summarize` writes tables (markdown + CSV), plots 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from lingotune import files, rundir
@@ -117,67 +117,114 @@ def _untouched(model0, tok, base: Recipe, udir: Path, prompts: list[dict], judge
     files.save_json(udir / "results.json", res)
 
 
-def training_key(r: Recipe) -> str:
-    """What decides a cell's trained model: its recipe without the output and propagation sections. LEP variants
-    that differ only in how they propagate (and have the same seed) train the same model."""
+def stage_keys(r: Recipe, stages: list) -> list[str]:
+    """What decides a cell's model after each of its stages: the recipe without its output, propagation, compare and
+    method-name fields, and the stages up to that one (what builds each, its name, data, steps, loss). Cells of a
+    grid with the same key at a stage train the same model up to it: the sft variant's stage and dpo's first, or
+    LEP variants that differ only in how they propagate, every stage."""
     d = r.model_dump(mode="json")
-    d.pop("output"), d.pop("propagate"), d.pop("compare")
-    return json.dumps(d, sort_keys=True)
+    d.pop("output"), d.pop("propagate"), d.pop("compare"), d["method"].pop("name")
+    parts, keys = [json.dumps(d, sort_keys=True)], []
+    for s in stages:
+        parts.append(json.dumps([f"{s.setup.__module__}.{s.setup.__qualname__}", s.name, s.data, s.steps,
+                                 s.row_sparse, type(s.loss).__qualname__, s.notes], sort_keys=True, default=str))
+        keys.append(hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16])
+    return keys
 
 
-class SharedTraining:
-    """The trained weights of LEP cells, kept in memory for the cells still to run that would train the same model
-    (`training_key`): such a cell takes the weights, training record, loss log and adapted-base scores of the first
-    (its `shared_training` names it) instead of training again. Entries go as soon as no pending cell needs them."""
+class SharedStages:
+    """Stages a cell takes from an earlier cell of the same dataset instead of training them again (`stage_keys`).
 
-    def __init__(self, pending: list[str]):
-        self.pending, self.kept = Counter(pending), {}
+    A finished cell's stage records carry their `share_key`, and its stage checkpoints stay on disk while a cell
+    still to run has that key. A cell about to train finds the finished cell with which it shares the longest
+    prefix of stages and copies that prefix: the stage folders (checkpoint and artefacts), the training records
+    (`shared_from` names the cell), their loss-log lines and the scores after those stages. `train_method` then
+    restores those stages as it does on `--resume` and trains the rest."""
 
-    def take(self, key: str) -> dict | None:
-        """What an earlier cell trained for `key` (None: train), dropped once the last cell needing it took it."""
-        self.pending[key] -= 1
-        return self.kept.get(key) if self.pending[key] > 0 else self.kept.pop(key, None)
+    def __init__(self, data_dir: Path, pending: list[str], keep_checkpoints: bool):
+        self.dir, self.pending, self.keep = data_dir, Counter(pending), keep_checkpoints
 
-    def offer(self, key: str, model, cell_dir: Path, res: dict, label: str) -> None:
-        if self.pending[key] > 0:
-            self.kept[key] = {"cell": cell_dir, "label": label, "stages": copy.deepcopy(res["stages"]),
-                              "eval": copy.deepcopy(res["evals"].get(label)),
-                              "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
+    def take(self, r: Recipe, stages: list, keys: list[str], cell_dir: Path, res: dict) -> None:
+        best, n = None, 0
+        for other in sorted(p for p in self.dir.iterdir() if p.is_dir() and p != cell_dir):
+            done = files.read_json(other / "results.json") or {}
+            if not done.get("complete"):
+                continue
+            k = 0
+            while k < len(stages) and _donated(done, other, stages[k].name, keys[k]):
+                k += 1
+            if k > n:
+                best, n = (other, done), k
+        if best is None:
+            return
+        src, done = best
+        log = []
+        for stage in stages[:n]:
+            if res["stages"].get(stage.name, {}).get("complete"):
+                continue
+            old, new = src / done["method"] / stage.name, cell_dir / r.method.name / stage.name
+            with files.atomic_dir(new) as tmp:
+                shutil.copytree(old, tmp, dirs_exist_ok=True)
+            record = copy.deepcopy(done["stages"][stage.name])
+            record["artefacts"] = {k: str(new / Path(v).relative_to(old)) if Path(v).is_relative_to(old) else v
+                                   for k, v in record.get("artefacts", {}).items()}
+            res["stages"][stage.name] = {**record, "shared_from": src.name}
+            label, mine = f"{done.get('variant', done['method'])}-{stage.name}", f"{res['variant']}-{stage.name}"
+            if label in done["evals"]:
+                res["evals"][mine] = copy.deepcopy(done["evals"][label])
+                if (src / "eval" / label).is_dir():
+                    with files.atomic_dir(cell_dir / "eval" / mine) as tmp:
+                        shutil.copytree(src / "eval" / label, tmp, dirs_exist_ok=True)
+            log += [{**line, "method": r.method.name} for line in _log(src / "metrics.jsonl")
+                    if line.get("method") == done["method"] and line.get("stage") == stage.name]
+        if log:
+            shared = {line["stage"] for line in log}
+            kept = [line for line in _log(cell_dir / "metrics.jsonl") if line.get("stage") not in shared]
+            files.atomic_write_text(cell_dir / "metrics.jsonl",
+                                    "".join(json.dumps(line) + "\n" for line in log + kept))
+        files.save_json(cell_dir / "results.json", res)
+
+    def finished(self, keys: list[str]) -> None:
+        """A cell is done: the stage checkpoints of finished cells that no cell still to run can take are removed
+        (all of them with `compare.keep_checkpoints` false; none with it true)."""
+        self.pending.subtract(keys)
+        if self.keep:
+            return
+        for cell in self.dir.iterdir():
+            done = files.read_json(cell / "results.json") if cell.is_dir() else None
+            if not (done and done.get("complete")):
+                continue
+            for name, record in done["stages"].items():
+                if self.pending[record.get("share_key")] <= 0:
+                    shutil.rmtree(cell / done["method"] / name / "checkpoint", ignore_errors=True)
 
 
-def _reuse(model, r: Recipe, stages: list, donor: dict, cell_dir: Path, res: dict, label: str) -> None:
-    """Give a cell the model another cell of the same training key trained (see `SharedTraining`)."""
-    for stage in stages:
-        model, _ = stage.setup(model)  # the same module changes (e.g. an untied head) before the weights go in
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, p in donor["params"].items():
-            named[n].copy_(p)
-    src = donor["cell"]
-    res["stages"] = copy.deepcopy(donor["stages"])
-    res["shared_training"] = src.name
-    res["train_seconds"] = round(sum(s.get("seconds", 0) for s in res["stages"].values()), 2)
-    if (src / "metrics.jsonl").exists():
-        files.atomic_write_bytes(cell_dir / "metrics.jsonl", (src / "metrics.jsonl").read_bytes())
-    if donor["eval"] is not None:
-        res["evals"][label] = copy.deepcopy(donor["eval"])
-        if (src / "eval" / donor["label"]).is_dir():
-            with files.atomic_dir(cell_dir / "eval" / label) as tmp:
-                shutil.copytree(src / "eval" / donor["label"], tmp, dirs_exist_ok=True)
+def _log(path: Path) -> list[dict]:
+    """The lines of a cell's loss log (metrics.jsonl; none when it has none)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.exists() else []
+
+
+def _donated(done: dict, cell: Path, stage: str, key: str) -> bool:
+    """Whether finished cell `cell` (its results `done`) trained `stage` under `key` and still has its checkpoint."""
+    record = done["stages"].get(stage, {})
+    return (record.get("complete", False) and record.get("share_key") == key
+            and (cell / done["method"] / stage / "checkpoint").is_dir())
 
 
 def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,
-          console: Console, vocab=None, instruct=None, shared: SharedTraining | None = None) -> None:
+          console: Console, vocab=None, instruct=None, shared: SharedStages | None = None) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights. An LEP cell
     (`vocab`: its adapted tokenizer and report) starts its new rows as `lingotune run` does; with `instruct`
     (the instruct model and its tokenizer) the cell's result is the propagated model, and the adapted base
-    model's evaluation is the cell's row after its last stage ('<variant>-<stage>'); with `shared`, a cell that
-    would train what an earlier cell of this grid trained takes that model instead."""
+    model's evaluation is the cell's row after its last stage ('<variant>-<stage>'); with `shared`, the stages
+    an earlier cell of this grid trained the same way are taken from it, not trained again."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
     res = new_results(r, files.read_json(cell_dir / "results.json"))
     res["variant"] = method
     stages = select_stages(r, None, res)
+    keys = stage_keys(r, stages)
     model = copy.deepcopy(model0)
     t = time.perf_counter()
     reference = files.read_json(cell_dir.parent / UNTOUCHED / "results.json")["evals"][UNTOUCHED]
@@ -186,25 +233,26 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
 
         res["vocab"] = {**vocab[1], "init": init_new_rows(model, tok, vocab[0])}
         tok = vocab[0]
-    label, key = f"{method}-{stages[-1].name}", training_key(r)
-    donor = shared.take(key) if shared is not None and instruct is not None else None
-    if donor is not None:
-        console.print(f"[dim]{method}: the model {donor['cell'].name} trained, shared[/]")
-        _reuse(model, r, stages, donor, cell_dir, res, label)
-    else:
-        model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
-                             after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
+    if shared is not None:
+        shared.take(r, stages, keys, cell_dir, res)
+        for name in sorted({s["shared_from"] for s in res["stages"].values() if "shared_from" in s}):
+            console.print(f"[dim]{method}: stages {', '.join(n for n, s in res['stages'].items() if s.get('shared_from') == name)} "
+                          f"taken from {name} (trained the same way)[/]")
+    model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
+                         after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
+    for stage, key in zip(stages, keys):
+        res["stages"][stage.name]["share_key"] = key
     if instruct is not None:
-        adapted = model
-        model, tok = _propagate(model0, adapted, tok, r, instruct, cell_dir, res, console, reference, label)
-        if shared is not None and donor is None:
-            shared.offer(key, adapted, cell_dir, res, label)
+        model, tok = _propagate(model0, model, tok, r, instruct, cell_dir, res, console, reference,
+                                f"{method}-{stages[-1].name}")
     evaluate_model(model, tok, r, cell_dir, method, prompts, res, console, reference, resume=True)
     _answer(model, tok, r, judged, cell_dir)
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True
     files.save_json(cell_dir / "results.json", res)
-    if not r.compare.keep_checkpoints:
+    if shared is not None:
+        shared.finished(keys)
+    elif not r.compare.keep_checkpoints:
         for ck in cell_dir.glob("*/*/checkpoint"):
             shutil.rmtree(ck, ignore_errors=True)
 
@@ -286,9 +334,9 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
         prompts = sample_prompts(base, built)
         _untouched(model0, tok, base, out_dir / dname / UNTOUCHED, prompts, judged, console)
         _instruct(lep, instruct, out_dir / dname / INSTRUCT, prompts, console)
-        shared = SharedTraining([training_key(cell_recipe(recipe, m, seed, dcfg, out_dir))
-                                 for m in cmp.methods if m in lep for seed in cmp.seeds
-                                 if not _complete(out_dir / dname / f"{m}-s{seed}")])
+        todo = [(m, seed) for m in cmp.methods for seed in cmp.seeds if not _complete(out_dir / dname / f"{m}-s{seed}")]
+        shared = SharedStages(out_dir / dname, [k for m, seed in todo for k in _keys(recipe, m, seed, dcfg, out_dir)],
+                              cmp.keep_checkpoints)
         for method in cmp.methods:
             for seed in cmp.seeds:
                 cell_dir = out_dir / dname / f"{method}-s{seed}"
@@ -311,6 +359,11 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
     summary.update(parts=parts, wall_seconds_all_parts=round(sum(p.get("wall_seconds") or 0 for p in parts), 2))
     files.save_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _keys(recipe: Recipe, method: str, seed: int, data, out: Path) -> list[str]:
+    r = cell_recipe(recipe, method, seed, data, out)
+    return stage_keys(r, select_stages(r, None, {}))
 
 
 def _load_instruct(lep: dict, console: Console):

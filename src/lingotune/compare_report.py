@@ -59,11 +59,18 @@ def task_results(cell: dict) -> dict[str, dict]:
 
 
 def shared_md(cells: list[dict], dataset: str) -> list[str]:
-    """One line per cell of `dataset` that took its trained model from another cell (`compare.SharedTraining`)."""
-    lines = [f"- `{Path(c['_dir']).name}` took the model `{c['shared_training']}` trained (same training, other "
-             "propagation): its train seconds are that cell's" for c in cells
-             if c["_dataset"] == dataset and c.get("shared_training") and "_parent" not in c]
-    return ["", "Trained once, shared:", ""] + lines if lines else []
+    """One line per cell of `dataset` that took some of its stages from another cell (`compare.SharedStages`)."""
+    lines = []
+    for c in cells:
+        if c["_dataset"] != dataset or "_parent" in c:
+            continue
+        by: dict[str, list[str]] = {}
+        for name, record in c.get("stages", {}).items():
+            if record.get("shared_from"):
+                by.setdefault(record["shared_from"], []).append(f"`{name}`")
+        lines += [f"- `{Path(c['_dir']).name}` took {', '.join(names)} from `{src}` (trained the same way): their "
+                  "train seconds are that cell's" for src, names in by.items()]
+    return ["", "Stages trained once, shared:", ""] + lines if lines else []
 
 
 def skipped_md(cells: list[dict], dataset: str) -> list[str]:
