@@ -145,3 +145,48 @@ def test_text_sources_build_the_text_set(tmp_path):
     v = built.report["sources"][0]["validation"]
     assert v["wrong_script"] == 1 and v["duplicates"] == 1 and built.report["text"] == 3
     assert not built.stage1 and not built.stage2
+
+
+@pytest.mark.parametrize("scenario", ["extend", "bpe"])
+def test_lep_rows_new_trains_only_the_rows_the_vocabulary_adaptation_computed(scenario, tiny_model_dir, tmp_path,
+                                                                               monkeypatch):
+    """`method.lep.rows: new`: every row that copies one old row (an old token, at its old id or a new one) stays
+    bit-identical to its initial value, in the input embeddings and the head; the computed rows move; nothing
+    else changes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lingotune.vocab import init_new_rows
+
+    monkeypatch.chdir(tmp_path)
+    vocab = ["--set", "vocab.scenario=extend", "--set", "vocab.add=20"] if scenario == "extend" else \
+        ["--set", "vocab.scenario=bpe", "--set", "vocab.size=300"]
+    args = ["run", "--out", "r", "--set", f"model.source={tiny_model_dir}", *SMALL, "--set", "method.lep.rows=new",
+            "--set", "data.sources=[{format: starter, use: text, limit: 60}]", *vocab]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    out = tmp_path / "r" / "lep" / "embeddings" / "model"
+    trained, new_tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    init_new_rows(start, AutoTokenizer.from_pretrained(tiny_model_dir), new_tok)
+    new = set(start.lingotune_new_rows)
+    assert len(new) == results["vocab"]["init"]["new_rows"] and 0 < len(new) < len(new_tok)
+    start.lm_head.weight = torch.nn.Parameter(start.lm_head.weight.detach().clone())  # untied, as the run did
+    a, b = start.state_dict(), trained.state_dict()
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        moved = {i for i in range(a[name].shape[0]) if not torch.equal(a[name][i], b[name][i])}
+        assert moved and moved <= new, (name, sorted(moved - new)[:5])
+    assert all(torch.equal(a[k], b[k]) for k in a if "embed_tokens" not in k and "lm_head" not in k)
+    assert results["stages"]["embeddings"]["trains"] == "input embeddings and output head, new rows only"
+
+
+def test_lep_rows_new_needs_a_vocabulary_and_no_weight_decay():
+    from helpers import make_recipe
+    from lingotune.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="method.lep.rows: 'new' trains the rows a vocabulary adaptation adds"):
+        make_recipe(**{"method.name": "lep", "method.lep": {"steps": 2, "rows": "new"}})
+    with pytest.raises(RecipeError, match="train.weight_decay 0.01 would shrink them"):
+        make_recipe(**{"method.name": "lep", "method.lep": {"steps": 2, "rows": "new"}, "vocab.scenario": "extend",
+                       "train.weight_decay": 0.01})
+    make_recipe(**{"method.name": "lep", "method.lep": {"steps": 2, "rows": "new"}, "vocab.scenario": "extend"})

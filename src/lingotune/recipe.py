@@ -97,6 +97,14 @@ class StageSteps(Strict):
     )
 
 
+class LepStage(StageSteps):
+    rows: Literal["all", "new"] = Field(
+        "all", description="Which rows of the input embeddings and head train: 'all' (the paper), or 'new': only the "
+        "rows the vocabulary adaptation computed (tokens the old vocabulary lacks); every row that copies one old row "
+        "stays bit-identical, so an old token keeps its base row (and with propagate.copy_rows: single, the instruct "
+        "model's own row). Needs a vocab: section and train.weight_decay 0.")
+
+
 class PrefSettings(Strict):
     """The methods sft, dpo and orpo (`../shared/papers/sft-dpo-orpo-korean.txt`): what trains, and the losses."""
 
@@ -153,8 +161,8 @@ class MethodConfig(Strict):
     stage2: StageSteps = Field(
         default_factory=lambda: StageSteps(steps=60, data=["stage2"]), description="DParT stage 2 (LoRA)."
     )
-    lep: StageSteps = Field(
-        default_factory=lambda: StageSteps(steps=60), description="LEP's one stage (embeddings and head, on `text`)."
+    lep: LepStage = Field(
+        default_factory=lambda: LepStage(steps=60), description="LEP's one stage (embeddings and head, on `text`)."
     )
     single: StageSteps | None = Field(
         None,
@@ -387,6 +395,17 @@ class Recipe(Strict):
         if unknown:
             raise ValueError(f"eval.limits: {', '.join(map(repr, unknown))} not among the evaluated tasks "
                              f"({', '.join(names) or 'none'}) nor the built-in ones")
+        return self
+
+    @model_validator(mode="after")
+    def _new_rows_need_a_vocabulary(self):
+        if self.method.lep.rows == "new" and self.method.name == "lep":
+            if self.vocab.scenario == "none" and self.model.chat_tokens == "own":
+                raise ValueError("method.lep.rows: 'new' trains the rows a vocabulary adaptation adds, but vocab.scenario "
+                                 "is none (set vocab.scenario, or rows: all)")
+            if self.train.weight_decay:
+                raise ValueError(f"method.lep.rows: 'new' keeps the old rows bit-identical, but train.weight_decay "
+                                 f"{self.train.weight_decay} would shrink them (set it to 0)")
         return self
 
     @model_validator(mode="after")

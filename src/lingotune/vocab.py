@@ -666,7 +666,8 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
       matrix is rebuilt, one row per new token (it may shrink); special tokens copy their old rows, a
       token the old vocabulary holds copies its row, and the config's bos/eos/pad ids move with their tokens.
     A special token new to the vocabulary, or a token the old tokenizer cannot spell, starts as the mean of
-    all the old rows (counted).
+    all the old rows (counted). The rows not copied from one old row are the model's `lingotune_new_rows` (ids;
+    what `method.lep.rows: new` trains), counted as `new_rows`.
     """
     from lingotune.models import is_tied
 
@@ -702,8 +703,10 @@ def init_new_rows(model, old_tok, new_tok) -> dict:
     else:
         set_rows(model, {slot: mean_of_pieces(m, sources) for slot, m in old.items()}, tied)
         remap_special_ids(model, old_tok, new_tok)
+    model.lingotune_new_rows = [i for i, src in enumerate(sources) if len(src) != 1]  # method.lep.rows: new
     return {"rows": rows, "replaced": not extension, "kept": counts["kept"], "set_to_mean": counts["set_to_mean"],
-            "new_special_tokens": counts["new_special_tokens"], "unspellable": counts["unspellable"], "tied": tied}
+            "new_special_tokens": counts["new_special_tokens"], "unspellable": counts["unspellable"], "tied": tied,
+            "new_rows": len(model.lingotune_new_rows)}
 
 
 def extends(new_tok, old_tok) -> bool:
