@@ -346,3 +346,21 @@ def test_lep_variants_that_differ_only_in_propagation_train_once_and_give_the_mo
     for task, scores in solo["evals"]["lep_swap"].items():
         assert {k: v for k, v in swap["evals"]["lep_swap"][task].items() if k != "seconds"} == {
             k: v for k, v in scores.items() if k != "seconds"}
+
+
+def test_shared_stages_never_copy_from_or_remove_outside_a_cell(tmp_path):
+    """A finished cell's results.json names its method and stages; names that would lead outside the cell are not
+    followed: no stage is taken from there and no checkpoint removed there."""
+    outside = tmp_path / "mine" / "checkpoint"
+    outside.mkdir(parents=True)
+    data = tmp_path / "grid" / "data"
+    cell = data / "lora-s0"
+    (cell / "lora" / "train" / "checkpoint").mkdir(parents=True)
+    stages = {"train": {"complete": True, "share_key": "k"}, "../../../../mine": {"complete": True, "share_key": "k"}}
+    (cell / "results.json").write_text(json.dumps({"complete": True, "method": "lora", "stages": stages}))
+    assert cmp._stage_dir(cell, {"method": "lora"}, "train") == cell / "lora" / "train"
+    assert cmp._stage_dir(cell, {"method": "../.."}, "mine") is None
+    assert not cmp._donated({"method": "..", "stages": stages}, cell, "train", "k")
+    cmp.SharedStages(data, [], keep_checkpoints=False).finished([])
+    assert outside.is_dir()  # the stage name pointing outside was not followed
+    assert not (cell / "lora" / "train" / "checkpoint").exists()  # the cell's own, no longer needed: removed

@@ -162,7 +162,7 @@ class SharedStages:
         for stage in stages[:n]:
             if res["stages"].get(stage.name, {}).get("complete"):
                 continue
-            old, new = src / done["method"] / stage.name, cell_dir / r.method.name / stage.name
+            old, new = _stage_dir(src, done, stage.name), cell_dir / r.method.name / stage.name
             with files.atomic_dir(new) as tmp:
                 shutil.copytree(old, tmp, dirs_exist_ok=True)
             record = copy.deepcopy(done["stages"][stage.name])
@@ -195,8 +195,9 @@ class SharedStages:
             if not (done and done.get("complete")):
                 continue
             for name, record in done["stages"].items():
-                if self.pending[record.get("share_key")] <= 0:
-                    shutil.rmtree(cell / done["method"] / name / "checkpoint", ignore_errors=True)
+                where = _stage_dir(cell, done, name)
+                if self.pending[record.get("share_key")] <= 0 and where is not None:
+                    shutil.rmtree(where / "checkpoint", ignore_errors=True)
 
 
 def _log(path: Path) -> list[dict]:
@@ -205,20 +206,27 @@ def _log(path: Path) -> list[dict]:
         if path.exists() else []
 
 
+def _stage_dir(cell: Path, done: dict, stage: str) -> Path | None:
+    """The folder of `stage` in finished cell `cell` (its results `done`), as `train_method` writes it; None when the
+    names in results.json would lead outside the cell (nothing is copied from or removed there)."""
+    where = cell / str(done.get("method")) / stage
+    return where if where.resolve().parent.parent == cell.resolve() else None
+
+
 def _donated(done: dict, cell: Path, stage: str, key: str) -> bool:
     """Whether finished cell `cell` (its results `done`) trained `stage` under `key` and still has its checkpoint."""
-    record = done["stages"].get(stage, {})
-    return (record.get("complete", False) and record.get("share_key") == key
-            and (cell / done["method"] / stage / "checkpoint").is_dir())
+    record, where = done["stages"].get(stage, {}), _stage_dir(cell, done, stage)
+    return (record.get("complete", False) and record.get("share_key") == key and where is not None
+            and (where / "checkpoint").is_dir())
 
 
 def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, prompts: list[dict], judged,
-          console: Console, vocab=None, instruct=None, shared: SharedStages | None = None) -> None:
+          console: Console, shared: SharedStages, vocab=None, instruct=None) -> None:
     """Train and evaluate one (method, seed) cell from a fresh copy of the untouched weights. An LEP cell
     (`vocab`: its adapted tokenizer and report) starts its new rows as `lingotune run` does; with `instruct`
     (the instruct model and its tokenizer) the cell's result is the propagated model, and the adapted base
-    model's evaluation is the cell's row after its last stage ('<variant>-<stage>'); with `shared`, the stages
-    an earlier cell of this grid trained the same way are taken from it, not trained again."""
+    model's evaluation is the cell's row after its last stage ('<variant>-<stage>'). The stages an earlier cell of
+    this grid trained the same way are taken from it (`shared`), not trained again."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_text(cell_dir / "recipe.yaml", dump_recipe(r))
     res = new_results(r, files.read_json(cell_dir / "results.json"))
@@ -233,11 +241,10 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
 
         res["vocab"] = {**vocab[1], "init": init_new_rows(model, tok, vocab[0])}
         tok = vocab[0]
-    if shared is not None:
-        shared.take(r, stages, keys, cell_dir, res)
-        for name in sorted({s["shared_from"] for s in res["stages"].values() if "shared_from" in s}):
-            console.print(f"[dim]{method}: stages {', '.join(n for n, s in res['stages'].items() if s.get('shared_from') == name)} "
-                          f"taken from {name} (trained the same way)[/]")
+    shared.take(r, stages, keys, cell_dir, res)
+    for name in sorted({s["shared_from"] for s in res["stages"].values() if "shared_from" in s}):
+        console.print(f"[dim]{method}: stages {', '.join(n for n, s in res['stages'].items() if s.get('shared_from') == name)} "
+                      f"taken from {name} (trained the same way)[/]")
     model = train_method(model, tok, r, stages, tokenized, cell_dir, res, resume=True, console=console,
                          after_stage=stage_evaluator(r, tok, cell_dir, res, console, reference, method))
     for stage, key in zip(stages, keys):
@@ -250,11 +257,7 @@ def _cell(model0, tok, r: Recipe, method: str, tokenized: dict, cell_dir: Path, 
     res["cell_seconds"] = round(time.perf_counter() - t, 2)
     res["complete"] = True
     files.save_json(cell_dir / "results.json", res)
-    if shared is not None:
-        shared.finished(keys)
-    elif not r.compare.keep_checkpoints:
-        for ck in cell_dir.glob("*/*/checkpoint"):
-            shutil.rmtree(ck, ignore_errors=True)
+    shared.finished(keys)
 
 
 def _propagate(model0, adapted, tok, r: Recipe, instruct, cell_dir: Path, res: dict, console: Console,
@@ -345,8 +348,8 @@ def compare(recipe: Recipe, out_dir: Path, *, resume: bool = False, console: Con
                     continue
                 console.print(f"[bold]{dname} · {method} · seed {seed}[/]")
                 r = cell_recipe(recipe, method, seed, dcfg, cell_dir)
-                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console,
-                      vocabs[dname, method], instruct if method in lep else None, shared)
+                _cell(model0, tok, r, method, tokenized[dname, method], cell_dir, prompts, judged, console, shared,
+                      vocabs[dname, method], instruct if method in lep else None)
                 ran.append(f"{dname}/{cell_dir.name}")
     if judged is not None:
         _judge(out_dir, recipe, judged, console)
