@@ -175,6 +175,10 @@ CASES = [
     ("eval-unknown-task", "eval --model {model} --tasks nosuch", None, "unknown task 'nosuch'"),
     ("compare-lep-cell-no-corpus", f"compare {M} --set compare.methods=[lora] --set compare.seeds=[0] "
      "--set vocab.scenario=extend", None, "vocab: no corpus (give vocab.corpus, or a data source used as text)"),
+    ("compare-record-not-a-record", f"compare {M} --set compare.methods=[lora] --set compare.seeds=[0] --out g "
+     "--record in", lambda m: _write("in/thesis.tex", "years of work"), "in: exists and is not a grid record"),
+    ("compare-record-inside-the-grid", f"compare {M} --set compare.methods=[lora] --set compare.seeds=[0] --out g "
+     "--record g/rec", None, "the record must lie outside the grid"),
     ("vocab-corpus-wrong-script", "vocab extend --model {model} --lang ru --corpus in/en.txt --out v",
      lambda m: _parallel(3, 3), "corpus: no text in the Cyrillic script of language 'ru'"),
     ("vocab-corpus-missing", "vocab extend --model {model} --lang ru --corpus in/none.txt --out v", None,

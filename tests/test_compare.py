@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,50 @@ def test_shared_stages_never_copy_from_or_remove_outside_a_cell(tmp_path):
     cmp.SharedStages(data, [], keep_checkpoints=False).finished([])
     assert outside.is_dir()  # the stage name pointing outside was not followed
     assert not (cell / "lora" / "train" / "checkpoint").exists()  # the cell's own, no longer needed: removed
+
+
+def test_a_grids_record_has_no_weights_or_data_text_and_resumes_elsewhere(tiny_model_dir, tmp_path, monkeypatch):
+    """A grid run in parts on machines that keep no files: the record (kept in git) copied back as the grid
+    continues it; finished cells are read, not retrained, and the paired tests still see every example."""
+    from helpers import make_recipe
+
+    from lingotune import rundir
+
+    settings = {"model.source": str(tiny_model_dir), "data.max_stage1": 8, "data.max_stage2": 4,
+                "method.stage1.steps": 1, "method.stage2.steps": 1, "train.max_len": 64, "train.batch_size": 2,
+                "eval.tasks": ["starter_heldout"], "eval.limit": 4, "eval.n_bootstrap": 0, "output.sample_prompts": 0,
+                "compare.methods": ["lora", "dpart"], "compare.seeds": [0]}
+    whole = cmp.compare(make_recipe(**{**settings, "compare.seeds": [0, 1]}), tmp_path / "whole")
+    grid = tmp_path / "grid"
+    cmp.compare(make_recipe(**settings), grid)
+    rec = cmp.record(grid, tmp_path / "rec")
+    kept = {p.relative_to(rec).as_posix() for p in rec.rglob("*") if p.is_file()}
+    assert not [k for k in kept if Path(k).suffix in cmp.WEIGHTS or "/adapter/" in k or "/stage1/" in k]
+    assert {"data/lora-s0/results.json", "data/dpart-s0/metrics.jsonl", "data/untouched/results.json",
+            "summary.json", "recipe.yaml", rundir.MARKER, cmp.RECORD} <= kept
+    assert not [k for k in kept if k.startswith("data/data/") and k.endswith(".jsonl")]  # the training sets
+    for line in (rec / "data/lora-s0/eval/lora/starter_heldout.jsonl").read_text().splitlines():
+        rec_line = json.loads(line)
+        assert "id" in rec_line and not [v for k, v in rec_line.items() if isinstance(v, str) and k != "id"]
+    assert (rec / "data/dpart-s0/metrics.jsonl").read_text() == (grid / "data/dpart-s0/metrics.jsonl").read_text()
+
+    moved = tmp_path / "elsewhere"  # the next machine: the record copied back, the grid resumed with a new seed
+    shutil.copytree(rec, moved)
+    calls = []
+    real = cmp.train_method
+    monkeypatch.setattr(cmp, "train_method", lambda model, tok, r, *a, **kw: calls.append((r.method.name, r.seed))
+                        or real(model, tok, r, *a, **kw))
+    summary = cmp.compare(make_recipe(**{**settings, "compare.seeds": [0, 1]}), moved, resume=True)
+    assert calls == [("lora", 1), ("dpart", 1)]
+    sig, sig_whole = summary["significance"]["data"], whole["significance"]["data"]
+    assert sig["starter_heldout/accuracy"]["pairs"] == sig_whole["starter_heldout/accuracy"]["pairs"] > 0
+    assert json.loads((moved / "data/lora-s0/results.json").read_text())["evals"] == \
+        json.loads((grid / "data/lora-s0/results.json").read_text())["evals"]
+
+    cmp.record(moved, rec)  # an earlier record is replaced; a grid, a folder of the user's, or the grid itself never
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for bad in (tmp_path / "mine", grid, moved, moved / "rec", tmp_path):
+        with pytest.raises(rundir.RunDirError):
+            cmp.record(moved, bad)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and (grid / "data/lora-s0/results.json").exists()

@@ -102,6 +102,8 @@ def compare(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted grid; finished cells are not redone."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing grid directory."),
     publish: Optional[Path] = typer.Option(None, "--publish", help="Also copy report.md, tables, plots and summary.json here (e.g. docs/results)."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Also write the grid's record here: scores, logs, plots, no weights, no data text; "
+                                          "copied back as --out, --resume continues it (a grid run in parts on machines that do not keep files)."),
     set_: list[str] = SetOpt,
 ):
     """Methods x seeds (x datasets) on one model: tables, plots, significance (report.md)."""
@@ -113,6 +115,10 @@ def compare(
     if seeds:
         sets.append(f"compare.seeds=[{seeds}]")
     r = _load(recipe, sets, False, None, overwrite)
+    if record:
+        from lingotune.compare import check_record
+
+        check_record(out, record)
     summary = run_grid(r, out, resume=resume, console=console)
     if publish:
         import shutil
@@ -120,6 +126,10 @@ def compare(
         publish.mkdir(parents=True, exist_ok=True)
         for f in [*out.glob("*.md"), *out.glob("*.png"), *out.glob("*.csv"), out / "summary.json", out / "recipe.yaml"]:
             shutil.copy2(f, publish / f.name)
+    if record:
+        from lingotune.compare import record as write_record
+
+        console.print(f"[bold]record[/] {write_record(out, record)}")
     console.print(f"[green]done[/] in {summary['wall_seconds']:.0f} s: {out / 'report.md'}")
 
 

@@ -390,3 +390,54 @@ def _parts(out_dir: Path) -> list[dict]:
         return list(old["parts"])
     return [{"wall_seconds": old["wall_seconds"], "note": "written before lingotune recorded a grid's parts"}] \
         if "wall_seconds" in old else []
+
+
+WEIGHTS = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt"}
+RECORD = "record.json"  # what marks a folder as a grid's record, which a later record may replace
+
+
+def check_record(out_dir: Path, dest: Path) -> tuple[Path, Path]:
+    """Where `record` may write (checked before a grid runs): outside the grid, and not a folder of the user's."""
+    out_dir, dest = Path(out_dir).resolve(), Path(dest).resolve()
+    if dest == out_dir or out_dir in dest.parents or dest in out_dir.parents:
+        raise rundir.RunDirError(f"{dest}: the record must lie outside the grid {out_dir}, and the grid outside it")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir()) and not (
+            (dest / RECORD).is_file() and not any(f.suffix in WEIGHTS for f in dest.rglob("*")))):
+        raise rundir.RunDirError(f"{dest}: exists and is not a grid record (no {RECORD}, or it holds weights); "
+                                 "choose another --record")
+    return out_dir, dest
+
+
+def record(out_dir: Path, dest: Path) -> Path:
+    """Write the grid's record to `dest`: every score, loss log, recipe, report and plot, without weights and
+    without data text, small enough to keep in git. A folder holding a weight file (a model, an adapter, a
+    checkpoint, a stage's embeddings) is left out whole; the training sets a grid writes under `<dataset>/data` are
+    left out; every other per-example file (`*.jsonl` but the loss log) keeps, per line, only its numbers, flags
+    and `id`, so the grid's paired significance tests still read them. Copied back into place, the record is a grid
+    that `--resume` continues: finished cells are read, not redone. `dest` is replaced whole, so it must be absent,
+    empty or an earlier record, and outside the grid."""
+    out_dir, dest = check_record(out_dir, dest)
+    weighty = {f.parent for f in out_dir.rglob("*") if f.suffix in WEIGHTS and f.is_file()}
+    training_sets = {p.parent.parent / "data" for p in out_dir.glob("*/*/results.json")}
+    with files.atomic_dir(dest) as tmp:
+        for src in sorted(out_dir.rglob("*")):
+            rel = src.relative_to(out_dir)
+            folders = set(src.parents) - set(out_dir.parents) - {out_dir}
+            if (not src.is_file() or folders & weighty or src.suffix in WEIGHTS
+                    or any(p.name.startswith(".") for p in folders)  # an unfinished atomic write
+                    or (src.parent in training_sets and src.suffix == ".jsonl")):
+                continue
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix == ".jsonl" and src.name != "metrics.jsonl":
+                target.write_text("".join(json.dumps(_numbers(json.loads(line))) + "\n"
+                                          for line in src.read_text().splitlines() if line.strip()))
+            else:
+                shutil.copy2(src, target)
+        files.save_json(tmp / RECORD, {"grid": str(out_dir), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "left_out": "weights (every folder holding one), the training sets, data text"})
+    return dest
+
+
+def _numbers(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k == "id" or isinstance(v, (int, float, bool)) or v is None}
