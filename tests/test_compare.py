@@ -381,12 +381,18 @@ def test_a_grids_record_has_no_weights_or_data_text_and_resumes_elsewhere(tiny_m
     whole = cmp.compare(make_recipe(**{**settings, "compare.seeds": [0, 1]}), tmp_path / "whole")
     grid = tmp_path / "grid"
     cmp.compare(make_recipe(**settings), grid)
+    cut = grid / "data" / "dpart-s1"  # a cell cut while training: its log, recipe and checkpoint only
+    (cut / "dpart" / "stage1" / "checkpoint").mkdir(parents=True)
+    (cut / "dpart" / "stage1" / "checkpoint" / "state.safetensors").write_bytes(b"0")
+    (cut / "metrics.jsonl").write_text('{"stage": "stage1", "step": 1, "loss": 9.0}\n')
+    shutil.copy2(grid / "data" / "dpart-s0" / "recipe.yaml", cut / "recipe.yaml")
     rec = cmp.record(grid, tmp_path / "rec")
     kept = {p.relative_to(rec).as_posix() for p in rec.rglob("*") if p.is_file()}
     assert not [k for k in kept if Path(k).suffix in cmp.WEIGHTS or "/adapter/" in k or "/stage1/" in k]
     assert {"data/lora-s0/results.json", "data/dpart-s0/metrics.jsonl", "data/untouched/results.json",
             "summary.json", "recipe.yaml", rundir.MARKER, cmp.RECORD} <= kept
     assert not [k for k in kept if k.startswith("data/data/") and k.endswith(".jsonl")]  # the training sets
+    assert not [k for k in kept if k.startswith("data/dpart-s1/")]  # it trains again from the start
     for line in (rec / "data/lora-s0/eval/lora/starter_heldout.jsonl").read_text().splitlines():
         rec_line = json.loads(line)
         assert "id" in rec_line and not [v for k, v in rec_line.items() if isinstance(v, str) and k != "id"]
@@ -412,3 +418,24 @@ def test_a_grids_record_has_no_weights_or_data_text_and_resumes_elsewhere(tiny_m
         with pytest.raises(rundir.RunDirError):
             cmp.record(moved, bad)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and (grid / "data/lora-s0/results.json").exists()
+
+
+def test_a_commit_made_while_a_grid_runs_does_not_relabel_its_results(monkeypatch):
+    """The commit a process records is the one its code was loaded from: read at the first result, then kept."""
+    import subprocess
+
+    from lingotune import train
+
+    heads = iter(["aaaaaaaaaaaa\n", "", "bbbbbbbbbbbb\n", ""])  # rev-parse, then status --porcelain (clean), twice
+
+    def fake_run(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 0, stdout=next(heads), stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    train.source_commit.cache_clear()
+    try:
+        first = train.environment()["commit"]
+        later = train.environment()["commit"]  # after a commit in the checkout
+    finally:
+        train.source_commit.cache_clear()
+    assert first == later == "aaaaaaaaaaaa"

@@ -411,19 +411,20 @@ def check_record(out_dir: Path, dest: Path) -> tuple[Path, Path]:
 def record(out_dir: Path, dest: Path) -> Path:
     """Write the grid's record to `dest`: every score, loss log, recipe, report and plot, without weights and
     without data text, small enough to keep in git. A folder holding a weight file (a model, an adapter, a
-    checkpoint, a stage's embeddings) is left out whole; the training sets a grid writes under `<dataset>/data` are
-    left out; every other per-example file (`*.jsonl` but the loss log) keeps, per line, only its numbers, flags
+    checkpoint, a stage's embeddings) is left out whole, and so is a trained cell that has not finished (without its
+    checkpoint it trains again from the start); the training sets a grid writes under `<dataset>/data` are left out; every other per-example file (`*.jsonl` but the loss log) keeps, per line, only its numbers, flags
     and `id`, so the grid's paired significance tests still read them. Copied back into place, the record is a grid
     that `--resume` continues: finished cells are read, not redone. `dest` is replaced whole, so it must be absent,
     empty or an earlier record, and outside the grid."""
     out_dir, dest = check_record(out_dir, dest)
     weighty = {f.parent for f in out_dir.rglob("*") if f.suffix in WEIGHTS and f.is_file()}
     training_sets = {p.parent.parent / "data" for p in out_dir.glob("*/*/results.json")}
+    unfinished = {p.parent for p in out_dir.glob("*/*/recipe.yaml") if not _complete(p.parent)}  # cut while training
     with files.atomic_dir(dest) as tmp:
         for src in sorted(out_dir.rglob("*")):
             rel = src.relative_to(out_dir)
             folders = set(src.parents) - set(out_dir.parents) - {out_dir}
-            if (not src.is_file() or folders & weighty or src.suffix in WEIGHTS
+            if (not src.is_file() or folders & (weighty | unfinished) or src.suffix in WEIGHTS
                     or any(p.name.startswith(".") for p in folders)  # an unfinished atomic write
                     or (src.parent in training_sets and src.suffix == ".jsonl")):
                 continue

@@ -19,6 +19,7 @@ and Ctrl-C finishes the current step, checkpoints it and says how to resume.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -699,9 +700,11 @@ def cpu_name() -> str | None:
     return name and name + (" (AVX512-BF16)" if "avx512_bf16" in flags else "")
 
 
+@functools.cache
 def source_commit() -> str | None:
     """The git commit of lingotune's source (+ '-dirty' when it has uncommitted changes), or None (an installed
-    wheel, or no git)."""
+    wheel, or no git). Read once per process, the first time a result asks (a run or a grid asks as it starts): a
+    commit made in the same checkout while a long job runs does not relabel the results of the code it loaded."""
     import subprocess
 
     here = Path(__file__).resolve().parent
