@@ -376,7 +376,7 @@ def test_a_grids_record_has_no_weights_or_data_text_and_resumes_elsewhere(tiny_m
 
     settings = {"model.source": str(tiny_model_dir), "data.max_stage1": 8, "data.max_stage2": 4,
                 "method.stage1.steps": 1, "method.stage2.steps": 1, "train.max_len": 64, "train.batch_size": 2,
-                "eval.tasks": ["starter_heldout"], "eval.limit": 4, "eval.n_bootstrap": 0, "output.sample_prompts": 0,
+                "eval.tasks": ["starter_heldout"], "eval.limit": 4, "eval.n_bootstrap": 0, "output.sample_prompts": 1,
                 "compare.methods": ["lora", "dpart"], "compare.seeds": [0]}
     whole = cmp.compare(make_recipe(**{**settings, "compare.seeds": [0, 1]}), tmp_path / "whole")
     grid = tmp_path / "grid"
@@ -397,6 +397,11 @@ def test_a_grids_record_has_no_weights_or_data_text_and_resumes_elsewhere(tiny_m
         rec_line = json.loads(line)
         assert "id" in rec_line and not [v for k, v in rec_line.items() if isinstance(v, str) and k != "id"]
     assert (rec / "data/dpart-s0/metrics.jsonl").read_text() == (grid / "data/dpart-s0/metrics.jsonl").read_text()
+    for cell in ("untouched", "lora-s0"):  # the sample answers stay, their prompts (evaluation data) do not
+        samples = json.loads((rec / "data" / cell / "results.json").read_text())["samples"]
+        original = json.loads((grid / "data" / cell / "results.json").read_text())["samples"]
+        assert original and original[0]["prompt"] and samples == [{k: v for k, v in s.items() if k != "prompt"}
+                                                                   for s in original]
 
     moved = tmp_path / "elsewhere"  # the next machine: the record copied back, the grid resumed with a new seed
     shutil.copytree(rec, moved)

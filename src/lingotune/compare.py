@@ -410,10 +410,11 @@ def check_record(out_dir: Path, dest: Path) -> tuple[Path, Path]:
 
 def record(out_dir: Path, dest: Path) -> Path:
     """Write the grid's record to `dest`: every score, loss log, recipe, report and plot, without weights and
-    without data text, small enough to keep in git. A folder holding a weight file (a model, an adapter, a
-    checkpoint, a stage's embeddings) is left out whole, and so is a trained cell that has not finished (without its
-    checkpoint it trains again from the start); the training sets a grid writes under `<dataset>/data` are left out; every other per-example file (`*.jsonl` but the loss log) keeps, per line, only its numbers, flags
-    and `id`, so the grid's paired significance tests still read them. Copied back into place, the record is a grid
+    without data text, small enough to keep in git. Left out: a folder holding a weight file (a model, an adapter, a
+    checkpoint, a stage's embeddings), whole; a trained cell that has not finished (without its checkpoint it trains
+    again from the start); the training sets a grid writes under `<dataset>/data`. Per-example files (`*.jsonl` but
+    the loss log) keep, per line, only `id`, numbers and flags, which the grid's paired tests read; a cell's sample
+    answers keep their source and the models' answers, not the prompt. Copied back into place, the record is a grid
     that `--resume` continues: finished cells are read, not redone. `dest` is replaced whole, so it must be absent,
     empty or an earlier record, and outside the grid."""
     out_dir, dest = check_record(out_dir, dest)
@@ -433,6 +434,10 @@ def record(out_dir: Path, dest: Path) -> Path:
             if src.suffix == ".jsonl" and src.name != "metrics.jsonl":
                 target.write_text("".join(json.dumps(_numbers(json.loads(line))) + "\n"
                                           for line in src.read_text().splitlines() if line.strip()))
+            elif src.name == "results.json":  # its sample prompts are evaluation data
+                res = files.read_json(src)
+                res["samples"] = [{k: v for k, v in s.items() if k != "prompt"} for s in res.get("samples") or []]
+                files.save_json(target, res)
             else:
                 shutil.copy2(src, target)
         files.save_json(tmp / RECORD, {"grid": str(out_dir), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
