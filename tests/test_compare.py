@@ -189,7 +189,30 @@ def test_summary_follows_each_tasks_primary_metric_and_its_direction(tmp_path):
     line = next(x for x in report.splitlines() if x.startswith("| bpc2 |"))
     assert line.endswith("| lora |")
     assert "bpc/bits_per_char ↓" in report and "qa/accuracy_ll ↑" in report
-    assert (out / "bars_data.png").exists() and (out / "table_data.csv").read_text().startswith("dataset,method,bpc/")
+    assert (out / "bars_data.png").exists() and (out / "table_data.csv").read_text().startswith("dataset,method,seeds,bpc/")
+
+
+def test_a_part_run_for_some_methods_reports_every_finished_cell_of_the_grid(tmp_path):
+    """A part invoked with --methods lora --seeds 1 rewrites the report: dpart's cells, finished by an earlier
+    part, stay in the table and the header names the seeds the cells have, not the invocation's."""
+    from helpers import make_recipe
+
+    from lingotune.compare_report import summarize
+
+    out = tmp_path / "grid"
+    for method, seed, qa in [("lora", 0, [1, 0, 0, 0]), ("dpart", 0, [1, 1, 0, 0]), ("lora", 1, [0, 1, 1, 1])]:
+        _cell(out, method, seed, {"qa": ("danetqa", qa)})
+    _cell(out, "untouched", 0, {"qa": ("danetqa", [0, 0, 0, 1])})
+    summary = summarize(out, make_recipe(**{"compare.methods": ["lora"], "compare.seeds": [1]}))
+    rows = {r["method"]: r for r in summary["datasets"]["data"]}
+    assert list(rows) == ["untouched", "lora", "dpart"]
+    assert rows["lora"]["seeds"] == [0, 1] and rows["dpart"]["seeds"] == [0]
+    assert rows["lora"]["qa/accuracy_ll"][0] == 50.0 and rows["dpart"]["qa/accuracy_ll"] == (50.0, 0.0, 1)
+    report = (out / "report.md").read_text()
+    assert "seeds [0, 1]" in report and "| dpart | 0 | 50.00 |" in report and "| lora | 0,1 | 50.00 ± " in report
+    assert summary["significance"]["data"]["qa/accuracy_ll"]["pairs"] == 4  # dpart − lora on seed 0 only
+    csv_rows = (out / "table_data.csv").read_text().splitlines()
+    assert csv_rows[2].startswith("data,lora,0 1,")
 
 
 def test_run_report_marks_direction_and_primary():

@@ -186,22 +186,24 @@ def _cell_text(v) -> str:
 
 
 def md_table(rows: list[dict], cols: list[str], meta: dict) -> list[str]:
-    out = ["| method | " + " | ".join(_col_arrow(c, meta) for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    out = ["| method | seeds | " + " | ".join(_col_arrow(c, meta) for c in cols) + " |",
+           "|---|---|" + "---|" * len(cols)]
     for r in rows:
-        out.append(f"| {r['method']} | " + " | ".join(_cell_text(r.get(c)) for c in cols) + " |")
+        seeds = ",".join(map(str, r.get("seeds", [])))
+        out.append(f"| {r['method']} | {seeds} | " + " | ".join(_cell_text(r.get(c)) for c in cols) + " |")
     return out
 
 
 def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
     f = io.StringIO(newline="")
     w = csv.writer(f)
-    w.writerow(["dataset", "method"] + [x for c in cols for x in (c, c + " ci95", c + " n")])
+    w.writerow(["dataset", "method", "seeds"] + [x for c in cols for x in (c, c + " ci95", c + " n")])
     for r in rows:
         vals = []
         for c in cols:
             v = r.get(c)
             vals += list(v) if v else ["", "", ""]
-        w.writerow([r["dataset"], r["method"]] + vals)
+        w.writerow([r["dataset"], r["method"], " ".join(map(str, r.get("seeds", [])))] + vals)
     atomic_write_text(path, f.getvalue())
 
 
@@ -372,16 +374,23 @@ def summarize(out_dir: Path, recipe: Recipe, parts: list[dict] = ()) -> dict:
     for c in cells:
         if "_parent" in c and c["_variant"] not in after.get(c["_parent"], []):
             after.setdefault(c["_parent"], []).append(c["_variant"])
-    order = [UNTOUCHED, INSTRUCT] + [v for m in cmp.methods for v in after.get(m, []) + [m]]
+    # every finished cell of the grid, not only this invocation's --methods/--seeds: its methods first
+    found = list(dict.fromkeys(c["_variant"] for c in cells if "_parent" not in c))
+    methods = list(cmp.methods) + [v for v in found if v not in cmp.methods and v not in (UNTOUCHED, INSTRUCT)]
+    order = [UNTOUCHED, INSTRUCT] + [v for m in methods for v in after.get(m, []) + [m]]
+    seeds = sorted({c["seed"] for c in cells if c["_variant"] not in (UNTOUCHED, INSTRUCT)})
     values, meta = collect(cells)
     params, times = _costs(cells)
     summary: dict = {"datasets": {}, "params": params, "significance": {}}
     lines = ["# lingotune compare", "",
-             (f"Model `{recipe.model.source}`, language `{recipe.language}`, seeds {cmp.seeds}. Cells are mean over "
-              "seeds ± half-width of the 95% t-interval over seeds; ↑ higher is better, ↓ lower is better.")]
+             (f"Model `{recipe.model.source}`, language `{recipe.language}`, every finished cell of the grid (seeds "
+              f"{seeds}; each method's own in the `seeds` column). Cells are mean over seeds ± half-width of the 95% "
+              "t-interval over seeds; ↑ higher is better, ↓ lower is better.")]
     for d, by_variant in values.items():
         variants = [v for v in order if v in by_variant]
         rows = _rows(d, by_variant, meta[d], variants, times.get(d, {}), params)
+        for r in rows:
+            r["seeds"] = sorted({c["seed"] for c in cells if c["_dataset"] == d and c["_variant"] == r["method"]})
         cols = _columns(rows, meta[d])
         summary["datasets"][d] = rows
         write_csv(out_dir / f"table_{d}.csv", rows, cols)
