@@ -1,0 +1,85 @@
+"""Issue 15's per-cell table for docs/results.md, read from a grid's folder or its record (no model, no torch):
+
+    python benchmarks/grid_table.py docs/results/grid_ru2
+
+One row per evaluated model (each cell's final model, and its evaluations after earlier stages), with each
+task's score and its 95 % bootstrap interval as the cell's results.json has them, the probe's transfer as k of
+the known n, the training loss means per 20 steps of each stage, and the cell's seconds. The seed-level
+comparison (t-intervals, paired tests) is the grid's own report.md; this prints what each cell measured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = [  # (header, task, metric, digits)
+    ("DaNetQA ll", "danetqa", "accuracy_ll", 1), ("TERRa ll", "terra", "accuracy_ll", 1),
+    ("chrF++ en→ru", "flores_ru_from_en", "chrf++", 2), ("bits/char", "flores_ru_bpc", "bits_per_char", 3),
+    ("probe EN", "transfer_facts", "accuracy_en", 1), ("align Δcos", "align_facts", "cos_dist_change", 4),
+]
+
+
+def _fmt(res: dict | None, metric: str, digits: int) -> str:
+    if not res or res.get("skipped") or res.get(metric) is None:
+        return "–"
+    lo_hi = (res.get("ci") or {}).get(metric)
+    text = f"{res[metric]:.{digits}f}"
+    return text + (f" [{lo_hi[0]:.{digits}f}, {lo_hi[1]:.{digits}f}]" if lo_hi and lo_hi[0] != lo_hi[1] else "")
+
+
+def _transfer(res: dict | None) -> str:
+    if not res or res.get("skipped"):
+        return "–"
+    k = round(res["transfer"] * res["n_known"] / 100) if res.get("n_known") else 0
+    return f"{k} of {res.get('n_known', 0)}"
+
+
+def _loss_means(cell: Path, every: int = 20) -> str:
+    path = cell / "metrics.jsonl"
+    if not path.exists():
+        return "–"
+    by_stage: dict = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r and "step" in r:
+            by_stage.setdefault(r.get("stage", "train"), {})[r["step"]] = r["loss"]  # a resumed step once
+    out = []
+    for stage, losses in by_stage.items():
+        steps = sorted(losses)
+        means = [sum(losses[s] for s in steps[i:i + every]) / len(steps[i:i + every]) for i in range(0, len(steps), every)]
+        out.append(f"{stage}: " + ", ".join(f"{m:.2f}" for m in means))
+    return "; ".join(out)
+
+
+def rows(grid: Path) -> list[list[str]]:
+    out = []
+    for path in sorted(grid.glob("*/*/results.json")):
+        res = json.loads(path.read_text())
+        if not res.get("complete"):
+            continue
+        for label, evals in res.get("evals", {}).items():
+            final = label == res.get("variant", res.get("method"))
+            out.append([f"{label}" + ("" if res.get("method") == "untouched" else f", seed {res.get('seed')}")]
+                       + [_fmt(evals.get(task), metric, d) for _, task, metric, d in COLUMNS]
+                       + [_transfer(evals.get("transfer_facts")),
+                          _loss_means(path.parent) if final else "",
+                          f"{res.get('cell_seconds', 0):,.0f}" if final and res.get("cell_seconds") else ""])
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python benchmarks/grid_table.py GRID_OR_RECORD_DIR", file=sys.stderr)
+        return 2
+    head = ["model"] + [c[0] for c in COLUMNS] + ["transfer", "loss per 20 steps", "cell s"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows(Path(argv[0])):
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
