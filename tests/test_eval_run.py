@@ -392,3 +392,22 @@ def test_an_interrupted_evaluation_resumes_without_rescoring_finished_tasks(tiny
     (out / "m" / "done.json").write_text("{}")  # a fresh evaluation cut before its first task ...
     evaluate(tiny_llama, tok, cfg, out_dir=out, label="m", lang="ru", tasks=[])
     assert not (out / "m" / "done.json").exists()  # ... leaves nothing a later resume would take as scored
+
+
+def test_leakage_tasks_are_held_out_of_training_besides_the_evaluated_ones(monkeypatch):
+    """A second grid that evaluates other tasks on the same training keeps the first grid's leakage check."""
+    from helpers import make_recipe
+    from rich.console import Console
+
+    import lingotune.eval.runner as runner
+    from lingotune.recipe import RecipeError, parse_recipe
+    from lingotune.run import build_data
+
+    asked = []
+    monkeypatch.setattr(runner, "leakage_texts", lambda cfg, lang, root: asked.append(cfg.task_names(lang)) or [])
+    for held in ([], ["danetqa", "transfer_facts_ll", "transfer_facts"]):
+        build_data(make_recipe(**{"eval.tasks": ["transfer_facts_ll"], "data.checks.leakage_tasks": held,
+                                  "data.max_stage1": 4, "data.max_stage2": 4}), Console(quiet=True))
+    assert asked == [["transfer_facts_ll"], ["transfer_facts_ll", "danetqa", "transfer_facts"]]
+    with pytest.raises(RecipeError, match=r"data.checks.leakage_tasks\[1\]: unknown task 'danetqaa'"):
+        parse_recipe({"data": {"checks": {"leakage_tasks": ["terra", "danetqaa"]}}})

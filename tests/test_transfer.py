@@ -93,6 +93,85 @@ def test_transfer_is_conditioned_on_what_the_untouched_model_knew(monkeypatch):
     assert transfer.run_transfer(None, None, spec, rows, "ru", cfg, ref)[1]["transfer_gain"] == 50.0
 
 
+@pytest.mark.parametrize("lang", ["ru", "ar", "ko"])
+def test_probe_options_are_the_answer_then_wrong_values_of_its_kind(lang):
+    items = starter.transfer_items(lang)
+    for r in items:
+        assert len(r["options"]) == len(r["options_en"]) == starter.N_OPTIONS
+        assert len(set(r["options"])) == len(set(r["options_en"])) == starter.N_OPTIONS
+        # the first option is the answer; no wrong one names it in either language
+        assert names_answer(r["options"][0], r["answers"]) and names_answer(r["options_en"][0], r["answers_en"])
+        if r["kind"] != "sum":
+            assert not any(o.casefold() in {a.casefold() for a in r["answers"]} for o in r["options"][1:])
+    language = {r["id"]: r for r in items if r["kind"] == "language"}
+    ch = language.get("probe:language:CH")
+    if ch:  # Switzerland: German, French, Italian and Romansh are all official; none is a wrong option
+        assert not {"German", "French", "Italian", "Romansh"} & set(ch["options_en"][1:])
+    sums = [r for r in items if r["kind"] == "sum"]
+    a, b = map(int, sums[0]["id"].removeprefix("probe:sum:").split("+"))
+    assert names_answer(sums[0]["options_en"][0], [str(a + b), *sums[0]["answers_en"]])
+
+
+def test_the_probe_by_loglik_picks_the_option_of_highest_logprob_per_character(monkeypatch):
+    rows = [{"id": f"i{k}", "kind": "x", "question_en": f"q{k}", "question": f"в{k}",
+             "options_en": ["Right", "Wrong answer"], "options": ["Верно", "Неверный ответ"]} for k in range(3)]
+    # per item, per option: the summed log-probability. i0: English right by sum and per character; Russian
+    # right by sum (-6 > -7) but wrong per character (-6/5 = -1.2 < -7/14 = -0.5); i1 right in both; i2 wrong in English
+    scores = {"en": [[-2.0, -20.0], [-1.0, -30.0], [-10.0, -5.0]], "ru": [[-6.0, -7.0], [-1.0, -50.0], [-1.0, -50.0]]}
+    monkeypatch.setattr(transfer, "_prompts", lambda tok, rows, lang, field: lang)
+    monkeypatch.setattr(transfer.inference, "encode", lambda tok, text: list(text))
+    seen = []
+
+    def scored(model, tok, contexts, conts, *a, **k):
+        seen.append(conts)
+        return scores[contexts]
+
+    monkeypatch.setattr(transfer.inference, "shared_continuation_logprobs", scored)
+    spec = load_task("transfer_facts_ll")
+    cfg = EvalConfig(n_bootstrap=0)
+    recs, m, _ = transfer.run_transfer_loglik(None, None, spec, rows, "ru", cfg)
+    assert seen[0][0] == [list("Right"), list("Wrong answer")] and seen[1][0] == [list("Верно"), list("Неверный ответ")]
+    assert [(r["correct_en"], r["correct"]) for r in recs] == [(True, False), (True, True), (False, True)]
+    assert m["known"] == ["i0", "i1"] and m["transfer"] == 50.0 and m["accuracy"] == pytest.approx(200 / 3)
+    assert m["chance"] == 50.0 and "lang_share" not in m
+    ref = {"known": ["i0", "i2"], "correct_ids": ["i0", "i2"]}  # scored on the untouched model's items, paired: i0 lost
+    recs, m, _ = transfer.run_transfer_loglik(None, None, spec, rows, "ru", cfg, ref)
+    assert m["transfer"] == 50.0 and m["transfer_gain"] == -50.0 and m["known_from"] == "reference"
+    assert set(spec.describe_metrics(m)) == {"transfer", "transfer_gain", "accuracy", "accuracy_en"}
+    with pytest.raises(ValueError, match="item i9 has no options"):
+        transfer.run_transfer_loglik(None, None, spec, [{"id": "i9", "question_en": "q", "question": "в"}], "ru", cfg)
+
+
+def test_the_probe_by_loglik_scores_what_a_direct_forward_pass_gives(tiny_model_dir):
+    from lingotune import inference
+    from lingotune.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    rows = starter.transfer_items("ru")[:3]
+    spec = load_task("transfer_facts_ll")
+    recs, m, _ = transfer.run_transfer_loglik(model, tok, spec, rows, "ru", EvalConfig(n_bootstrap=0, batch_size=2))
+    for side, field, lang in (("_en", "question_en", "en"), ("", "question", "ru")):
+        prompts = transfer._prompts(tok, rows, lang, field)
+        for rec, prompt in zip(recs, prompts):
+            opts = rec[f"options{side}"]
+            ref = inference.continuation_logprobs(model, tok, [(prompt, inference.encode(tok, o)) for o in opts])
+            assert rec[f"logprobs{side}"] == pytest.approx(ref, abs=2e-3)
+            best = max(range(len(opts)), key=lambda j: ref[j] / len(opts[j]))
+            assert rec[f"correct{side}"] == (best == 0)
+    assert m["chance"] == 25.0
+
+
+def test_score_loglik_is_only_for_the_probe_on_its_own_items():
+    from lingotune.eval.tasks import TaskSpec
+
+    base = load_task("transfer_facts").model_dump()
+    assert TaskSpec(**{**base, "score": "loglik"}).score == "loglik"
+    with pytest.raises(ValueError, match="score: loglik' is for kind 'transfer' on format 'starter_transfer'"):
+        TaskSpec(**{**load_task("transfer_xquad").model_dump(), "score": "loglik"})
+    with pytest.raises(ValueError, match="yes/no tasks take the evaluation's 'mode'"):
+        TaskSpec(**{**load_task("danetqa").model_dump(), "score": "loglik"})
+
+
 def test_the_target_budget_is_one_of_equal_content():
     class Tok:  # one token per character
         def __call__(self, text, add_special_tokens=False):

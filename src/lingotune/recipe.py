@@ -390,6 +390,11 @@ class Recipe(Strict):
                 names.append(load_task(name).name)
             except Exception as e:  # noqa: BLE001 - any reason a task cannot load is a recipe error here
                 raise ValueError(f"eval.tasks[{i}]: {str(e).splitlines()[0]}") from None
+        for i, name in enumerate(self.data.checks.leakage_tasks):
+            try:
+                load_task(name)
+            except Exception as e:  # noqa: BLE001 - as above
+                raise ValueError(f"data.checks.leakage_tasks[{i}]: {str(e).splitlines()[0]}") from None
         names = names or self.eval.task_names(self.language)
         unknown = [k for k in self.eval.limits if k not in names and k not in builtin_tasks()]  # a typo
         if unknown:

@@ -184,7 +184,9 @@ def build_data(recipe: Recipe, console: Console):
     console.print(f"[bold]data[/] building for {recipe.language} …")
     texts = None
     if recipe.data.checks.leakage_check:
-        texts = leakage_texts(recipe.eval, recipe.language, data_root(recipe.eval.data_root or recipe.data.root))
+        also = [t for t in recipe.data.checks.leakage_tasks if t not in recipe.eval.task_names(recipe.language)]
+        held = recipe.eval.model_copy(update={"tasks": recipe.eval.task_names(recipe.language) + also})
+        texts = leakage_texts(held, recipe.language, data_root(recipe.eval.data_root or recipe.data.root))
         if recipe.compare.judge is not None:  # the grid's judged prompts and their references are evaluation data too
             from lingotune.eval.judge import grid_prompts
 

@@ -144,6 +144,9 @@ class CheckConfig(Strict):
     drop_duplicates: bool = Field(True, description="Drop repeated (target prompt, answer) records (always counted).")
     leakage_check: bool = Field(True, description="Drop training records sharing a word n-gram with an evaluation text.")
     leakage_ngram: int = Field(8, ge=3, le=50, description="n of the word n-grams of the leakage check.")
+    leakage_tasks: list[str] = Field(
+        default_factory=list, description="Tasks the leakage check also holds out, besides those the run evaluates "
+        "(e.g. a grid's tasks, when a second grid evaluates the same training on other tasks).")
     strict: bool = Field(False, description="Raise on the first problem instead of dropping and counting.")
 
 

@@ -319,6 +319,7 @@ def write(data: StarterData, out_dir: str | Path) -> dict[str, Path]:
 PROBE_KINDS = ("currency", "language", "city")
 N_SUMS = 40
 MAX_SHARED = 2
+N_OPTIONS = 4  # the probe scored by log-likelihood: the item's answer and 3 wrong values of its kind
 
 
 def _probe_words(text: str) -> list[str]:
@@ -344,27 +345,43 @@ def transfer_items(lang: str, heldout_fraction: float = 0.2) -> list[dict]:
     - one per held-out CLDR fact (`is_heldout`, the starter data's split, so never a training fact) of the
       kinds in `PROBE_KINDS`, asked with the kind's first `starter_qa` question;
     - `N_SUMS` sums of two numbers written in words (num2words), answered by the number in digits or words.
-    Rows {id, kind, question_en, question, answers_en, answers, echo_free}, in an order mixed by a hash of the id (so a
-    `limit` keeps every kind)."""
+    Rows {id, kind, question_en, question, answers_en, answers, echo_free, options_en, options}, in an order mixed by a
+    hash of the id (so a `limit` keeps every kind). `options_en`/`options` (for the probe scored by log-likelihood):
+    the answer first, then `N_OPTIONS - 1` wrong values of the same kind, drawn by a hash of the id, the same
+    values in both languages; a wrong value is never one that also makes the fact true (a second official
+    language) nor shares the answer's name in either language."""
     starter_language(lang)
     target, en = get_language(lang), get_language("en")
     target.require("probe_sum", DataError, "the transfer probe")
     facts = list(all_facts(lang))
     values: dict[str, list[dict]] = {}
+    by_id: dict[str, dict[str, dict]] = {}  # kind -> value_id -> value (each distinct value once)
     for f in facts:
         values.setdefault(f.kind, []).append(f.value)
+        by_id.setdefault(f.kind, {}).setdefault(f.value_id, f.value)
     rows = []
     for f in facts:
         if f.kind not in PROBE_KINDS or not is_heldout(f.id, heldout_fraction):
             continue
         q_en, q = en.starter_qa[f.kind][0][0], target.starter_qa[f.kind][0][0]
+        wrong = _wrong_values(f, by_id[f.kind], lang)
         rows.append({"id": f"probe:{f.id}", "kind": f.kind,
                      "question_en": _fill(q_en, f.entity["en"], f.value["en"]),
                      "question": _fill(q, f.entity[lang], f.value[lang]),
                      "answers_en": accepted_answers(f.value, values[f.kind], f.entity, "en"),
-                     "answers": accepted_answers(f.value, values[f.kind], f.entity, lang), "echo_free": True})
+                     "answers": accepted_answers(f.value, values[f.kind], f.entity, lang), "echo_free": True,
+                     "options_en": [_cap(v["en"]) for v in [f.value] + wrong],
+                     "options": [_cap(v[lang]) for v in [f.value] + wrong]})
     rows += _sum_items(lang)
     return sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+
+
+def _wrong_values(f: Fact, pool: dict[str, dict], lang: str) -> list[dict]:
+    """`N_OPTIONS - 1` values of `f`'s kind that do not answer it, drawn by a hash of its id."""
+    right = {f.value["en"].casefold(), f.value[lang].casefold()}
+    cands = [v for vid, v in sorted(pool.items()) if vid != f.value_id and vid not in f.true_values
+             and v["en"].casefold() not in right and v[lang].casefold() not in right]
+    return random.Random(f"probe-options:{f.id}").sample(cands, N_OPTIONS - 1)
 
 
 def _sum_items(lang: str) -> list[dict]:
@@ -378,9 +395,11 @@ def _sum_items(lang: str) -> list[dict]:
     for a, b in sorted(pairs[:N_SUMS]):
         words = {c: (num2words(a, lang=code), num2words(b, lang=code), num2words(a + b, lang=code))
                  for c, code in codes.items()}
+        wrong = random.Random(f"probe-options:{a}+{b}").sample([a + b + d for d in (-3, -2, -1, 1, 2, 3)], N_OPTIONS - 1)
+        options = {c: [_cap(num2words(n, lang=code)) for n in [a + b] + wrong] for c, code in codes.items()}
         rows.append({"id": f"probe:sum:{a}+{b}", "kind": "sum",
                      "question_en": get_language("en").probe_sum.format(a=words["en"][0], b=words["en"][1]),
                      "question": get_language(lang).probe_sum.format(a=words[lang][0], b=words[lang][1]),
                      "answers_en": [str(a + b), words["en"][2]], "answers": [str(a + b), words[lang][2]],
-                     "echo_free": False})
+                     "echo_free": False, "options_en": options["en"], "options": options[lang]})
     return rows

@@ -20,7 +20,7 @@ from lingotune.eval.copy import build_messages as copy_messages, run_copy
 from lingotune.eval.multiple_choice import mc_context, run_multiple_choice
 from lingotune.eval.perplexity import run_perplexity
 from lingotune.eval.tasks import TaskSpec, load_demos, load_examples, load_task
-from lingotune.eval.transfer import run_alignment, run_transfer
+from lingotune.eval.transfer import run_alignment, run_transfer, run_transfer_loglik
 from lingotune.eval.translation import build_messages as translation_messages, run_translation
 from lingotune.eval.yesno import run_yesno, user_prompt as yesno_prompt
 from lingotune.paths import data_root
@@ -72,7 +72,8 @@ def run_task(model, tok, spec: TaskSpec, cfg: EvalConfig, root: Path | None, lan
     elif spec.kind == "copy":
         records, metrics, cis = run_copy(model, tok, spec, rows, cfg, task_lang)
     elif spec.kind == "transfer":
-        records, metrics, cis = run_transfer(model, tok, spec, rows, task_lang, cfg, reference)
+        run = run_transfer_loglik if spec.score == "loglik" else run_transfer
+        records, metrics, cis = run(model, tok, spec, rows, task_lang, cfg, reference)
     elif spec.kind == "alignment":
         records, metrics, cis = run_alignment(model, tok, spec, rows, task_lang, cfg, reference)
     else:

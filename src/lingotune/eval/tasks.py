@@ -93,6 +93,9 @@ class TaskSpec(BaseModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, le=512, description="transfer: tokens generated per answer "
                                        "(null = the evaluation's max_new_tokens).")
+    score: Literal["generate", "loglik"] = Field(
+        "generate", description="transfer only: generate each answer and match it (generate), or score the item's "
+        "options by log-likelihood per character (loglik; format starter_transfer, whose items carry options).")
     system: str | None = Field(None, description="System prompt (template); null = the chat template's default.")
     prompts: list[str] = Field(default_factory=list, description="User prompt template(s); with several, one is drawn per example (seeded).")
     choices: list[str] = Field(default_factory=list, description="multiple_choice: one template per option (the continuation scored).")
@@ -151,6 +154,9 @@ class TaskSpec(BaseModel):
         if (self.kind in ("transfer", "alignment")) != (self.format in ("starter_transfer", "xquad")):
             raise ValueError("kinds 'transfer' and 'alignment' go with formats 'starter_transfer' and 'xquad' "
                              "(rows with the question in English and in the target language), and only with them")
+        if self.score == "loglik" and (self.kind, self.format) != ("transfer", "starter_transfer"):
+            raise ValueError("'score: loglik' is for kind 'transfer' on format 'starter_transfer' (items with options); "
+                             "yes/no tasks take the evaluation's 'mode'")
         if self.format == "xquad" and self.hub:
             raise ValueError("format 'xquad' reads the data root's xquad folder; it has no hub copy yet")
         if self.format == "parallel" and self.file and not self.target_file:

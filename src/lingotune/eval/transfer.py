@@ -18,6 +18,13 @@ model scored against the untouched one, transfer_gain: the paired difference, it
 items, of this model's and the untouched model's correctness in the target language (its bootstrap interval
 is the test of "stage 1 moved transfer").
 
+By log-likelihood (a task with `score: loglik`, e.g. `transfer_facts_ll`; `run_transfer_loglik`): nothing is
+generated; each item's options (its answer first, then wrong values of its kind, the same in both languages:
+`lingotune.data.starter.transfer_items`) are scored as the answer to the same prompts, and an item is correct in
+a language when its answer has the highest log-probability per character (lm-evaluation-harness's acc_norm:
+options differ in length). It asks whether a model that cannot yet *say* a fact in the target language
+*recognises* it there; transfer, transfer_gain, accuracy and accuracy_en are as above (chance: 1 / options).
+
 Matching (`names_answer`): text is case-folded, "ё" -> "е", Arabic diacritics and tatweel dropped, every
 Unicode decimal digit made ASCII, and split into word tokens. An accepted answer of several words must appear
 as consecutive tokens. A word matches a token: digits exactly; Latin and Cyrillic by prefix (a word of 5+
@@ -125,7 +132,6 @@ def run_transfer(model, tok, spec, rows: list[dict], lang: str, cfg, reference: 
     """Ask every item in English and in `lang`; (per-example records, metrics, cis). `reference`: the untouched
     model's result of this task: its `known` ids (what it answers correctly in English) and `correct_ids` (in
     `lang`); None for the untouched model itself."""
-    known = (reference or {}).get("known")
     budget_en = spec.max_new_tokens or cfg.max_new_tokens
     budget = target_budget(tok, rows, budget_en)
     outs_en = inference.generate(model, tok, _prompts(tok, rows, "en", "question_en"), budget_en, cfg.batch_size,
@@ -142,6 +148,45 @@ def run_transfer(model, tok, spec, rows: list[dict], lang: str, cfg, reference: 
                         "correct_en": not copied_en and names_answer(o_en, r["answers_en"], r["question_en"], echo),
                         "correct": not copied and names_answer(o, r["answers"], r["question"], echo),
                         "share": round(script_share(o, script), 4), "copied": copied or copied_en})
+    per = {"lang_share": [100.0 * r["share"] for r in records]}
+    records, metrics, cis = _scored(records, reference, cfg, per)
+    metrics["max_new_tokens"] = {"en": budget_en, lang: budget}
+    return records, metrics, cis
+
+
+def run_transfer_loglik(model, tok, spec, rows: list[dict], lang: str, cfg, reference: dict | None = None
+                        ) -> tuple[list[dict], dict, dict]:
+    """The probe scored by log-likelihood (task `score: loglik`): each item's `options_en` and `options` (its answer
+    first, then wrong values of its kind) are scored as the answer to its question, in English and in `lang`
+    (the same prompts as `run_transfer`); an item is correct in a language when its answer has the highest
+    log-probability per character there. Chance is 1 / the number of options. Also reported as `run_transfer`:
+    transfer on the untouched model's `known` items, transfer_gain, accuracy, accuracy_en (no lang_share:
+    nothing is generated)."""
+    missing = next((r["id"] for r in rows if not r.get("options") or not r.get("options_en")), None)
+    if missing is not None:
+        raise ValueError(f"task {spec.name}: item {missing} has no options to score (score: loglik needs "
+                         "format starter_transfer)")
+    records = [{"id": r["id"], "kind": r.get("kind"), "options_en": r["options_en"], "options": r["options"]}
+               for r in rows]
+    for side, field, opts in (("_en", "question_en", "options_en"), ("", "question", "options")):
+        side_lang = "en" if side else lang
+        per = inference.shared_continuation_logprobs(
+            model, tok, _prompts(tok, rows, side_lang, field),
+            [[inference.encode(tok, o) for o in r[opts]] for r in rows], cfg.batch_size, desc=f"{spec.name} {side_lang}")
+        for rec, scores in zip(records, per):
+            norm = [x / max(len(o), 1) for x, o in zip(scores, rec[opts])]
+            rec[f"logprobs{side}"] = [round(x, 4) for x in scores]
+            rec[f"correct{side}"] = max(range(len(norm)), key=norm.__getitem__) == 0
+    records, metrics, cis = _scored(records, reference, cfg, {})
+    metrics["chance"] = 100.0 * sum(1 / len(r["options"]) for r in rows) / max(len(rows), 1)
+    return records, metrics, cis
+
+
+def _scored(records: list[dict], reference: dict | None, cfg, per: dict) -> tuple[list[dict], dict, dict]:
+    """Records with `correct_en` and `correct` -> (records with `transferred` on the known items, metrics, cis):
+    transfer, transfer_gain (against `reference`, the untouched model's result), accuracy, accuracy_en, and
+    `per`'s own per-item lists (lang_share)."""
+    known = (reference or {}).get("known")
     own = [r["id"] for r in records if r["correct_en"]]
     known_ids = set(map(str, own if known is None else known))
     for rec in records:
@@ -149,14 +194,14 @@ def run_transfer(model, tok, spec, rows: list[dict], lang: str, cfg, reference: 
             rec["transferred"] = rec["correct"]
     on_known = [100.0 * rec["transferred"] for rec in records if "transferred" in rec]
     per = {"accuracy": [100.0 * r["correct"] for r in records], "accuracy_en": [100.0 * r["correct_en"] for r in records],
-           "lang_share": [100.0 * r["share"] for r in records], "transfer": on_known}
+           **per, "transfer": on_known}
     if known is not None and "correct_ids" in reference:  # paired, item by item, against the untouched model
         before = set(map(str, reference["correct_ids"]))
         per["transfer_gain"] = [100.0 * (rec["transferred"] - (str(rec["id"]) in before))
                                 for rec in records if "transferred" in rec]
     metrics = {k: (sum(v) / len(v) if v else float("nan")) for k, v in per.items()}
     cis = {k: bootstrap_mean_ci(v, cfg.n_bootstrap, cfg.seed) for k, v in per.items()}
-    metrics.update(max_new_tokens={"en": budget_en, lang: budget}, n_known=len(on_known), known=own, correct_ids=[r["id"] for r in records if r["correct"]],
+    metrics.update(n_known=len(on_known), known=own, correct_ids=[r["id"] for r in records if r["correct"]],
                    known_from="reference" if known is not None else "self")
     return records, metrics, cis
 
