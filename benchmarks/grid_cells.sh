@@ -6,7 +6,7 @@
 # first, so finished cells are read and not redone. Each METHOD:SEED cell is one `lingotune compare --resume`
 # invocation (a part of its own in summary.json, with its wall time), and the record is rewritten after it.
 # The first invocation also evaluates the untouched model (a cell of its own, kept in the record).
-set -euo pipefail
+set -euo pipefail -f  # -f: the extra args' [a,b] lists are not file patterns
 cd "$(dirname "$0")/.."
 name=$1 recipe=$2 cells=$3 extra=${4:-}  # extra: e.g. --set overrides of a second grid on the same training
 out=runs/$name rec=docs/results/$name
