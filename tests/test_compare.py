@@ -29,6 +29,15 @@ def test_paired_permutation_p_values():
     assert paired_permutation([1, -1] * 10, n_perm=2000) > 0.5
 
 
+def test_paired_t_over_seeds():
+    from lingotune.stats import paired_t_pvalue
+
+    assert paired_t_pvalue([1.0], [0.0]) == 1.0 and paired_t_pvalue([1.0, 2.0], [1.0, 2.0]) == 1.0
+    assert paired_t_pvalue([1.0, 2.0], [0.0, 1.0]) == 0.0  # the same difference on every seed, no warning
+    # differences 1, 2, 3: t = 2 / (1 / sqrt 3) = 3.464 on 2 degrees of freedom
+    assert paired_t_pvalue([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]) == pytest.approx(0.0742, abs=1e-3)
+
+
 def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir, tmp_path, monkeypatch):
     from helpers import make_recipe
 
@@ -169,6 +178,8 @@ def test_summary_follows_each_tasks_primary_metric_and_its_direction(tmp_path):
     assert sig["qa/accuracy_ll"]["delta"] == pytest.approx(37.5)  # seed 0: +2 of 4, seed 1: +1 of 4
     assert sig["qa/accuracy_ll"]["pairs"] == 8 and sig["qa/accuracy_ll"]["better"] == "dpart"
     assert sig["qa/accuracy_ll"]["p"] == pytest.approx(0.25, abs=0.02)  # 3 non-zero pairs, all +1
+    # over seeds: deltas +50 and +25 points, t = 37.5 / (17.68 / sqrt 2) = 3 on 1 degree of freedom
+    assert sig["qa/accuracy_ll"]["p_seeds"] == pytest.approx(0.2048, abs=1e-3) and sig["qa/accuracy_ll"]["seeds"] == 2
     assert sig["qb/accuracy_ll"]["delta"] == pytest.approx(-25.0) and sig["qb/accuracy_ll"]["better"] == "lora"
     pooled = sig["all tasks/accuracy_ll"]
     assert pooled["pairs"] == 12 and pooled["delta"] == pytest.approx(100 / 6) and pooled["ci"][0] == pytest.approx(100 / 6)
@@ -177,6 +188,7 @@ def test_summary_follows_each_tasks_primary_metric_and_its_direction(tmp_path):
     assert bpc["delta"] == pytest.approx(-0.25) and bpc["ci"][0] < -0.25 < bpc["ci"][1]
     assert bpc["higher_is_better"] is False and bpc["better"] == "dpart" and bpc["test"] == "t"
     assert bpc["p"] == pytest.approx(0.1257, abs=1e-3)  # paired t = -5.0 on 1 degree of freedom
+    assert bpc["p_seeds"] == pytest.approx(bpc["p"])  # the same test for a corpus-level metric
     assert sig["bpc2/bits_per_char"]["delta"] == pytest.approx(0.4) and sig["bpc2/bits_per_char"]["better"] == "lora"
     assert not any("perplexity" in k or "f1" in k for k in sig)  # only primary metrics are tested
     rows = {r["method"]: r for r in summary["datasets"]["data"]}
@@ -186,6 +198,7 @@ def test_summary_follows_each_tasks_primary_metric_and_its_direction(tmp_path):
     assert rows["dpart"]["bpc/perplexity"][0] == 9.0  # declared, not primary: in the table
     report = (out / "report.md").read_text()
     assert "| bpc | bits_per_char ↓ | -0.25 |" in report and "| bpc2 | bits_per_char ↓ | +0.40 |" in report
+    assert "| +37.50 | [-121.33, +196.33] | 8 | 0.2" in report and "| 0.205 (2) | dpart |" in report  # qa: the permutation p, then over seeds
     line = next(x for x in report.splitlines() if x.startswith("| bpc2 |"))
     assert line.endswith("| lora |")
     assert "bpc/bits_per_char ↓" in report and "qa/accuracy_ll ↑" in report

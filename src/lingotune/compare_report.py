@@ -211,8 +211,11 @@ def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
 
 
 def _row(per_seed: list[float], pairs: int, p: float, test: str) -> dict:
+    """`p`: the row's own test; `p_seeds`: a paired t-test over the seeds' deltas, the test of a claim about the
+    method (training randomness included), which the permutation over (seed, example) pairs is not."""
     mean, half = t_interval(per_seed)
-    return {"delta": mean, "ci": [mean - half, mean + half], "pairs": pairs, "p": p, "test": test}
+    return {"delta": mean, "ci": [mean - half, mean + half], "pairs": pairs, "p": p, "test": test,
+            "p_seeds": paired_t_pvalue(per_seed, [0.0] * len(per_seed)), "seeds": len(per_seed)}
 
 
 def _example_diffs(by: dict, seeds: list, cand: str, base: str, task: str, info: dict) -> dict:
@@ -288,14 +291,18 @@ def _direction(row: dict, info: dict, cand: str, base: str) -> dict:
 def significance_md(sig: dict, cand: str, base: str) -> list[str]:
     how = ("Delta = candidate − baseline on each task's primary metric (↑ higher is better, ↓ lower is better), "
            "mean over seeds with its 95% t-interval. Metrics scored per example (accuracy): delta in points, p from "
-           "a paired sign-flip permutation test over (seed, example) pairs. Corpus-level metrics (F1, chrF++, bits "
-           "per char): p from a paired t-test over seeds. *better* is the method the metric's direction favours.")
+           "a paired sign-flip permutation test over (seed, example) pairs: it takes every seed's examples as "
+           "independent pairs, so it tests these trained models, not the method. Corpus-level metrics (F1, chrF++, "
+           "bits per char): p from a paired t-test over seeds. *p over seeds*, for every row: a paired t-test of the "
+           "seeds' deltas, the test a claim about the method needs (1 for a single seed). *better* is the method the "
+           "metric's direction favours.")
     lines = ["", f"### {cand} vs {base}", "", how, "",
-             "| task | metric | delta | 95% CI | pairs (examples or seeds) | p | better |", "|---|---|---|---|---|---|---|"]
+             "| task | metric | delta | 95% CI | pairs (examples or seeds) | p | p over seeds (n) | better |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in sig.items():
         task, _, key = name.partition("/")
         lines.append(f"| {task} | {key} {arrow(s)} | {s['delta']:+.2f} | [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}] | "
-                     f"{s['pairs']} | {s['p']:.3f} | {s['better'] or '–'} |")
+                     f"{s['pairs']} | {s['p']:.3f} | {s['p_seeds']:.3f} ({s['seeds']}) | {s['better'] or '–'} |")
     return lines
 
 

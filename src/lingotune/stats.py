@@ -42,4 +42,7 @@ def paired_t_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
 
     if len(a) < 2 or all(x == y for x, y in zip(a, b)):
         return 1.0
+    diffs = [x - y for x, y in zip(a, b)]
+    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(diffs[0])):  # one and the same difference on every pair
+        return 0.0
     return float(stats.ttest_rel(a, b).pvalue)
