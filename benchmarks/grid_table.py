@@ -3,7 +3,7 @@
     python benchmarks/grid_table.py docs/results/grid_ru2
 
 One row per evaluated model (each cell's final model, and its evaluations after earlier stages), with each
-task's score and its 95 % bootstrap interval as the cell's results.json has them, the probe's transfer as k of
+task's score (columns no cell has are left out) and its 95 % bootstrap interval as the cell's results.json has them, the probe's transfer as k of
 the known n, the training loss means per 20 steps of each stage, and the cell's seconds. The seed-level
 comparison (t-intervals, paired tests) is the grid's own report.md; this prints what each cell measured.
 """
@@ -18,6 +18,8 @@ COLUMNS = [  # (header, task, metric, digits)
     ("DaNetQA ll", "danetqa", "accuracy_ll", 1), ("TERRa ll", "terra", "accuracy_ll", 1),
     ("chrF++ en→ru", "flores_ru_from_en", "chrf++", 2), ("bits/char", "flores_ru_bpc", "bits_per_char", 3),
     ("probe EN", "transfer_facts", "accuracy_en", 1), ("align Δcos", "align_facts", "cos_dist_change", 4),
+    ("ll probe EN", "transfer_facts_ll", "accuracy_en", 1), ("ll probe RU", "transfer_facts_ll", "accuracy", 1),
+    ("ll transfer", "transfer_facts_ll", "transfer", 1), ("ll transfer_gain", "transfer_facts_ll", "transfer_gain", 1),
 ]
 
 
@@ -53,7 +55,8 @@ def _loss_means(cell: Path, every: int = 20) -> str:
     return "; ".join(out)
 
 
-def rows(grid: Path) -> list[list[str]]:
+def rows(grid: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows); a column no cell of the grid has is left out."""
     out = []
     for path in sorted(grid.glob("*/*/results.json")):
         res = json.loads(path.read_text())
@@ -66,17 +69,21 @@ def rows(grid: Path) -> list[list[str]]:
                        + [_transfer(evals.get("transfer_facts")),
                           _loss_means(path.parent) if final else "",
                           f"{res.get('cell_seconds', 0):,.0f}" if final and res.get("cell_seconds") else ""])
-    return out
+    head = ["model"] + [c[0] for c in COLUMNS] + ["transfer", "loss per 20 steps", "cell s"]
+    if not out:
+        return head, out
+    keep = [0] + [i for i in range(1, len(head)) if any(r[i] not in ("–", "", "0 of 0") for r in out)]
+    return [head[i] for i in keep], [[r[i] for i in keep] for r in out]
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print("usage: python benchmarks/grid_table.py GRID_OR_RECORD_DIR", file=sys.stderr)
         return 2
-    head = ["model"] + [c[0] for c in COLUMNS] + ["transfer", "loss per 20 steps", "cell s"]
+    head, body = rows(Path(argv[0]))
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for r in rows(Path(argv[0])):
+    for r in body:
         print("| " + " | ".join(r) + " |")
     return 0
 
