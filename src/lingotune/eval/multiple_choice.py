@@ -31,6 +31,12 @@ def mc_example(spec: TaskSpec, row: dict, lang: str, seed: int, train: list[dict
     return prefix + mc_context(spec, row, lang), mc_choices(spec, row, lang)
 
 
+def best_per_char(logprobs: list[float], options: list[str]) -> int:
+    """The option with the highest log-probability per character of its text (acc_norm's choice)."""
+    norm = [x / max(len(o), 1) for x, o in zip(logprobs, options)]
+    return max(range(len(norm)), key=norm.__getitem__)
+
+
 def context_ids(tok, context: str) -> list[int]:
     """The context's token ids, after BOS where the tokenizer adds one (plain text, no chat template)."""
     ids = inference.encode(tok, context)
@@ -50,10 +56,9 @@ def run_multiple_choice(model, tok, spec: TaskSpec, rows: list[dict], lang: str,
     per = inference.shared_continuation_logprobs(model, tok, contexts, options, cfg.batch_size,
                                                  desc=f"{spec.name} {k}-shot")
     for rec, s in zip(records, per):
-        norm = [x / max(len(c), 1) for x, c in zip(s, rec["choices"])]
         rec["logprobs"] = [round(x, 4) for x in s]
         rec["pred"] = max(range(len(s)), key=s.__getitem__)
-        rec["pred_norm"] = max(range(len(norm)), key=norm.__getitem__)
+        rec["pred_norm"] = best_per_char(s, rec["choices"])
         rec["correct"] = rec["pred"] == rec["label"]
     golds = [r["label"] for r in records]
     classes = list(range(len(spec.choices)))

@@ -56,6 +56,7 @@ import torch
 
 from lingotune import inference
 from lingotune.eval.metrics import bootstrap_mean_ci
+from lingotune.eval.multiple_choice import best_per_char
 from lingotune.languages import get_language, letter_script, script_share
 
 _ARABIC_MARKS = re.compile("[\u064b-\u065f\u0670\u0640]")
@@ -174,9 +175,8 @@ def run_transfer_loglik(model, tok, spec, rows: list[dict], lang: str, cfg, refe
             model, tok, _prompts(tok, rows, side_lang, field),
             [[inference.encode(tok, o) for o in r[opts]] for r in rows], cfg.batch_size, desc=f"{spec.name} {side_lang}")
         for rec, scores in zip(records, per):
-            norm = [x / max(len(o), 1) for x, o in zip(scores, rec[opts])]
             rec[f"logprobs{side}"] = [round(x, 4) for x in scores]
-            rec[f"correct{side}"] = max(range(len(norm)), key=norm.__getitem__) == 0
+            rec[f"correct{side}"] = best_per_char(scores, rec[opts]) == 0
     records, metrics, cis = _scored(records, reference, cfg, {})
     metrics["chance"] = 100.0 * sum(1 / len(r["options"]) for r in rows) / max(len(rows), 1)
     return records, metrics, cis
