@@ -20,6 +20,7 @@ COLUMNS = [  # (header, task, metric, digits)
     ("probe EN", "transfer_facts", "accuracy_en", 1), ("align Δcos", "align_facts", "cos_dist_change", 4),
     ("ll probe EN", "transfer_facts_ll", "accuracy_en", 1), ("ll probe RU", "transfer_facts_ll", "accuracy", 1),
     ("ll transfer", "transfer_facts_ll", "transfer", 1), ("ll transfer_gain", "transfer_facts_ll", "transfer_gain", 1),
+    ("ll gain_other", "transfer_facts_ll", "gain_other", 1), ("ll transfer_excess", "transfer_facts_ll", "transfer_excess", 1),
 ]
 
 

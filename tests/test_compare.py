@@ -480,3 +480,25 @@ def test_a_commit_made_while_a_grid_runs_does_not_relabel_its_results(monkeypatc
     finally:
         train.source_commit.cache_clear()
     assert first == later == "aaaaaaaaaaaa"
+
+
+def test_a_secondary_metric_declared_compare_is_tested_over_seeds(tmp_path):
+    """The probe's transfer_excess (declared `compare: true`) gets a significance row of its own, over seeds;
+    gain_other (declared, not compared) does not."""
+    from helpers import make_recipe
+
+    from lingotune.compare_report import summarize
+
+    out = tmp_path / "grid"
+    for (method, seed), (tr, ex) in {("lora", 0): (10.0, -5.0), ("lora", 1): (20.0, 1.0),
+                                     ("dpart", 0): (12.0, 3.0), ("dpart", 1): (18.0, 5.0)}.items():
+        _cell(out, method, seed, {"probe": ("transfer_facts_ll", {"transfer": tr, "transfer_gain": tr - 10,
+                                                                  "gain_other": 1.0, "transfer_excess": ex})})
+    _cell(out, "untouched", 0, {"probe": ("transfer_facts_ll", {"transfer": 10.0})})
+    recipe = make_recipe(**{"compare.methods": ["lora", "dpart"], "compare.seeds": [0, 1]})
+    sig = summarize(out, recipe)["significance"]["data"]
+    # (transfer, the primary, is paired per example from files these cells lack: no row here)
+    assert set(sig) == {"probe/transfer_excess"}
+    ex = sig["probe/transfer_excess"]  # deltas +8 and +4: t = 6 / (2.828 / sqrt 2) = 3 on 1 df
+    assert ex["delta"] == pytest.approx(6.0) and ex["test"] == "t" and ex["p_seeds"] == pytest.approx(0.2048, abs=1e-3)
+    assert ex["better"] == "dpart"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -89,8 +91,13 @@ def test_transfer_is_conditioned_on_what_the_untouched_model_knew(monkeypatch):
     assert m["transfer"] == 50.0 and m["n_known"] == 2 and m["known_from"] == "reference"
     assert [r.get("transferred") for r in recs] == [None, False, True, None]
     assert m["transfer_gain"] == 0.0  # i1 lost (-100), i2 gained (+100)
+    # on the items the untouched model did not know in English (i0, i3), i0 gained: the known items' gain is
+    # 50 points below theirs
+    assert m["gain_other"] == 50.0 and m["transfer_excess"] == -50.0
     ref["correct_ids"] = []
-    assert transfer.run_transfer(None, None, spec, rows, "ru", cfg, ref)[1]["transfer_gain"] == 50.0
+    m = transfer.run_transfer(None, None, spec, rows, "ru", cfg, ref)[1]
+    assert m["transfer_gain"] == 50.0 and m["gain_other"] == 50.0 and m["transfer_excess"] == 0.0
+    assert "transfer_excess" not in transfer.run_transfer(None, None, spec, rows, "ru", cfg)[1]  # no reference
 
 
 @pytest.mark.parametrize("lang", ["ru", "ar", "ko"])
@@ -137,7 +144,9 @@ def test_the_probe_by_loglik_picks_the_option_of_highest_logprob_per_character(m
     ref = {"known": ["i0", "i2"], "correct_ids": ["i0", "i2"]}  # scored on the untouched model's items, paired: i0 lost
     recs, m, _ = transfer.run_transfer_loglik(None, None, spec, rows, "ru", cfg, ref)
     assert m["transfer"] == 50.0 and m["transfer_gain"] == -50.0 and m["known_from"] == "reference"
-    assert set(spec.describe_metrics(m)) == {"transfer", "transfer_gain", "accuracy", "accuracy_en"}
+    assert m["gain_other"] == 100.0 and m["transfer_excess"] == -150.0  # i1, not known: wrong before, right now
+    assert set(spec.describe_metrics(m)) == {"transfer", "transfer_gain", "gain_other", "transfer_excess", "accuracy",
+                                             "accuracy_en"}
     with pytest.raises(ValueError, match="item i9 has no options"):
         transfer.run_transfer_loglik(None, None, spec, [{"id": "i9", "question_en": "q", "question": "в"}], "ru", cfg)
 
@@ -256,3 +265,63 @@ def test_every_stage_evaluates_after_stage_one(tiny_model_dir, tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Knowledge transfer and alignment" in report and "| layer | untouched | dpart-stage1 | dpart |" in report
     assert "(report_layers_align_facts.png)" in report and (tmp_path / "run" / "report_layers_align_facts.png").stat().st_size
+
+
+def test_transfer_excess_interval_resamples_each_group_within_itself():
+    rows = [{"id": f"i{k}", "correct_en": k < 4, "correct": k in (0, 1, 4, 5, 6)} for k in range(8)]
+    ref = {"known": ["i0", "i1", "i2", "i3"], "correct_ids": ["i0", "i4"]}
+    _, m, cis = transfer._scored([dict(r) for r in rows], ref, EvalConfig(n_bootstrap=2000, seed=0), {})
+    # known i0..i3: gains 0, +100, 0, 0 -> 25; others i4..i7: 0, +100, +100, 0 -> 50
+    assert m["transfer_gain"] == 25.0 and m["gain_other"] == 50.0 and m["transfer_excess"] == -25.0
+    lo, hi = cis["transfer_excess"]
+    assert lo < -25.0 < hi and lo >= -100.0 and hi <= 100.0
+    # every resample keeps 4 items a group: the interval's ends are differences of quarter steps
+    assert all((x / 25.0).is_integer() for x in (lo, hi))
+
+
+def test_report_says_what_the_gain_beyond_the_other_items_is():
+    from lingotune.report import transfer_lines
+    evals = {"untouched": {"transfer_facts_ll": {"n_known": 4, "n": 8}},
+             "dpart": {"transfer_facts_ll": {"n_known": 4, "transfer": 50.0, "transfer_gain": 25.0, "gain_other": 50.0,
+                                             "transfer_excess": -25.0,
+                                             "ci": {"transfer_gain": [0.0, 50.0], "transfer_excess": [-75.0, 25.0]}}}}
+    text = "\n".join(transfer_lines(evals))
+    assert "gain 25.00 points [0.00, 50.00]" in text
+    assert ("did not know in English the gain is 50.00 points; transfer proper (the known items' gain beyond it) "
+            "-25.00 [-75.00, 25.00], spans 0.") in text
+
+
+def test_rescoring_an_old_grid_adds_transfer_proper_from_the_per_item_files(tmp_path):
+    import importlib.util
+    import json
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rescore_transfer.py"
+    spec = importlib.util.spec_from_file_location("rescore_transfer", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = tmp_path / "grid" / "data"
+    ref = {"known": ["i0", "i1"], "correct_ids": ["i0", "i3"], "transfer_gain": None}
+    (grid / "untouched").mkdir(parents=True)
+    (grid / "untouched" / "results.json").write_text(json.dumps({"complete": True, "evals": {"untouched": {"t": ref}}}))
+    cell = grid / "lora-s0"
+    (cell / "eval" / "lora").mkdir(parents=True)
+    (cell / "recipe.yaml").write_text("eval:\n  n_bootstrap: 200\n  seed: 3\n")
+    recs = [{"id": "i0", "correct_en": True, "correct": True, "transferred": True},
+            {"id": "i1", "correct_en": True, "correct": True, "transferred": True},  # known: 0, +100 -> +50
+            {"id": "i2", "correct_en": False, "correct": False},
+            {"id": "i3", "correct_en": False, "correct": False}]  # others: 0, -100 -> -50
+    (cell / "eval" / "lora" / "t.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    old = {"t": {"transfer": 100.0, "transfer_gain": 50.0, "n_known": 2, "ci": {"transfer_gain": [0.0, 100.0]}}}
+    (cell / "eval" / "lora" / "scores.json").write_text(json.dumps(old))
+    (cell / "results.json").write_text(json.dumps({"complete": True, "evals": {"lora": old}}))
+    lines = mod.rescore(tmp_path / "grid", "abc123")
+    assert len(lines) == 1
+    for f in (cell / "results.json", cell / "eval" / "lora" / "scores.json"):
+        data = json.loads(f.read_text())
+        r = data["evals"]["lora"]["t"] if "evals" in data else data["t"]
+        assert r["gain_other"] == -50.0 and r["transfer_excess"] == 100.0 and r["rescored"] == "abc123"
+        assert r["ci"]["transfer_gain"] == [0.0, 100.0] and r["ci"]["transfer_excess"] is not None
+    # a per-item file that does not give the recorded gain is not rescored
+    old["t"]["transfer_gain"] = 0.0
+    (cell / "results.json").write_text(json.dumps({"complete": True, "evals": {"lora": old}}))
+    with pytest.raises(SystemExit, match="transfer_gain 50.0000 from the per-item file, 0.0 recorded"):
+        mod.rescore(tmp_path / "grid", "abc123")

@@ -247,7 +247,8 @@ def _seed_row(by: dict, seeds: list, cand: str, base: str, task: str, key: str) 
 
 
 def significance(cells: list[dict], dataset: str, cand: str, base: str) -> dict:
-    """Candidate − baseline on each task's primary metric, keyed 'task/result name'.
+    """Candidate − baseline on each task's primary metric and those it declares `compare: true`, keyed
+    'task/result name'.
 
     Metrics scored per example (accuracy: `correct`, `correct_ll`) are paired by seed and example,
     and pooled over tasks as 'all tasks/<name>'; the others (F1, chrF++, bits per char) by seed.
@@ -261,7 +262,7 @@ def significance(cells: list[dict], dataset: str, cand: str, base: str) -> dict:
     out, pooled, infos = {}, {}, {}
     for t in sorted(first):
         for key, info in result_metrics(first[t]).items():
-            if not info["primary"]:
+            if not (info["primary"] or info.get("compare")):
                 continue
             if info.get("per_example"):
                 diffs = _example_diffs(by, seeds, cand, base, t, info)
@@ -289,7 +290,8 @@ def _direction(row: dict, info: dict, cand: str, base: str) -> dict:
 
 
 def significance_md(sig: dict, cand: str, base: str) -> list[str]:
-    how = ("Delta = candidate − baseline on each task's primary metric (↑ higher is better, ↓ lower is better), "
+    how = ("Delta = candidate − baseline on each task's primary metric and those it declares `compare: true` (↑ "
+           "higher is better, ↓ lower is better), "
            "mean over seeds with its 95% t-interval. Metrics scored per example (accuracy): delta in points, p from "
            "a paired sign-flip permutation test over (seed, example) pairs: it takes every seed's examples as "
            "independent pairs, so it tests these trained models, not the method. Corpus-level metrics (F1, chrF++, "

@@ -101,6 +101,12 @@ def transfer_lines(evals: dict) -> list[str]:
             interval = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
             out.append(f"- *{label}*, `{t}`: transfer {_fmt(r.get('transfer'))} % of {r['n_known']} known items, gain "
                        f"{_fmt(r['transfer_gain'])} points{interval}: {verdict}.")
+            if r.get("transfer_excess") is not None and r["transfer_excess"] == r["transfer_excess"]:  # not NaN
+                ex = (r.get("ci") or {}).get("transfer_excess")
+                ex_words = ("" if not ex else f" [{_fmt(ex[0])}, {_fmt(ex[1])}], "
+                            + ("spans 0" if _spans_zero(ex) else "excludes 0"))
+                out.append(f"  On the items it did not know in English the gain is {_fmt(r.get('gain_other'))} points; "
+                           f"transfer proper (the known items' gain beyond it) {_fmt(r['transfer_excess'])}{ex_words}.")
         for t, r in moves.items():
             ci = (r.get("ci") or {}).get("cos_dist_change")
             still = all(_spans_zero((g.get("ci") or {}).get("transfer_gain")) for g in gains.values())

@@ -25,7 +25,8 @@ KIND_METRICS: dict[str, dict[str, bool]] = {
     "translation": {"chrf++": True, "bleu": True, "comet": True},
     "perplexity": {"bits_per_char": False, "perplexity": False, "nll_per_token": False},
     "copy": {"len": True, "lcs": True},
-    "transfer": {"transfer": True, "transfer_gain": True, "accuracy": True, "accuracy_en": True, "lang_share": True},
+    "transfer": {"transfer": True, "transfer_gain": True, "gain_other": True, "transfer_excess": True, "accuracy": True,
+                 "accuracy_en": True, "lang_share": True},
     "alignment": {"cos_dist": False, "l2_dist": False, "cos_margin": True, "l2_margin": True, "cos_dist_change": False},
 }
 # the primary metric when a task file declares none
@@ -49,6 +50,8 @@ class MetricSpec(BaseModel):
     primary: bool = Field(False, description="The task's headline metric (exactly one per task): compare's significance test and plots.")
     higher_is_better: bool | None = Field(
         None, description="Direction of improvement; null = the metric's own (a contradicting value is an error).")
+    compare: bool = Field(False, description="Also tested in compare's significance beside the primary: a secondary "
+                          "metric a claim rests on (the probe's transfer_excess).")
 
 
 def default_metrics(kind: str) -> list[MetricSpec]:
@@ -97,7 +100,7 @@ def describe(kind: str, specs: list[MetricSpec], keys) -> dict[str, dict[str, An
             if name == m.name:
                 field = PER_EXAMPLE.get((kind, name))
                 out[key] = {"metric": name, "primary": m.primary, "higher_is_better": m.higher_is_better,
-                            "shots": k, "per_example": field + infix if field else None}
+                            "shots": k, "per_example": field + infix if field else None, "compare": m.compare}
     return out
 
 

@@ -110,7 +110,11 @@ def bootstrap_ci(n: int, stat: Callable[[np.ndarray], float], n_boot: int = 1000
     if n_boot <= 0 or n < 2:
         return None
     rng = np.random.default_rng(seed)
-    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
+    return _percentile_ci([stat(rng.integers(0, n, n)) for _ in range(n_boot)], alpha)
+
+
+def _percentile_ci(values, alpha: float) -> list[float] | None:
+    vals = np.asarray(values, dtype=np.float64)
     vals = vals[~np.isnan(vals)]
     if vals.size == 0:
         return None
@@ -122,6 +126,18 @@ def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0
     """Bootstrap CI of the mean of per-example values (accuracy from 0/100 scores, rate, ...)."""
     arr = np.asarray(values, dtype=np.float64)
     return bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), n_boot, seed)
+
+
+def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                      alpha: float = 0.05) -> list[float] | None:
+    """Percentile bootstrap interval of mean(a) - mean(b) for two disjoint groups of examples, each resampled
+    within itself (a stratified bootstrap: the groups keep their sizes)."""
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if n_boot <= 0 or xa.size < 2 or xb.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    return _percentile_ci([xa[rng.integers(0, xa.size, xa.size)].mean() - xb[rng.integers(0, xb.size, xb.size)].mean()
+                           for _ in range(n_boot)], alpha)
 
 
 def classification_cis(preds: list, golds: list, n_boot: int, seed: int, suffix: str = "",

@@ -18,6 +18,13 @@ model scored against the untouched one, transfer_gain: the paired difference, it
 items, of this model's and the untouched model's correctness in the target language (its bootstrap interval
 is the test of "stage 1 moved transfer").
 
+Transfer proper. transfer_gain also moves when training teaches the target language's answers of these kinds
+whatever the model knew in English (the starter data trains other countries' currencies, languages and cities).
+So the same paired gain is reported on the items the untouched model does *not* know in English (gain_other),
+and transfer_excess = transfer_gain - gain_other, with a bootstrap interval that resamples each group within
+itself: the part of the gain that needs the English knowledge. Its bias runs against transfer when the known
+items already score higher in the target language (less room to rise); read it beside both gains.
+
 By log-likelihood (a task with `score: loglik`, e.g. `transfer_facts_ll`; `run_transfer_loglik`): nothing is
 generated; each item's options (its answer first, then wrong values of its kind, the same in both languages:
 `lingotune.data.starter.transfer_items`) are scored as the answer to the same prompts, and an item is correct in
@@ -55,7 +62,7 @@ import unicodedata
 import torch
 
 from lingotune import inference
-from lingotune.eval.metrics import bootstrap_mean_ci
+from lingotune.eval.metrics import bootstrap_diff_ci, bootstrap_mean_ci
 from lingotune.eval.multiple_choice import best_per_char
 from lingotune.languages import get_language, letter_script, script_share
 
@@ -184,8 +191,8 @@ def run_transfer_loglik(model, tok, spec, rows: list[dict], lang: str, cfg, refe
 
 def _scored(records: list[dict], reference: dict | None, cfg, per: dict) -> tuple[list[dict], dict, dict]:
     """Records with `correct_en` and `correct` -> (records with `transferred` on the known items, metrics, cis):
-    transfer, transfer_gain (against `reference`, the untouched model's result), accuracy, accuracy_en, and
-    `per`'s own per-item lists (lang_share)."""
+    transfer, accuracy, accuracy_en, `per`'s own per-item lists (lang_share) and, against `reference` (the
+    untouched model's result), transfer_gain, gain_other and transfer_excess (the module's docstring)."""
     known = (reference or {}).get("known")
     own = [r["id"] for r in records if r["correct_en"]]
     known_ids = set(map(str, own if known is None else known))
@@ -197,10 +204,14 @@ def _scored(records: list[dict], reference: dict | None, cfg, per: dict) -> tupl
            **per, "transfer": on_known}
     if known is not None and "correct_ids" in reference:  # paired, item by item, against the untouched model
         before = set(map(str, reference["correct_ids"]))
-        per["transfer_gain"] = [100.0 * (rec["transferred"] - (str(rec["id"]) in before))
-                                for rec in records if "transferred" in rec]
+        gains = {rec["id"]: 100.0 * (rec["correct"] - (str(rec["id"]) in before)) for rec in records}
+        per["transfer_gain"] = [gains[rec["id"]] for rec in records if "transferred" in rec]
+        per["gain_other"] = [gains[rec["id"]] for rec in records if "transferred" not in rec]
     metrics = {k: (sum(v) / len(v) if v else float("nan")) for k, v in per.items()}
     cis = {k: bootstrap_mean_ci(v, cfg.n_bootstrap, cfg.seed) for k, v in per.items()}
+    if "gain_other" in per:  # transfer proper: the gain on the known items beyond the gain on the others
+        metrics["transfer_excess"] = metrics["transfer_gain"] - metrics["gain_other"]
+        cis["transfer_excess"] = bootstrap_diff_ci(per["transfer_gain"], per["gain_other"], cfg.n_bootstrap, cfg.seed)
     metrics.update(n_known=len(on_known), known=own, correct_ids=[r["id"] for r in records if r["correct"]],
                    known_from="reference" if known is not None else "self")
     return records, metrics, cis
