@@ -377,3 +377,27 @@ def test_head_nll_under_bf16_autocast_matches_the_autocast_linear(monkeypatch):
     for got, want in zip(*runs):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
+
+
+def test_row_gradient_is_the_same_bit_for_bit_at_any_thread_count():
+    """Repeated ids sum their gradients in a fixed order. (Advanced indexing's backward adds them with parallel
+    float atomics on CPU once the gradient has 32,768+ elements and 2+ threads: the order, and so the last bits,
+    changed from run to run, and DParT's stage 1 was not reproducible.)"""
+    torch.manual_seed(0)
+    emb = SparseEmbedding(torch.nn.Embedding(16, 64))
+    ids = torch.randint(0, 16, (8, 512))  # 262,144 gradient elements, each row summed from ~256 positions
+    upstream = torch.randn(8, 512, 64)
+    threads = torch.get_num_threads()
+
+    def grad(n: int) -> torch.Tensor:
+        torch.set_num_threads(n)
+        try:
+            emb.clear()
+            (emb(ids) * upstream).sum().backward()
+            return emb.rows.grad.clone()
+        finally:
+            torch.set_num_threads(threads)
+
+    serial = grad(1)
+    assert all(torch.equal(grad(2), serial) for _ in range(5))
+    assert torch.allclose(serial, torch.zeros(16, 64).index_add_(0, ids.flatten(), upstream.reshape(-1, 64)), atol=1e-4)

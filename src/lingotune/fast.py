@@ -26,8 +26,8 @@ class SparseEmbedding(torch.nn.Module):
     """An embedding whose full weight stays frozen; each forward trains only the rows it uses.
 
     With grad enabled, forward gathers the batch's unique ids into a small fp32 leaf tensor
-    `self.rows` (requires_grad=True; `self.unique_ids` holds the ids), and returns
-    `rows[inverse]`. Backward thus yields an (n_unique x hidden) gradient. Every grad-enabled
+    `self.rows` (requires_grad=True; `self.unique_ids` holds the ids), and looks the batch up in
+    it (`F.embedding(inverse, rows)`: a gradient reproducible bit for bit). Backward thus yields an (n_unique x hidden) gradient. Every grad-enabled
     forward since the last `clear()` is kept in `self.pending` (ids, rows), so gradient
     accumulation over micro-batches works; `LazyRowAdam` sums them per id. With grad
     disabled (evaluation, generation) it is a plain embedding lookup.
@@ -58,7 +58,9 @@ class SparseEmbedding(torch.nn.Module):
         rows = self.weight.detach()[ids].clone().requires_grad_(True)
         self.rows, self.unique_ids = rows, ids
         self.pending.append((ids, rows))
-        return self._scale(rows[inverse])
+        # F.embedding, not rows[inverse]: indexing's backward sums repeated ids with parallel float atomics on
+        # CPU (order, and so the last bits, vary run to run); the embedding backward sums them in a fixed order
+        return self._scale(F.embedding(inverse, rows))
 
     def clear(self) -> None:
         self.pending = []
