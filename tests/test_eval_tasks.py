@@ -221,7 +221,7 @@ def test_declared_metrics_cover_loglik_and_kshot_names(tmp_path):
                                  "rate_5shot", "n", "ci"])
     assert list(got) == ["f1", "f1_ll", "accuracy", "accuracy_ll", "accuracy_5shot", "accuracy_ll_5shot"]  # rate undeclared
     assert got["accuracy_ll_5shot"] == {"metric": "accuracy", "primary": False, "higher_is_better": True, "shots": 5,
-                                        "per_example": "correct_ll", "compare": False}
+                                        "per_example": "correct_ll"}
     assert got["f1_ll"]["primary"] and got["f1_ll"]["per_example"] is None
     # multiple choice: accuracy_norm is its own metric, not a form of accuracy
     mc = load_task("kobest_copa").describe_metrics(["accuracy", "accuracy_norm", "f1_5shot", "f1_norm_5shot"])

@@ -100,7 +100,9 @@ def describe(kind: str, specs: list[MetricSpec], keys) -> dict[str, dict[str, An
             if name == m.name:
                 field = PER_EXAMPLE.get((kind, name))
                 out[key] = {"metric": name, "primary": m.primary, "higher_is_better": m.higher_is_better,
-                            "shots": k, "per_example": field + infix if field else None, "compare": m.compare}
+                            "shots": k, "per_example": field + infix if field else None}
+                if m.compare:
+                    out[key]["compare"] = True
     return out
 
 
