@@ -27,10 +27,10 @@ class SparseEmbedding(torch.nn.Module):
 
     With grad enabled, forward gathers the batch's unique ids into a small fp32 leaf tensor
     `self.rows` (requires_grad=True; `self.unique_ids` holds the ids), and looks the batch up in
-    it (`F.embedding(inverse, rows)`: a gradient reproducible bit for bit). Backward thus yields an (n_unique x hidden) gradient. Every grad-enabled
-    forward since the last `clear()` is kept in `self.pending` (ids, rows), so gradient
-    accumulation over micro-batches works; `LazyRowAdam` sums them per id. With grad
-    disabled (evaluation, generation) it is a plain embedding lookup.
+    it (`F.embedding(inverse, rows)`: a gradient reproducible bit for bit). Backward thus yields an
+    (n_unique x hidden) gradient. Every grad-enabled forward since the last `clear()` is kept in
+    `self.pending` (ids, rows), so gradient accumulation over micro-batches works; `LazyRowAdam`
+    sums them per id. With grad disabled (evaluation, generation) it is a plain embedding lookup.
     A scale the wrapped module applies (Gemma's `embed_scale`) is applied too.
     """
 
