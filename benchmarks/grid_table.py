@@ -3,7 +3,8 @@
     python benchmarks/grid_table.py docs/results/grid_ru2
 
 One row per evaluated model (each cell's final model, and its evaluations after earlier stages), with each
-task's score (columns no cell has are left out) and its 95 % bootstrap interval as the cell's results.json has them, the probe's transfer as k of
+task's score (Russian and Arabic grids alike: the FLORES and probe columns follow the grid's language; columns no
+cell has are left out) and its 95 % bootstrap interval as the cell's results.json has them, the probe's transfer as k of
 the known n, the training loss means per 20 steps of each stage, and the cell's seconds. The seed-level
 comparison (t-intervals, paired tests) is the grid's own report.md; this prints what each cell measured.
 """
@@ -14,11 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = [  # (header, task, metric, digits)
+COLUMNS = [  # (header, task, metric, digits); {lang}/{LANG}: the grid's language (columns no cell has are left out)
     ("DaNetQA ll", "danetqa", "accuracy_ll", 1), ("TERRa ll", "terra", "accuracy_ll", 1),
-    ("chrF++ en→ru", "flores_ru_from_en", "chrf++", 2), ("bits/char", "flores_ru_bpc", "bits_per_char", 3),
+    ("IDAT ll", "idat_dev", "accuracy_ll", 1), ("MQ2Q ll", "mq2q_dev", "accuracy_ll", 1),
+    ("chrF++ en→{lang}", "flores_{lang}_from_en", "chrf++", 2), ("bits/char", "flores_{lang}_bpc", "bits_per_char", 3),
     ("probe EN", "transfer_facts", "accuracy_en", 1), ("align Δcos", "align_facts", "cos_dist_change", 4),
-    ("ll probe EN", "transfer_facts_ll", "accuracy_en", 1), ("ll probe RU", "transfer_facts_ll", "accuracy", 1),
+    ("ll probe EN", "transfer_facts_ll", "accuracy_en", 1), ("ll probe {LANG}", "transfer_facts_ll", "accuracy", 1),
     ("ll transfer", "transfer_facts_ll", "transfer", 1), ("ll transfer_gain", "transfer_facts_ll", "transfer_gain", 1),
     ("ll gain_other", "transfer_facts_ll", "gain_other", 1), ("ll transfer_excess", "transfer_facts_ll", "transfer_excess", 1),
 ]
@@ -59,18 +61,22 @@ def _loss_means(cell: Path, every: int = 20) -> str:
 def rows(grid: Path) -> tuple[list[str], list[list[str]]]:
     """(header, rows); a column no cell of the grid has is left out."""
     out = []
-    for path in sorted(grid.glob("*/*/results.json")):
-        res = json.loads(path.read_text())
-        if not res.get("complete"):
-            continue
+    cells = [(path, json.loads(path.read_text())) for path in sorted(grid.glob("*/*/results.json"))]
+    cells = [(path, res) for path, res in cells if res.get("complete")]
+    langs = {res.get("language") for _, res in cells}
+    if len(langs) > 1:
+        raise SystemExit(f"{grid}: cells of more than one language ({', '.join(sorted(map(str, langs)))})")
+    lang = langs.pop() if langs else "ru"
+    columns = [(h.format(lang=lang, LANG=lang.upper()), task.format(lang=lang), m, d) for h, task, m, d in COLUMNS]
+    for path, res in cells:
         for label, evals in res.get("evals", {}).items():
             final = label == res.get("variant", res.get("method"))
             out.append([f"{label}" + ("" if res.get("method") == "untouched" else f", seed {res.get('seed')}")]
-                       + [_fmt(evals.get(task), metric, d) for _, task, metric, d in COLUMNS]
+                       + [_fmt(evals.get(task), metric, d) for _, task, metric, d in columns]
                        + [_transfer(evals.get("transfer_facts")),
                           _loss_means(path.parent) if final else "",
                           f"{res.get('cell_seconds', 0):,.0f}" if final and res.get("cell_seconds") else ""])
-    head = ["model"] + [c[0] for c in COLUMNS] + ["transfer", "loss per 20 steps", "cell s"]
+    head = ["model"] + [c[0] for c in columns] + ["transfer", "loss per 20 steps", "cell s"]
     if not out:
         return head, out
     keep = [0] + [i for i in range(1, len(head)) if any(r[i] not in ("–", "", "0 of 0") for r in out)]

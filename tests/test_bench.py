@@ -1,21 +1,26 @@
 """The training benchmark configures lingotune like its peer: a recipe drift here would make the
-published ratios compare different things."""
+published ratios compare different things. And the grids' per-cell table reads what each cell recorded."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+def _script(name: str):
+    """A script of benchmarks/ as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bench():
+    return _script("bench_train")
 
 
 @pytest.mark.parametrize("pack, fast, fp32", [(True, True, False), (False, False, True)])
@@ -124,3 +129,30 @@ def test_tiny_random_models_build_and_count():
         linear = sum(m.weight.numel() for n, m in model.named_modules()
                      if n.split(".")[-1] in bench.LINEAR)
         assert linear == shape["layers"] * sum(a * b for a, b in bench.linear_shapes(shape))
+
+
+def _cell(grid: Path, name: str, res: dict, losses: list[tuple[str, int, float]] = ()) -> None:
+    (grid / "data" / name).mkdir(parents=True)
+    (grid / "data" / name / "results.json").write_text(json.dumps(res))
+    if losses:
+        (grid / "data" / name / "metrics.jsonl").write_text("\n".join(
+            json.dumps({"stage": s, "step": i, "loss": v}) for s, i, v in losses))
+
+
+def test_grid_table_reads_an_arabic_grid_with_its_own_tasks(tmp_path):
+    table = _script("grid_table")
+    probe = {"transfer": 25.0, "n_known": 8, "accuracy_en": 40.0, "ci": {"accuracy_en": [30.0, 50.0]}}
+    _cell(tmp_path, "untouched", {"complete": True, "method": "untouched", "language": "ar", "evals": {
+        "untouched": {"idat_dev": {"accuracy_ll": 51.25, "ci": {"accuracy_ll": [48.0, 54.5]}},
+                      "flores_ar_bpc": {"bits_per_char": 2.5}, "transfer_facts": probe}}})
+    _cell(tmp_path, "lora-s1", {"complete": True, "method": "lora", "seed": 1, "language": "ar", "cell_seconds": 1234.4,
+                                "evals": {"lora": {"idat_dev": {"accuracy_ll": 60.0}, "danetqa": {"skipped": "absent"}}}},
+          [("train", 1, 9.0)] + [("train", i, 1.0) for i in range(1, 22)] + [("train", 22, 0.0)])  # step 1 resumed
+    _cell(tmp_path, "dpart-s0", {"complete": False, "method": "dpart", "language": "ar", "evals": {}})  # cut: left out
+    head, body = table.rows(tmp_path)
+    assert head == ["model", "IDAT ll", "bits/char", "probe EN", "transfer", "loss per 20 steps", "cell s"]
+    assert body == [["lora, seed 1", "60.0", "–", "–", "–", "train: 1.00, 0.50", "1,234"],
+                    ["untouched", "51.2 [48.0, 54.5]", "2.500", "40.0 [30.0, 50.0]", "2 of 8", "–", ""]]
+    _cell(tmp_path, "lora-s2", {"complete": True, "method": "lora", "seed": 2, "language": "ru", "evals": {}})
+    with pytest.raises(SystemExit, match="more than one language"):
+        table.rows(tmp_path)
