@@ -502,3 +502,42 @@ def test_a_secondary_metric_declared_compare_is_tested_over_seeds(tmp_path):
     ex = sig["probe/transfer_excess"]  # deltas +8 and +4: t = 6 / (2.828 / sqrt 2) = 3 on 1 df
     assert ex["delta"] == pytest.approx(6.0) and ex["test"] == "t" and ex["p_seeds"] == pytest.approx(0.2048, abs=1e-3)
     assert ex["better"] == "dpart"
+
+
+def test_more_pairs_are_tested_as_the_first_and_reported_each_in_its_table(tmp_path):
+    """compare.also: [[dpart_together, dpart], [dpart_all, lora_all]]: each pair's deltas over the seeds both ran,
+    in the summary and as its own table in the report; a pair with no common seed gives no table."""
+    from helpers import make_recipe
+
+    from lingotune.compare_report import summarize
+
+    out = tmp_path / "grid"
+    bpc = {("lora", 0): 3.0, ("lora", 1): 3.2, ("dpart", 0): 2.9, ("dpart", 1): 3.0,
+           ("dpart_together", 0): 2.8, ("dpart_together", 1): 3.0, ("dpart_together", 2): 9.9, ("lora_all", 5): 1.0}
+    for (method, seed), v in bpc.items():
+        _cell(out, method, seed, {"flores_ru_bpc": ("flores_ru_bpc", {"bits_per_char": v})})
+    _cell(out, "untouched", 0, {"flores_ru_bpc": ("flores_ru_bpc", {"bits_per_char": 3.5})})
+    recipe = make_recipe(**{"compare.methods": ["lora", "dpart"], "compare.seeds": [0, 1],
+                            "compare.also": [["dpart_together", "dpart"], ["dpart_all", "lora_all"]]})
+    summary = summarize(out, recipe)
+    first = summary["significance"]["data"]["flores_ru_bpc/bits_per_char"]
+    assert first["delta"] == pytest.approx(-0.15) and first["better"] == "dpart"
+    also = summary["significance_also"]
+    tog = also["dpart_together vs dpart"]["data"]["flores_ru_bpc/bits_per_char"]  # seeds 0, 1 only: -0.1, 0.0
+    assert tog["delta"] == pytest.approx(-0.05) and tog["seeds"] == 2 and tog["better"] == "dpart_together"
+    assert also["dpart_all vs lora_all"]["data"] == {}
+    report = (out / "report.md").read_text()
+    assert "### dpart vs lora" in report and "### dpart_together vs dpart" in report
+    assert "### dpart_all vs lora_all" not in report
+
+
+def test_a_pair_naming_no_method_is_a_one_line_recipe_error():
+    from helpers import make_recipe
+
+    from lingotune.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="compare: 'dpart_tgether' is neither a method") as e:
+        make_recipe(**{"compare.also": [["dpart_tgether", "dpart"]]})
+    assert "\n" not in str(e.value)
+    with pytest.raises(RecipeError, match="compare.also"):
+        make_recipe(**{"compare.also": [["dpart", "lora", "full"]]})

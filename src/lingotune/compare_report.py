@@ -407,6 +407,11 @@ def summarize(out_dir: Path, recipe: Recipe, parts: list[dict] = ()) -> dict:
         sig = summary["significance"][d] = significance(cells, d, cmp.candidate, cmp.baseline)
         if sig:
             lines += significance_md(sig, cmp.candidate, cmp.baseline)
+        for cand, base in cmp.also:  # more pairs: the same tests, each its own table
+            sig = significance(cells, d, cand, base)
+            summary.setdefault("significance_also", {}).setdefault(f"{cand} vs {base}", {})[d] = sig
+            if sig:
+                lines += significance_md(sig, cand, base)
         judged = files.read_json(out_dir / d / "judge.json")
         if judged:
             summary.setdefault("judge", {})[d] = judged

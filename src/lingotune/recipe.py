@@ -337,6 +337,10 @@ class CompareConfig(Strict):
     )
     candidate: str = Field("dpart", description="The method tested for significance against `baseline`.")
     baseline: str = Field("lora", description="The method `candidate` is compared to (paired over seeds and examples).")
+    also: list[tuple[str, str]] = Field(
+        [], description="More [candidate, baseline] pairs, each tested as the first one and shown as its own table: "
+        "e.g. [[dpart_all, lora_all], [dpart_together, dpart]] for the controls.",
+    )
     keep_checkpoints: bool = Field(False, description="Keep each finished cell's checkpoints (large); artefacts are always kept.")
     judge: CompareJudge | None = Field(None, description="Optional: pairwise win rates against one variant, and "
                                        "every variant's target-language share, on open prompts.")
@@ -347,7 +351,8 @@ class CompareConfig(Strict):
 
         for name in [*self.variants, *(self.datasets or {})]:
             safe_name(name, "compare: name")
-        for name in self.methods + [self.candidate, self.baseline] + ([self.judge.against] if self.judge else []):
+        pairs = [name for pair in self.also for name in pair]
+        for name in self.methods + [self.candidate, self.baseline] + pairs + ([self.judge.against] if self.judge else []):
             if name not in METHODS and name not in self.variants:
                 raise ValueError(f"compare: {name!r} is neither a method ({', '.join(METHODS)}) nor a variant")
         if self.judge and self.judge.against not in self.methods:
